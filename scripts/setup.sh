@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One set-up for every machine: developer box, CI, and the Docker image (same script, no drift).
+#   scripts/setup.sh [EXTRAS]      EXTRAS: dev (default) | train | serve
+# Creates .venv (or uses $K2D_VENV; K2D_VENV=system installs into the current interpreter),
+# installs system packages it needs when run as root, and installs torch==2.13.0 (CPU wheel)
+# first on machines without CUDA so nothing pulls gigabytes of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EXTRAS="${1:-dev}"
+VENV="${K2D_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: please install: ${missing[*]} (apt-get install ${missing[*]})" >&2; return 0
+  fi
+  echo "setup: apt-get install ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# gcin-voice: human Mandarin syllable recordings for the synthetic code-switching corpus.
+if [ "$EXTRAS" != serve ] && command -v dpkg >/dev/null; then apt_install gcin-voice; fi
+
+if [ "$VENV" = system ]; then
+  PY="$PYTHON"
+else
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  PY="$VENV/bin/python"
+fi
+
+STAMP="$VENV/.k2d-installed-$EXTRAS"
+[ "$VENV" = system ] && STAMP="/tmp/.k2d-installed-$EXTRAS"
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
+  echo "setup: $EXTRAS dependencies already installed"
+  exit 0
+fi
+
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+if [ "$EXTRAS" != serve ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+  "${PIP[@]}" "torch==2.13.0"   # the CPU build; see DEVELOPERS.md
+fi
+"${PIP[@]}" -e ".[$EXTRAS]"
+touch "$STAMP"
+echo "setup: installed k2d[$EXTRAS] into $VENV"

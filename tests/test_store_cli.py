@@ -1,0 +1,133 @@
+"""`k2d models ...` and `k2d evaluate` as a user runs them: real models, real errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from k2d.cli import app
+from k2d.manifest import read_manifest
+from k2d.registry import Registry
+from tests.conftest import MANIFEST
+
+runner = CliRunner()
+
+
+def k2d(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_list_json_shows_both_models_in_both_forms(registry):
+    result = k2d("models", "list", "--json", "--store", str(registry.store))
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    for family, role, langs in (("whisper-base", "teacher", 99), ("whisper-tiny.en", "validator", 1)):
+        assert rows[family]["format"] == "ctranslate2" and rows[f"{family}-hf"]["format"] == "transformers"
+        for name in (family, f"{family}-hf"):
+            assert rows[name]["role"] == role and rows[name]["present"]
+            assert len(rows[name]["languages"]) == langs
+    assert rows["whisper-base"]["parameters"] == rows["whisper-base-hf"]["parameters"] > 70_000_000
+    assert rows["whisper-tiny.en"]["languages"] == ["en"]
+
+
+def test_second_fetch_does_nothing(registry):
+    before = registry.file.read_text()
+    result = k2d("models", "fetch", "--store", str(registry.store))
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.output
+    assert registry.file.read_text() == before
+
+
+def test_unknown_model_is_a_one_line_error(registry, tmp_path):
+    result = k2d("models", "export", "no-such-model", "--store", str(registry.store))
+    assert result.exit_code == 1
+    assert "unknown model 'no-such-model'" in result.output and "whisper-base" in result.output
+    assert "Traceback" not in result.output
+
+
+def _ct2_copy(registry, tmp_path, name="whisper-tiny.en"):
+    src = tmp_path / "src"
+    shutil.copytree(registry.path_of(name), src)
+    return src
+
+
+def test_truncated_model_bin_is_refused(registry, tmp_path):
+    src = _ct2_copy(registry, tmp_path)
+    data = (src / "model.bin").read_bytes()
+    (src / "model.bin").write_bytes(data[: len(data) // 2])
+    result = k2d("models", "import", str(src), "--name", "broken", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1 and "truncated" in result.output
+    assert "broken" not in Registry(tmp_path / "store")
+
+
+def test_foreign_model_bin_is_refused(registry, tmp_path):
+    src = _ct2_copy(registry, tmp_path)
+    (src / "model.bin").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    result = k2d("models", "import", str(src), "--name", "foreign", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1 and "not a CTranslate2 model.bin" in result.output
+
+
+def test_missing_tokenizer_is_refused(registry, tmp_path):
+    src = _ct2_copy(registry, tmp_path)
+    (src / "tokenizer.json").unlink()
+    result = k2d("models", "import", str(src), "--name", "notok", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1 and "missing tokenizer.json" in result.output
+
+
+def test_unreachable_hub_id_is_a_clean_error(tmp_path):
+    result = k2d("models", "import", "openai/whisper-large-v2", "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1 and "model hub" in result.output and "Traceback" not in result.output
+
+
+def test_import_ct2_dir_registers_both_forms_and_export_loads_offline(registry, tmp_path):
+    store = str(tmp_path / "store")
+    src = _ct2_copy(registry, tmp_path)
+    assert k2d("models", "import", str(src), "--name", "tiny", "--role", "validator", "--store", store).exit_code == 0
+    result = k2d("models", "export", "tiny-hf", "--quantization", "int8", "--store", store)
+    assert result.exit_code == 0, result.output
+    entry = Registry(tmp_path / "store").get("tiny-int8")
+    assert entry.format == "ctranslate2" and entry.quantization == "int8" and entry.role == "validator"
+    from faster_whisper import WhisperModel
+
+    whisper = WhisperModel(str(entry.resolve(tmp_path / "store")), device="cpu", compute_type="int8")
+    segments, _ = whisper.transcribe(str(MANIFEST.parent / "en_lecture.flac"), beam_size=1, temperature=0)
+    assert "gradient" in "".join(s.text for s in segments).lower()
+
+
+def test_import_local_transformers_dir(registry, tmp_path):
+    store = tmp_path / "store"
+    result = k2d("models", "import", str(registry.path_of("whisper-tiny.en-hf")), "--name", "t", "--store", str(store))
+    assert result.exit_code == 0, result.output
+    entry = Registry(store).get("t-hf")
+    assert entry.format == "transformers" and entry.parameters == registry.get("whisper-tiny.en-hf").parameters
+
+
+def test_export_without_disk_space_fails_cleanly(registry, tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _: shutil_module._ntuple_diskusage(10**9, 10**9, 1000))
+    result = k2d("models", "export", "whisper-tiny.en-hf", "--quantization", "float32", "--store", str(registry.store))
+    assert result.exit_code == 1 and "not enough disk space" in result.output
+
+
+def test_evaluate_writes_one_hypothesis_per_row(registry, tmp_path):
+    out = tmp_path / "hyps.jsonl"
+    result = k2d("evaluate", "--model", "whisper-base", "--manifest", str(MANIFEST), "--out", str(out),
+                 "--store", str(registry.store))
+    assert result.exit_code == 0, result.output
+    hyps = {row.audio: row.text for row in read_manifest(out)}
+    assert set(hyps) == {row.audio for row in read_manifest(MANIFEST)}
+    assert "gradient descent" in hyps["en_lecture.flac"].lower()
+    assert "機器" in hyps["zh_lecture.flac"] and "模型" in hyps["zh_lecture.flac"]
+
+
+@pytest.mark.parametrize("bad", ["not json", '{"text": "no audio key"}'])
+def test_evaluate_rejects_a_bad_manifest(registry, tmp_path, bad):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(bad + "\n")
+    result = k2d("evaluate", "--model", "whisper-tiny.en", "--manifest", str(manifest), "--out", str(tmp_path / "o"),
+                 "--store", str(registry.store))
+    assert result.exit_code == 1 and "m.jsonl:1" in result.output
