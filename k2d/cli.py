@@ -138,14 +138,28 @@ def evaluate_command(
     beam_size: Annotated[int, typer.Option(min=1)] = 5,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
     compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type")] = "int8",
+    report: Annotated[Path | None, typer.Option(help="Write scores and timings as JSON")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Transcribe every manifest row (temperature 0) and write {audio, text} hypotheses."""
-    from k2d_train.evaluate import EvaluateOptions, transcribe_manifest
+    """Transcribe every manifest row (temperature 0), write {audio, text}; score if rows have text."""
+    from k2d_train.evaluate import EvaluateOptions, transcribe_manifest, write_report
 
     options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type)
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
     say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
+    if summary.scores:
+        say("  ".join(f"{k}={v}" for k, v in summary.scores.items()))
+    if report:
+        write_report(summary, report)
+
+
+def _register_training() -> None:
+    from k2d_train.cli import register
+
+    register(app, run_guarded, say)
+
+
+_register_training()
 
 
 def main() -> None:

@@ -1,0 +1,141 @@
+"""``k2d run CONFIG.yaml``: every K²D stage in order, each stage's output reused when present.
+
+Stages (icefall-style numbered, but importable functions): 1 corpus, 2 pseudo-label, 3 validate,
+4 student, 5 distill, 6 export, 7 evaluate (+ optional filtering ablation), 8 model card. A stage
+records its result in ``<run>/stages/<n>-<name>.json`` when it finishes; a rerun skips finished
+stages, and an interrupted stage resumes from its own partial outputs (per-file pseudo labels,
+encoder cache, distillation checkpoints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from k2d.registry import ModelEntry, Registry
+from k2d_train.distill import DistillOptions
+from k2d_train.evaluate import EvaluateOptions
+from k2d_train.pseudo_label import PseudoLabelOptions
+from k2d_train.validate import ValidateOptions
+
+Say = Callable[[str], None]
+
+
+def _options(cls, section: dict | None, where: str):
+    section = section or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**section)
+
+
+@dataclass
+class RunConfig:
+    name: str
+    run_dir: Path
+    teacher: str
+    validator: str
+    corpus: dict
+    pseudo_label: PseudoLabelOptions
+    validate: ValidateOptions
+    distill: DistillOptions
+    evaluate: EvaluateOptions
+    decoder_layers: int = 2
+    quantization: str = "int8"
+    ablation_rules: list[str] = field(default_factory=list)
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        allowed = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
+                   "distill", "export", "evaluate", "ablation_rules"}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(allowed)}")
+        base = path.parent
+        return cls(
+            name=raw.get("name", "k2d-student"),
+            run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
+            teacher=raw.get("teacher", "whisper-base"),
+            validator=raw.get("validator", "whisper-base"),
+            corpus=raw.get("corpus", {"synth": {}}),
+            pseudo_label=_options(PseudoLabelOptions, raw.get("pseudo_label"), "pseudo_label"),
+            validate=_options(ValidateOptions, raw.get("validate"), "validate"),
+            distill=_options(DistillOptions, raw.get("distill"), "distill"),
+            evaluate=_options(EvaluateOptions, raw.get("evaluate"), "evaluate"),
+            decoder_layers=int((raw.get("student") or {}).get("decoder_layers", 2)),
+            quantization=(raw.get("export") or {}).get("quantization", "int8"),
+            ablation_rules=list(raw.get("ablation_rules") or []),
+            source=path.resolve(),
+        )
+
+
+class Stages:
+    """Bookkeeping of finished stages: a JSON result per stage, written atomically."""
+
+    def __init__(self, run_dir: Path, say: Say):
+        self.folder, self.say = run_dir / "stages", say
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def run(self, number: int, name: str, action: Callable[[], dict]) -> dict:
+        marker = self.folder / f"{number}-{name}.json"
+        if marker.exists():
+            self.say(f"[stage {number}] {name}: done before, reusing")
+            return json.loads(marker.read_text())
+        self.say(f"[stage {number}] {name}")
+        result = action()
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
+        os.replace(tmp, marker)
+        return result
+
+
+def corpus_paths(config: RunConfig) -> dict[str, Path]:
+    """The unlabelled audio and the dev/test manifests, synthesised or given in the config."""
+    if "synth" in config.corpus:
+        root = config.run_dir / "corpus"
+        return {"root": root, "audio": root / "lectures.jsonl", "dev": root / "dev.jsonl", "test": root / "test.jsonl"}
+    base = config.source.parent if config.source else Path.cwd()
+    return {key: (base / config.corpus[key]).resolve() for key in ("audio", "dev", "test")}
+
+
+def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
+    from k2d_train import pipeline_stages as st
+
+    stages = Stages(config.run_dir, say)
+    paths = corpus_paths(config)
+    stages.run(1, "corpus", lambda: st.corpus(config, paths))
+    stages.run(2, "pseudo-label", lambda: st.pseudo_labels(config, paths, registry))
+    validated = stages.run(3, "validate", lambda: st.validation(config, registry))
+    student = stages.run(4, "student", lambda: st.student_init(config, registry))
+    trained = stages.run(5, "distill", lambda: st.distillation(config, paths, registry, config.validate.rule))
+    stages.run(6, "export", lambda: st.export_models(config, registry))
+    evaluation = stages.run(7, "evaluate", lambda: st.evaluation(config, paths, registry))
+    for rule in config.ablation_rules:
+        stages.run(7, f"ablation-{rule}", lambda rule=rule: st.ablation(config, paths, registry, rule))
+    ablation = {rule: json.loads((stages.folder / f"7-ablation-{rule}.json").read_text())
+                for rule in config.ablation_rules}
+    card = st.model_card(config, registry, validated, student, trained, evaluation, ablation, paths)
+    say(f"student {config.name} registered (role student): {registry.path_of(config.name)}")
+    return card
+
+
+def register_student(registry: Registry, config: RunConfig, hf_dir: Path, parameters: int, teacher: ModelEntry) -> None:
+    registry.add(ModelEntry(
+        name=f"{config.name}-hf", format="transformers", path=os.path.relpath(hf_dir, registry.store), role="student",
+        parameters=parameters, languages=teacher.languages, quantization="float32",
+        source=f"k2d-run:{config.source}", family=config.name, extra={"teacher": teacher.family},
+    ))
+
+
+def clean_run(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)

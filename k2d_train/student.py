@@ -1,0 +1,92 @@
+"""``k2d student``: initialise a student from a teacher — full encoder, N decoder layers.
+
+As in distil-whisper and K²D, the encoder is copied whole (and frozen while distilling) and the
+decoder keeps layers at maximally spaced indices (2 of 32: the first and the last), which
+preserves the input embedding path and the final layer's output distribution. Alignment heads
+(for word timestamps) are re-pointed to the layers the student still has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from k2d.registry import ModelEntry, Registry
+from k2d_train.store.operations import hf_name
+from k2d_train.store.publish import partial_dir, publish
+
+
+def spaced_layers(total: int, keep: int) -> list[int]:
+    """Maximally spaced indices: ``spaced_layers(32, 2) == [0, 31]``, ``spaced_layers(6, 3) == [0, 2, 5]``."""
+    if not 1 <= keep <= total:
+        raise ValueError(f"cannot keep {keep} of {total} decoder layers")
+    if keep == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
+
+
+def remap_alignment_heads(heads: list[list[int]], kept: list[int], num_heads: int) -> list[list[int]]:
+    """Keep heads on surviving layers (renumbered); if none survive, use every head of the last layer."""
+    new_index = {old: new for new, old in enumerate(kept)}
+    remapped = [[new_index[layer], head] for layer, head in heads if layer in new_index]
+    return remapped or [[len(kept) - 1, h] for h in range(num_heads)]
+
+
+@dataclass
+class StudentReport:
+    name: str
+    kept_layers: list[int]
+    teacher_parameters: int
+    student_parameters: int
+    path: Path
+
+
+def build_student(teacher_dir: Path, out_dir: Path, decoder_layers: int = 2) -> tuple[list[int], int, int]:
+    """Write the student checkpoint; return kept layer indices and both parameter counts."""
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
+
+    teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir)
+    kept = spaced_layers(teacher.config.decoder_layers, decoder_layers)
+    config = teacher.config.__class__.from_dict({**teacher.config.to_dict(), "decoder_layers": len(kept)})
+    student = WhisperForConditionalGeneration(config)
+    state = teacher.state_dict()
+    for new, old in enumerate(kept):
+        prefix_old, prefix_new = f"model.decoder.layers.{old}.", f"model.decoder.layers.{new}."
+        for key in [k for k in state if k.startswith(prefix_old)]:
+            state[prefix_new + key[len(prefix_old) :]] = state.pop(key) if new != old else state[key]
+    state = {k: v for k, v in state.items() if not _dropped_layer(k, len(kept))}
+    student.load_state_dict(state, strict=True)
+    generation = GenerationConfig.from_pretrained(teacher_dir)
+    generation.alignment_heads = remap_alignment_heads(
+        generation.alignment_heads or [], kept, config.decoder_attention_heads
+    )
+    student.generation_config = generation
+    staging = partial_dir(out_dir)
+    student.save_pretrained(staging)
+    WhisperTokenizer.from_pretrained(teacher_dir).save_pretrained(staging)
+    for name in ("tokenizer.json", "preprocessor_config.json"):
+        (staging / name).write_bytes((teacher_dir / name).read_bytes())
+    (staging / "k2d_student.json").write_text(json.dumps({"teacher": str(teacher_dir), "kept_layers": kept}, indent=2))
+    publish(staging, out_dir)
+    count = sum(p.numel() for p in teacher.parameters())
+    return kept, count, sum(p.numel() for p in student.parameters())
+
+
+def _dropped_layer(key: str, kept: int) -> bool:
+    prefix = "model.decoder.layers."
+    return key.startswith(prefix) and int(key[len(prefix) :].split(".")[0]) >= kept
+
+
+def create_student(registry: Registry, teacher: str, name: str, decoder_layers: int = 2) -> StudentReport:
+    """Build ``<name>/hf`` in the store from a registered teacher and register it (role student)."""
+    teacher_entry = registry.get(teacher if registry.get(teacher).format == "transformers" else hf_name(teacher))
+    out_dir = registry.store / name / "hf"
+    kept, teacher_params, student_params = build_student(registry.path_of(teacher_entry.name), out_dir, decoder_layers)
+    registry.add(ModelEntry(
+        name=hf_name(name), format="transformers", path=str(out_dir.relative_to(registry.store)), role="student",
+        parameters=student_params, languages=teacher_entry.languages, quantization="float32",
+        source=f"student-of:{teacher_entry.family}", family=name,
+        extra={"teacher": teacher_entry.family, "kept_decoder_layers": kept},
+    ))
+    return StudentReport(hf_name(name), kept, teacher_params, student_params, out_dir)

@@ -1,0 +1,104 @@
+"""K²D building blocks on known inputs: chunking, hallucination flag, δ rules, MER, layer choice, loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from k2d_train.chunking import Segment, merge_segments, timestamp
+from k2d_train.losses import LossWeights, distillation_loss, kl_divergence
+from k2d_train.student import remap_alignment_heads, spaced_layers
+from k2d_train.text import cer_zh_counts, mer, normalize, repeated_ngram, units, wer_en_counts
+from k2d_train.validate import distances
+
+
+def test_segments_merge_greedily_up_to_30_seconds():
+    segments = [Segment(0, 10, "a"), Segment(10.5, 20, "b"), Segment(21, 29.9, "c"), Segment(30, 35, "d"),
+                Segment(36, 70, "too long")]
+    chunks = merge_segments(segments)
+    assert [[s.text for s in c.segments] for c in chunks] == [["a", "b", "c"], ["d"], ["too long"]]
+    assert all(c.duration <= 30 for c in chunks)
+    assert chunks[0].label() == "<|0.00|>a<|10.00|><|10.50|>b<|20.00|><|21.00|>c<|29.90|>"
+    assert chunks[1].label() == "<|0.00|>d<|5.00|>"
+
+
+def test_timestamps_round_to_whisper_steps_and_clip():
+    assert timestamp(1.234) == "<|1.24|>" and timestamp(-1) == "<|0.00|>" and timestamp(45) == "<|30.00|>"
+
+
+def test_empty_and_backwards_segments_are_dropped():
+    assert merge_segments([Segment(5, 5, "x"), Segment(6, 4, "y")]) == []
+
+
+def test_ngram_flag_catches_loops_only():
+    assert repeated_ngram("這個 這個 這個 這個 這個 這個 這個 這個 這個")
+    assert repeated_ngram("we need the loss we need the loss we need the loss", n=3, count=3)
+    assert not repeated_ngram("我們今天要講的是 gradient descent 和 learning rate")
+    assert not repeated_ngram("對 對 對", n=3, count=3)  # too short to be a loop
+
+
+def test_mer_counts_characters_and_words_after_normalisation():
+    assert normalize("我們用 Gradient-Descent，來訓練！") == "我 们 用 gradient descent 来 训 练"
+    assert mer("我們用 gradient descent", "我们用 Gradient Descent.") == 0.0  # traditional vs simplified, case
+    assert units("<|0.00|>好的 OK<|1.00|>") == ["好", "的", "ok"]
+    assert mer("今天 gradient", "今天 gradients") == pytest.approx(1 / 3)
+    assert cer_zh_counts("今天 gradient", "今夭 gradient").errors == 1
+    assert wer_en_counts("今天 gradient descent", "今天 gradient").errors == 1
+
+
+def test_each_distance_on_known_pairs():
+    same = distances("他在訓練 model", "他在訓練 model")
+    assert same == {"none": 0.0, "ngram": 0.0, "mer": 0.0, "per": 0.0, "comp": 0.0}
+    homophone = distances("他在訓練 model", "她再訓練 model")
+    assert homophone["mer"] == pytest.approx(2 / 5) and homophone["per"] == 0.0 and homophone["comp"] == 0.0
+    different = distances("我們今天講 attention", "大家明天看 dropout")
+    assert different["mer"] == pytest.approx(5 / 6) and different["per"] > 0.5  # only 天 matches and different["comp"] == different["per"]
+    loop = "這個 loss 這個 loss 這個 loss 這個 loss 這個 loss"
+    assert distances(loop, "這個 loss")["comp"] == 1.0  # a hallucinating teacher is always dropped
+    assert distances("這個 loss 很重要", loop)["comp"] == 0.0  # a hallucinating validator never vetoes
+
+
+@pytest.mark.parametrize(("total", "keep", "expected"), [(32, 2, [0, 31]), (6, 2, [0, 5]), (6, 3, [0, 2, 5]),
+                                                         (4, 4, [0, 1, 2, 3]), (6, 1, [5])])
+def test_decoder_layers_are_maximally_spaced(total, keep, expected):
+    assert spaced_layers(total, keep) == expected
+
+
+def test_layer_selection_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        spaced_layers(6, 7)
+
+
+def test_alignment_heads_follow_the_kept_layers():
+    base_heads = [[3, 1], [4, 2], [4, 3], [4, 7], [5, 1], [5, 2], [5, 4], [5, 6]]
+    assert remap_alignment_heads(base_heads, [0, 5], 8) == [[1, 1], [1, 2], [1, 4], [1, 6]]
+    assert remap_alignment_heads([[2, 0]], [0, 5], 4) == [[1, 0], [1, 1], [1, 2], [1, 3]]
+
+
+def test_kl_is_zero_when_student_equals_teacher_and_positive_otherwise():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 50)
+    labels = torch.randint(0, 50, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    same = distillation_loss(logits, logits.clone(), labels, mask, LossWeights())
+    assert same["kl"].abs() < 1e-6
+    assert same["loss"] == pytest.approx(0.8 * same["ce"].item(), rel=1e-5)
+    other = distillation_loss(logits, torch.randn(2, 5, 50), labels, mask, LossWeights())
+    assert other["kl"] > 0.01
+
+
+def test_masked_positions_do_not_change_the_loss():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(1, 4, 30), torch.randn(1, 4, 30)
+    labels = torch.tensor([[1, 2, 3, 4]])
+    mask = torch.tensor([[False, True, True, False]])
+    base = distillation_loss(student, teacher, labels, mask, LossWeights())["loss"]
+    student[0, 0] += 100
+    student[0, 3] -= 100
+    assert distillation_loss(student, teacher, labels, mask, LossWeights())["loss"] == pytest.approx(base.item())
+
+
+def test_temperature_softens_kl():
+    torch.manual_seed(2)
+    s, t = torch.randn(8, 30) * 5, torch.randn(8, 30) * 5
+    assert kl_divergence(s, t, 4.0) < kl_divergence(s, t, 1.0)

@@ -1,0 +1,69 @@
+"""`k2d run` end to end on the real base teacher: tiny corpus, few chunks, two steps, then a rerun."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from k2d.cli import app
+from k2d.registry import ModelEntry, Registry
+
+CONFIG = """
+name: tiny-student
+run_dir: run
+teacher: whisper-base
+validator: whisper-base
+corpus:
+  synth: {seed: 3, lectures: 1, lecture_minutes: 0.6, test_utterances: 3, dev_utterances: 2}
+pseudo_label: {language: zh, beam_size: 2, nbest: 2}
+validate: {rule: none, alpha: 0.4}
+student: {decoder_layers: 2}
+distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 2, dev_limit: 2, use_nbest: true}
+export: {quantization: int8}
+evaluate: {beam_size: 1, language: zh}
+ablation_rules: [comp]
+"""
+
+
+@pytest.fixture(scope="module")
+def store(registry, tmp_path_factory):
+    """A scratch store that points at the fetched models, so test students never touch the real one."""
+    scratch = Registry(tmp_path_factory.mktemp("store"))
+    for entry in registry.entries():
+        if entry.family in ("whisper-base", "whisper-tiny.en") and entry.name in ("whisper-base", "whisper-base-hf"):
+            scratch.add(ModelEntry(**{**entry.__dict__, "path": str(registry.path_of(entry.name))}))
+    return scratch
+
+
+def test_run_builds_exports_registers_and_reuses(store, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
+    assert result.exit_code == 0, result.output
+    registry = Registry(store.store)
+    student = registry.get("tiny-student")
+    assert student.role == "student" and student.format == "ctranslate2" and student.quantization == "int8"
+    assert registry.get("whisper-base-int8").role == "teacher"
+    card = json.loads((registry.path_of("tiny-student") / "k2d_card.json").read_text())
+    assert card["kept_layers"] == [0, 5] and card["student_parameters"] < card["teacher_parameters"]
+    assert set(card["kept_per_rule"]) == {"none", "ngram", "mer", "per", "comp"}
+    assert card["kept_per_rule"]["none"]["percent"] == 100.0
+    assert 0 <= card["evaluation"]["teacher"]["mer"] and card["evaluation"]["teacher"]["utterances"] == 3
+    assert "comp" in card["ablation"] and card["steps"] == 2
+    assert (registry.path_of("tiny-student") / "MODEL_CARD.md").read_text().startswith("# tiny-student")
+    chunks = [json.loads(line) for line in (tmp_path / "run" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
+    assert chunks and all(c["end"] - c["start"] <= 30 and c["teacher_label"].startswith("<|") for c in chunks)
+    assert all(len(c["nbest"]) == 2 for c in chunks)
+
+    again = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
+    assert again.exit_code == 0 and again.output.count("done before, reusing") == 8, again.output
+
+
+def test_a_config_with_a_typo_is_refused(store, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(CONFIG.replace("max_steps", "max_stpes"))
+    result = CliRunner().invoke(app, ["run", str(config), "--store", str(store.store)])
+    assert result.exit_code == 1 and "max_stpes" in result.output
