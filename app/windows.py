@@ -1,0 +1,67 @@
+"""Upload bytes → 16 kHz mono → ≤ 30 s windows cut at speech pauses, each with its offset.
+
+Whisper sees 30 s at a time; cutting long audio at silences (Silero VAD, as shipped with
+faster-whisper) instead of every 30 s keeps words whole, and dropping non-speech avoids
+Whisper's classic hallucinations on silence. Timestamps are re-based with each window's offset.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from k2d.audio import SAMPLE_RATE, AudioDecodeError, decode_audio
+
+MAX_WINDOW_S = 30.0
+
+
+class EmptyAudioError(ValueError):
+    """The file decoded but holds no samples."""
+
+
+@dataclass
+class Window:
+    offset: float  # seconds from the start of the upload
+    audio: np.ndarray
+
+
+def decode_upload(data: bytes) -> np.ndarray:
+    """Decode any format PyAV reads; raise AudioDecodeError (415) or EmptyAudioError (400)."""
+    if not data:
+        raise EmptyAudioError("the uploaded file is empty")
+    audio = decode_audio(io.BytesIO(data))
+    if audio.size == 0:
+        raise EmptyAudioError("the file contains no audio samples")
+    return audio
+
+
+def fixed_windows(audio: np.ndarray) -> list[Window]:
+    size = int(MAX_WINDOW_S * SAMPLE_RATE)
+    return [Window(i / SAMPLE_RATE, audio[i : i + size]) for i in range(0, len(audio), size)]
+
+
+def speech_windows(audio: np.ndarray, min_silence_ms: int = 500) -> list[Window]:
+    """Speech regions merged greedily into windows ≤ 30 s; regions longer than that are split."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(min_silence_duration_ms=min_silence_ms, max_speech_duration_s=MAX_WINDOW_S - 1,
+                         speech_pad_ms=200)
+    regions = get_speech_timestamps(audio, options)
+    windows: list[tuple[int, int]] = []
+    limit = int(MAX_WINDOW_S * SAMPLE_RATE)
+    for region in regions:
+        start, end = region["start"], region["end"]
+        if windows and end - windows[-1][0] <= limit:
+            windows[-1] = (windows[-1][0], end)
+        else:
+            windows.append((start, min(end, start + limit)))
+    return [Window(start / SAMPLE_RATE, audio[start:end]) for start, end in windows]
+
+
+def split(audio: np.ndarray, vad: bool, min_silence_ms: int = 500) -> list[Window]:
+    return speech_windows(audio, min_silence_ms) if vad else fixed_windows(audio)
+
+
+__all__ = ["AudioDecodeError", "EmptyAudioError", "Window", "decode_upload", "split"]

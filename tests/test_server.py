@@ -1,0 +1,189 @@
+"""The real service: uvicorn on a free loopback port, real models, real HTTP, real Prometheus text."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.settings import Settings
+from k2d.audio import decode_audio, write_audio
+from tests.conftest import DATA, MANIFEST, free_port, running_server
+
+
+@pytest.fixture(scope="module")
+def server(served_store):
+    settings = Settings(models_dir=served_store.store, port=free_port(), max_batch_size=8, max_wait_ms=50,
+                        cpu_threads=2)
+    with running_server(settings) as (url, app):
+        yield url, app
+
+
+def post(url: str, clip: str, path: str = "/transcribe", **fields) -> httpx.Response:
+    with open(DATA / clip, "rb") as fh:
+        return httpx.post(url + path, files={"file": (clip, fh)}, data=fields, timeout=120)
+
+
+def test_health_ready_and_models(server):
+    url, _ = server
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(url + "/readyz").json()["ready"] is True
+    listed = {m["id"]: m for m in httpx.get(url + "/v1/models").json()["data"]}
+    assert listed["whisper-tiny.en"]["default"] and listed["whisper-base"]["role"] == "teacher"
+
+
+def test_transcribe_every_clip_in_json(server):
+    url, _ = server
+    for line in MANIFEST.read_text().splitlines():
+        row = json.loads(line)
+        body = post(url, row["audio"], model="whisper-base", language=row["language"] or "").json()
+        assert body["model"] == "whisper-base" and body["duration"] > 1
+        assert set(body["timings"]) == {"queue_ms", "inference_ms", "total_ms"}
+        if row["audio"] == "silence.flac":
+            assert body["text"] == "" and body["segments"] == []  # VAD: no speech, no hallucination
+        else:
+            assert body["text"] and body["segments"][0]["start"] >= 0
+    english = post(url, "en_lecture.flac").json()  # the default model (the student's seat)
+    assert english["model"] == "whisper-tiny.en" and "gradient descent" in english["text"].lower()
+
+
+@pytest.mark.parametrize("fmt", ["text", "srt", "vtt", "verbose_json", "json"])
+@pytest.mark.parametrize("path", ["/transcribe", "/v1/audio/transcriptions"])
+def test_response_formats(server, fmt, path):
+    url, _ = server
+    response = post(url, "en_lecture.flac", path=path, response_format=fmt)
+    assert response.status_code == 200
+    if fmt == "text":
+        assert "gradient" in response.text.lower()
+    elif fmt == "srt":
+        assert response.text.startswith("1\n00:00:0") and " --> " in response.text
+    elif fmt == "vtt":
+        assert response.text.startswith("WEBVTT\n\n00:00:0")
+    elif fmt == "verbose_json" or path == "/transcribe":
+        assert response.json()["segments"] and response.json()["language"] == "en"
+    else:
+        assert list(response.json()) == ["text"]  # OpenAI's plain json
+
+
+def test_eight_concurrent_requests_are_batched_and_match_serial_output(server):
+    url, _ = server
+    clips = ["mixed_gradient.flac", "zh_lecture.flac", "mixed_loss.ogg", "mixed_batch.mp3"] * 2
+    serial = [post(url, c, model="whisper-base", language="zh", beam_size="1").json()["text"] for c in clips]
+
+    async def burst():
+        async with httpx.AsyncClient(timeout=120) as client:
+            async def one(clip):
+                files = {"file": (clip, (DATA / clip).read_bytes())}
+                data = {"model": "whisper-base", "language": "zh", "beam_size": "1"}
+                return (await client.post(url + "/transcribe", files=files, data=data)).json()
+            return await asyncio.gather(*(one(c) for c in clips))
+
+    before = _batch_stats(url)
+    concurrent = asyncio.run(burst())
+    after = _batch_stats(url)
+    assert [r["text"] for r in concurrent] == serial
+    windows, batches = after[0] - before[0], after[1] - before[1]
+    assert windows == 8 and batches < 8  # at least one generate() call served several requests
+
+
+def _batch_stats(url: str) -> tuple[float, float]:
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+    samples = [s for s in families["k2d_batch_size"].samples if s.labels.get("model") == "whisper-base"]
+    total = sum(s.value for s in samples if s.name == "k2d_batch_size_sum")
+    count = sum(s.value for s in samples if s.name == "k2d_batch_size_count")
+    return total, count
+
+
+def test_metrics_parse_and_show_the_student_speedup(server):
+    url, _ = server
+    post(url, "en_lecture.flac")
+    post(url, "en_lecture.flac", model="whisper-base")
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+    for name in ("k2d_requests", "k2d_request_seconds", "k2d_queue_seconds", "k2d_batch_size", "k2d_audio_seconds",
+                 "k2d_inference_seconds", "k2d_generated_tokens", "k2d_queue_depth", "k2d_in_flight_requests",
+                 "k2d_rtfx", "k2d_student_speedup"):
+        assert name in families, name
+    speedup = families["k2d_student_speedup"].samples[0]
+    assert speedup.labels == {"student": "whisper-tiny.en", "teacher": "whisper-base"} and speedup.value > 0
+
+
+def _bad_inputs(url: str) -> list[tuple[httpx.Response, int]]:
+    garbage = httpx.post(url + "/transcribe", files={"file": ("x.wav", b"RIFF not really a wav file" * 50)})
+    empty = httpx.post(url + "/transcribe", files={"file": ("empty.wav", b"")})
+    return [
+        (garbage, 415), (empty, 400),
+        (post(url, "en_lecture.flac", beam_size="0"), 422),
+        (post(url, "en_lecture.flac", beam_size="many"), 422),
+        (post(url, "en_lecture.flac", response_format="pdf"), 422),
+        (post(url, "en_lecture.flac", temperature="7"), 422),
+        (post(url, "en_lecture.flac", model="whisper-base", language="klingon"), 422),
+        (post(url, "en_lecture.flac", language="zh"), 422),  # the English-only model
+        (post(url, "en_lecture.flac", model="no-such-model"), 404),
+        (httpx.post(url + "/transcribe", data={"model": "whisper-base"}), 422),  # no file
+    ]
+
+
+def test_bad_inputs_get_their_status_and_the_server_keeps_serving(server):
+    url, _ = server
+    for response, status in _bad_inputs(url):
+        assert response.status_code == status, (status, response.text)
+        assert response.json()["error"]["message"]
+    assert post(url, "en_lecture.flac").status_code == 200
+    assert httpx.get(url + "/readyz").status_code == 200
+
+
+def test_an_engine_error_fails_only_its_batch(server):
+    url, app = server
+    engine = app.state.models.models["whisper-base"].scheduler.engine
+    original = engine.transcribe_batch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    engine.transcribe_batch = broken
+    try:
+        failed = post(url, "en_lecture.flac", model="whisper-base")
+        other_model = post(url, "en_lecture.flac")
+    finally:
+        engine.transcribe_batch = original
+    assert failed.status_code == 500 and "simulated device failure" in failed.json()["error"]["message"]
+    assert other_model.status_code == 200
+    assert post(url, "en_lecture.flac", model="whisper-base").status_code == 200
+
+
+def long_audio(seconds: float, tmp_path) -> bytes:
+    speech = decode_audio(DATA / "en_lecture.flac")
+    reps = int(seconds * 16000 / len(speech)) + 1
+    return write_audio(tmp_path / f"long-{seconds}.wav", np.tile(speech, reps)[: int(seconds * 16000)]).read_bytes()
+
+
+def test_limits_auth_and_queue_bound(served_store, tmp_path):
+    settings = Settings(models_dir=served_store.store, port=free_port(), models=["whisper-tiny.en"], max_upload_mb=2,
+                        max_audio_s=40, max_queue_windows=1, api_key="sesame")
+    with running_server(settings) as (url, _):
+        auth = {"Authorization": "Bearer sesame"}
+        clip = {"file": ("a.flac", (DATA / "en_lecture.flac").read_bytes())}
+        assert httpx.post(url + "/transcribe", files=clip).status_code == 401
+        assert httpx.post(url + "/transcribe", files=clip, headers={"Authorization": "Bearer nope"}).status_code == 401
+        big = httpx.post(url + "/transcribe", files={"file": ("big.wav", b"\0" * 2_500_000)}, headers=auth)
+        assert big.status_code == 413 and "upload" in big.json()["error"]["message"]
+
+        def chunks():  # a chunked multipart upload, no Content-Length: the limit must bite while streaming
+            yield b'--k2d\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n\r\n'
+            for _ in range(80):
+                yield b"\0" * 32_768
+            yield b"\r\n--k2d--\r\n"
+
+        multipart = {**auth, "Content-Type": "multipart/form-data; boundary=k2d"}
+        streamed = httpx.post(url + "/transcribe", content=chunks(), headers=multipart)
+        assert streamed.status_code == 413
+        too_long = httpx.post(url + "/transcribe", files={"file": ("l.wav", long_audio(45, tmp_path))}, headers=auth)
+        assert too_long.status_code == 413 and "limit" in too_long.json()["error"]["message"]
+        two_windows = {"file": ("l.wav", long_audio(35, tmp_path))}
+        queue_full = httpx.post(url + "/transcribe", files=two_windows, data={"vad": "false"}, headers=auth)
+        assert queue_full.status_code == 429 and queue_full.headers["Retry-After"]
+        assert httpx.post(url + "/transcribe", files=clip, headers=auth).status_code == 200
