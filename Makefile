@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 K2D := $(VENV)/bin/k2d
 export K2D_MODELS_DIR ?= $(CURDIR)/models
 
-.PHONY: setup models demo test lint clips
+.PHONY: setup models demo test lint clips bench-serving loadtest
 
 setup:
 	@scripts/setup.sh dev
@@ -12,10 +12,18 @@ setup:
 models: setup
 	@$(K2D) models fetch
 
-# Main job: the models, then a sample transcription with the teacher.
+# Main job: build the K²D student (each stage reused when done: seconds on a second run), then serve
+# it beside its teacher on 127.0.0.1:8000.
 demo: models
-	@$(K2D) evaluate --model whisper-base --manifest tests/data/manifest.jsonl --out runs/demo/hypotheses.jsonl
-	@cat runs/demo/hypotheses.jsonl
+	@$(K2D) run configs/demo.yaml
+	@$(K2D) serve
+
+# Measurements (not tests): serving throughput with/without batching, and teacher vs student load test.
+bench-serving: models
+	@$(PY) scripts/bench_serving.py
+
+loadtest: setup
+	@$(PY) -m loadtest --out runs/loadtest
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -30,7 +30,8 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print("error: ", style="bold red", end="")
+    console.print(message, highlight=False, markup=False)
     raise typer.Exit(code=1)
 
 
@@ -45,7 +46,7 @@ def run_guarded(action):
 
 
 def say(message: str) -> None:
-    console.print(message, highlight=False)
+    console.print(message, highlight=False, markup=False)
 
 
 @models_app.command("fetch")

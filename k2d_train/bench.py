@@ -8,6 +8,7 @@ shallower decoder buys, independent of how long each model's transcripts happen 
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,34 +29,51 @@ class ForcedTiming:
 
 
 def forced_length_timing(whisper, batch_size: int, tokens: int, repeats: int = 5) -> ForcedTiming:
-    """Median encode and decode seconds for a batch of 30 s windows and ``tokens`` new tokens each.
+    """Median encode and decode seconds for a batch of 30 s windows and ``tokens`` new tokens each."""
+    return interleaved_forced_timings({"model": whisper}, batch_size, tokens, repeats)["model"]
+
+
+def interleaved_forced_timings(models: dict, batch_size: int, tokens: int, repeats: int = 5) -> dict[str, ForcedTiming]:
+    """Each model timed ``repeats`` times, alternating models every repeat; medians per model.
 
     CTranslate2's Whisper ``generate(max_length=N)`` yields at most N//2 new tokens, hence 2N;
-    the generated count is checked rather than assumed.
+    the generated count is checked rather than assumed. One untimed warm-up run per model first.
     """
+    runs = {name: _forced_runner(whisper, batch_size, tokens) for name, whisper in models.items()}
+    for runner in runs.values():
+        runner()
+    samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in models}
+    for r in range(repeats):
+        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
+            samples[name].append(runs[name]())
+    return {name: ForcedTiming(statistics.median(s[0] for s in got), statistics.median(s[1] for s in got),
+                               min(s[2] for s in got)) for name, got in samples.items()}
+
+
+def _forced_runner(whisper, batch_size: int, tokens: int):
     import ctranslate2
 
     model = whisper.model
     rng = np.random.default_rng(0)
-    features = rng.standard_normal((batch_size, whisper.feature_extractor.feature_size, 3000)).astype(np.float32)
+    mels = whisper.feature_extractor.mel_filters.shape[0]
+    features = rng.standard_normal((batch_size, mels, 3000)).astype(np.float32)
     storage = ctranslate2.StorageView.from_array(features)
     eot = whisper.hf_tokenizer.token_to_id("<|endoftext|>")
     prompt = [whisper.hf_tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
     if model.is_multilingual:
         prompt = [prompt[0], whisper.hf_tokenizer.token_to_id("<|en|>"),
                   whisper.hf_tokenizer.token_to_id("<|transcribe|>"), prompt[1]]
-    encode_times, decode_times, generated = [], [], 0
-    for _ in range(repeats + 1):  # the first round warms up and is discarded
+
+    def once() -> tuple[float, float, int]:
         start = time.perf_counter()
         encoded = model.encode(storage, to_cpu=False)
         middle = time.perf_counter()
         result = model.generate(encoded, [prompt] * batch_size, beam_size=1, max_length=2 * tokens,
                                 suppress_tokens=[eot], suppress_blank=False)
         end = time.perf_counter()
-        encode_times.append(middle - start)
-        decode_times.append(end - middle)
-        generated = min(len(r.sequences_ids[0]) for r in result)
-    return ForcedTiming(statistics.median(encode_times[1:]), statistics.median(decode_times[1:]), generated)
+        return middle - start, end - middle, min(len(r.sequences_ids[0]) for r in result)
+
+    return once
 
 
 @dataclass
@@ -90,3 +108,64 @@ def end_to_end(teacher, student, manifest: Path, language: str | None, beam_size
                 if round_index == 0:
                     texts[name].append(text)
     return EndToEnd(rounds * sum(duration(c) for c in clips), totals["teacher"], totals["student"], texts)
+
+
+def model_pairs(names: list[str], registry, say=print) -> dict[str, tuple[Path, Path]]:
+    """(teacher dir, student dir) per pair name: ``base`` = the store's real pair, else a random shape."""
+    from k2d_train.random_models import SHAPES, write_random_model
+
+    pairs = {}
+    for name in names:
+        if name == "base":
+            students = [e for e in registry.by_role("student") if e.resolve(registry.store).is_dir()]
+            if not students:
+                raise ValueError("no student in the store: run `k2d run configs/demo.yaml` first")
+            student = students[-1]
+            teacher = next((t for t in (f"whisper-base-{student.quantization}", "whisper-base") if t in registry), None)
+            pairs[name] = (registry.path_of(teacher), registry.path_of(student.name))
+        elif name in SHAPES:
+            shape, folder = SHAPES[name], registry.store / ".bench"
+            say(f"writing random-weight {shape.name} models (speed only) under {folder}")
+            template = registry.path_of("whisper-base")
+            pairs[name] = (write_random_model(template, folder / f"{shape.name}-{shape.encoder_layers}x{shape.decoder_layers}",
+                                              shape, shape.decoder_layers),
+                           write_random_model(template, folder / f"{shape.name}-{shape.encoder_layers}x2", shape, 2))
+        else:
+            raise ValueError(f"unknown pair {name!r}; use base or one of {', '.join(SHAPES)}")
+    return pairs
+
+
+def speed_benchmark(pairs: dict[str, tuple[Path, Path]], batches: list[int], compute_types: list[str], device: str,
+                    tokens: int, repeats: int, threads: int = 0, say=print) -> list[dict]:
+    """Forced-length encode/decode medians, teacher and student interleaved, for every combination."""
+    from faster_whisper import WhisperModel
+
+    rows = []
+    for pair, (teacher_dir, student_dir) in pairs.items():
+        for compute_type in compute_types:
+            models = {role: WhisperModel(str(path), device=device, compute_type=compute_type, cpu_threads=threads)
+                      for role, path in (("teacher", teacher_dir), ("student", student_dir))}
+            for batch in batches:
+                timing = interleaved_forced_timings(models, batch, tokens, repeats)
+                t, s = timing["teacher"], timing["student"]
+                row = {"pair": pair, "compute_type": compute_type, "device": device, "batch": batch,
+                       "tokens": min(t.tokens, s.tokens), "teacher_encode_s": round(t.encode_s, 4),
+                       "student_encode_s": round(s.encode_s, 4), "teacher_decode_s": round(t.decode_s, 4),
+                       "student_decode_s": round(s.decode_s, 4), "decode_ratio": round(t.decode_s / s.decode_s, 3),
+                       "total_ratio": round((t.encode_s + t.decode_s) / (s.encode_s + s.decode_s), 3)}
+                say(json.dumps(row))
+                rows.append(row)
+            del models
+    return rows
+
+
+def speed_markdown(rows: list[dict], command: str, hardware: str) -> str:
+    lines = ["# Engine speed: teacher vs student (forced-length decoding)", "", f"{hardware}; `{command}`", "",
+             "| pair | compute | batch | tokens | encode s T / S | decode s T / S | decode ratio | total ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pair']} | {r['compute_type']} | {r['batch']} | {r['tokens']} | "
+                     f"{r['teacher_encode_s']:.3f} / {r['student_encode_s']:.3f} | "
+                     f"{r['teacher_decode_s']:.3f} / {r['student_decode_s']:.3f} | {r['decode_ratio']:.2f}× | "
+                     f"{r['total_ratio']:.2f}× |")
+    return "\n".join(lines) + "\n"

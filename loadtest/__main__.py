@@ -67,7 +67,7 @@ def main(
         "tests/data/manifest.jsonl"),
     out: Annotated[Path, typer.Option(help="Report folder")] = Path("runs/loadtest"),
     model: Annotated[list[str] | None, typer.Option(help="Models [default: the served student and teacher]")] = None,
-    concurrency: Annotated[list[int], typer.Option(help="Levels to sweep")] = [1, 8],  # noqa: B006
+    concurrency: Annotated[list[int], typer.Option(help="Levels to sweep")] = [1, 8],
     requests: Annotated[int, typer.Option(min=1, help="Requests per model and level")] = 16,
     rounds: Annotated[int, typer.Option(min=1, help="Alternating rounds per level")] = 2,
     warmup: Annotated[int, typer.Option(min=0)] = 2,

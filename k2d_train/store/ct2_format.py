@@ -8,7 +8,6 @@ little-endian: header, variables, aliases (see ``../shared/ASSETS.md``).
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,23 +147,22 @@ def _write_string(out: BinaryIO, text: str) -> None:
 
 
 def write_model_bin(model: CT2Model, path: str | Path) -> None:
-    """Serialise ``model`` in the same layout (used by tests to build truncated/foreign files)."""
-    buffer = io.BytesIO()
-    buffer.write(struct.pack("<I", model.binary_version))
-    _write_string(buffer, model.spec_name)
-    buffer.write(struct.pack("<II", model.revision, len(model.variables)))
-    for name, array in model.variables.items():
-        dtype = np.dtype(array.dtype).newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
-        if dtype not in _DTYPE_CODES:
-            raise ModelBinError(f"cannot write dtype {array.dtype} for {name}")
-        _write_string(buffer, name)
-        buffer.write(struct.pack("<B", array.ndim))
-        buffer.write(struct.pack(f"<{array.ndim}I", *array.shape))
-        raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
-        buffer.write(struct.pack("<BI", _DTYPE_CODES[dtype], len(raw)))
-        buffer.write(raw)
-    buffer.write(struct.pack("<I", len(model.aliases)))
-    for alias, target in model.aliases.items():
-        _write_string(buffer, alias)
-        _write_string(buffer, target)
-    Path(path).write_bytes(buffer.getvalue())
+    """Serialise ``model`` in the same layout, streaming to disk (random paper-shape models are GBs)."""
+    with Path(path).open("wb") as out:
+        out.write(struct.pack("<I", model.binary_version))
+        _write_string(out, model.spec_name)
+        out.write(struct.pack("<II", model.revision, len(model.variables)))
+        for name, array in model.variables.items():
+            dtype = np.dtype(array.dtype).newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
+            if dtype not in _DTYPE_CODES:
+                raise ModelBinError(f"cannot write dtype {array.dtype} for {name}")
+            _write_string(out, name)
+            out.write(struct.pack("<B", array.ndim))
+            out.write(struct.pack(f"<{array.ndim}I", *array.shape))
+            raw = np.ascontiguousarray(array, dtype=dtype)
+            out.write(struct.pack("<BI", _DTYPE_CODES[dtype], raw.nbytes))
+            out.write(raw.tobytes())
+        out.write(struct.pack("<I", len(model.aliases)))
+        for alias, target in model.aliases.items():
+            _write_string(out, alias)
+            _write_string(out, target)
