@@ -10,13 +10,15 @@ replica per device index and ``inter_threads``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 N_FRAMES = 3000
 TIME_PER_TIMESTAMP = 0.02
+HOP_LENGTH = 160  # samples per mel frame
+FRAMES_PER_SECOND = 50  # encoder frames (two mel frames each)
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 
@@ -29,9 +31,10 @@ class DecodeOptions:
     beam_size: int = 5
     temperature: float = 0.0
     timestamps: bool = True
+    word_timestamps: bool = False
 
     def key(self) -> tuple:
-        return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps)
+        return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps, self.word_timestamps)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Segment:
     end: float
     text: str
     tokens: list[int]
+    words: list[dict] | None = None
 
 
 @dataclass
@@ -92,7 +96,8 @@ class WhisperEngine:
                          options: DecodeOptions) -> list[WindowResult]:
         import ctranslate2
 
-        storage = ctranslate2.StorageView.from_array(self._features(windows))
+        features = self._features(windows)
+        storage = ctranslate2.StorageView.from_array(features)
         if any(lang is None for lang in languages):
             storage = self.model.encode(storage, to_cpu=False)
             detected = self.detect_languages(storage)
@@ -113,7 +118,59 @@ class WhisperEngine:
             # Whisper's own rule: likely no speech and a low-confidence transcript -> nothing
             silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
             out.append(WindowResult(lang, [] if silent else self.segments(ids, len(window) / 16000), len(ids)))
+        if options.word_timestamps:
+            for i, (window, lang) in enumerate(zip(windows, languages, strict=True)):
+                self.word_timings(features[i : i + 1], self._prompt(lang, replace(options, timestamps=True)),
+                                  out[i].segments, len(window) // HOP_LENGTH)
         return out
+
+    def word_timings(self, features: np.ndarray, prompt: list[int], segments: list[Segment], num_frames: int) -> None:
+        """Word start/end from cross-attention alignment (the model's alignment heads, DTW in CTranslate2)."""
+        import ctranslate2
+
+        tokens = [t for seg in segments for t in seg.tokens]
+        if not tokens:
+            return
+        result = self.model.align(ctranslate2.StorageView.from_array(features), prompt,
+                                  [tokens + [self.id["<|endoftext|>"]]], num_frames)[0]
+        text_index, time_index = (np.array(column) for column in zip(*result.alignments, strict=True))
+        jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
+        times = time_index[jumps] / FRAMES_PER_SECOND  # one start time per text token (and the final <|endoftext|>)
+        probs = result.text_token_probs
+        offset = 0
+        for seg in segments:
+            seg.words = []
+            for word, count in self._words(seg.tokens):
+                last = min(offset + count, len(times) - 1)
+                seg.words.append({"word": word, "start": round(float(times[min(offset, last)]), 2),
+                                  "end": round(float(times[last]), 2),
+                                  "probability": round(float(np.mean(probs[offset : offset + count])), 3)})
+                offset += count
+
+    def _pieces(self, tokens: list[int]) -> list[tuple[str, int]]:
+        """Decodable pieces: byte-level BPE splits one CJK character over several tokens."""
+        pieces, group = [], []
+        for token in tokens:
+            group.append(token)
+            text = self.tokenizer.decode(group)
+            if "\ufffd" not in text:
+                pieces.append((text, len(group)))
+                group = []
+        if group:
+            pieces.append((self.tokenizer.decode(group), len(group)))
+        return pieces
+
+    def _words(self, tokens: list[int]) -> list[tuple[str, int]]:
+        """Group tokens into words: a leading space starts a word; every CJK character is a word."""
+        words: list[list] = []
+        for piece, count in self._pieces(tokens):
+            cjk = any("\u3400" <= ch <= "\u9fff" for ch in piece)
+            if not words or piece.startswith(" ") or cjk or words[-1][2]:
+                words.append([piece, count, cjk])
+            else:
+                words[-1][0] += piece
+                words[-1][1] += count
+        return [(text.strip(), count) for text, count, _ in words if text.strip()] or []
 
     def segments(self, ids: list[int], window_s: float) -> list[Segment]:
         """Split generated ids at timestamp tokens; text without timestamps is one segment."""

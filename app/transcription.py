@@ -39,10 +39,12 @@ async def transcribe(audio: np.ndarray, served: ServedModel, name: str, request:
     for window, (result, _, _) in zip(windows, outcomes, strict=True):
         languages.append(result.language)
         for seg in result.segments:
-            segments.append({
-                "id": len(segments), "start": round(window.offset + seg.start, 2),
-                "end": round(window.offset + seg.end, 2), "text": seg.text, "tokens": seg.tokens,
-            })
+            segment = {"id": len(segments), "start": round(window.offset + seg.start, 2),
+                       "end": round(window.offset + seg.end, 2), "text": seg.text, "tokens": seg.tokens}
+            if seg.words is not None:
+                segment["words"] = [{**w, "start": round(window.offset + w["start"], 2),
+                                     "end": round(window.offset + w["end"], 2)} for w in seg.words]
+            segments.append(segment)
     queue_s = max((o[1] for o in outcomes), default=0.0)
     inference_s = sum(o[2] for o in outcomes)
     text = _join([s["text"] for s in segments])

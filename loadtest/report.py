@@ -86,50 +86,49 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _figure(plt, out: Path, name: str, draw, **labels) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(ax)
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+
+
 def plots(summary: dict, samples, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = max(summary["levels"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model in summary["models"]:
-        values = sorted(s.latency_s for s in samples if s.model == model and s.concurrency == top and s.status == 200)
-        if values:
-            ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=model)
-    ax.set(xlabel="latency (s)", ylabel="fraction of requests", title=f"Latency CDF at concurrency {top}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "latency_cdf.png", dpi=110)
-    plt.close(fig)
+    top, levels = max(summary["levels"]), summary["levels"]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for model in summary["models"]:
-        rows = [r for r in summary["results"] if r["model"] == model]
-        ax.plot([r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=model)
-    ax.set(xlabel="concurrency", ylabel="requests / s", title="Throughput", xscale="log", xticks=summary["levels"])
-    ax.set_xticklabels([str(level) for level in summary["levels"]])
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
+    def cdf(ax):
+        for model in summary["models"]:
+            values = sorted(s.latency_s for s in samples if s.model == model and s.concurrency == top and s.status == 200)
+            if values:
+                ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post", label=model)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rows = summary["speedup"]
-    if rows:
+    def throughput(ax):
+        for model in summary["models"]:
+            rows = [r for r in summary["results"] if r["model"] == model]
+            ax.plot([r["concurrency"] for r in rows], [r["requests_per_s"] for r in rows], marker="o", label=model)
+        ax.set_xscale("log")
+        ax.set_xticks(levels, [str(level) for level in levels])
+
+    def speedup(ax):
+        rows = summary["speedup"]
         ax.plot([r["concurrency"] for r in rows], [r["throughput_ratio"] for r in rows], marker="o", label="throughput")
-        ax.plot([r["concurrency"] for r in rows], [r["p50_latency_ratio"] for r in rows], marker="s",
-                label="p50 latency")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set(xlabel="concurrency", ylabel="student / teacher (×)", title="Student speed-up over the teacher")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=110)
-    plt.close(fig)
+        ax.plot([r["concurrency"] for r in rows], [r["p50_latency_ratio"] for r in rows], marker="s", label="p50 latency")
+        ax.axhline(1.0, color="grey", lw=0.8)
+
+    _figure(plt, out, "latency_cdf.png", cdf, xlabel="latency (s)", ylabel="fraction of requests",
+            title=f"Latency CDF at concurrency {top}")
+    _figure(plt, out, "throughput.png", throughput, xlabel="concurrency", ylabel="requests / s", title="Throughput")
+    _figure(plt, out, "speedup.png", speedup, xlabel="concurrency", ylabel="student / teacher (×)",
+            title="Student speed-up over the teacher")
 
 
 def write(summary: dict, samples, out: Path) -> None:

@@ -187,3 +187,17 @@ def test_limits_auth_and_queue_bound(served_store, tmp_path):
         queue_full = httpx.post(url + "/transcribe", files=two_windows, data={"vad": "false"}, headers=auth)
         assert queue_full.status_code == 429 and queue_full.headers["Retry-After"]
         assert httpx.post(url + "/transcribe", files=clip, headers=auth).status_code == 200
+
+
+@pytest.mark.parametrize(("clip", "language"), [("en_lecture.flac", "en"), ("mixed_gradient.flac", "zh")])
+def test_word_timestamps_are_ordered_and_inside_their_segment(server, clip, language):
+    url, _ = server
+    body = post(url, clip, model="whisper-base", language=language, word_timestamps="true").json()
+    words = [w for seg in body["segments"] for w in seg["words"]]
+    assert len(words) >= 4 and all(w["word"] and "\ufffd" not in w["word"] for w in words)
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(w["start"] <= w["end"] for w in words)
+    for seg in body["segments"]:
+        for w in seg["words"]:
+            assert seg["start"] - 0.5 <= w["start"] <= seg["end"] + 0.5
+    assert "".join(w["word"] for w in words).replace(" ", "") in body["text"].replace(" ", "") or language == "en"

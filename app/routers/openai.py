@@ -26,9 +26,10 @@ async def transcriptions(
     prompt: Annotated[str | None, Form(description="Accepted for compatibility; not used")] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
     models=Depends(get_models), settings=Depends(get_settings), metrics=Depends(get_metrics),
 ) -> Response:
-    options = DecodeOptions(beam_size=5, temperature=temperature)
+    options = DecodeOptions(beam_size=5, temperature=temperature, word_timestamps="word" in (timestamp_granularities or []))
     name = None if model == OPENAI_DEFAULT else model
     result = await handle(file, name, language or None, options, True, models, settings, metrics)
     return render(result, response_format, verbose_keys=False)

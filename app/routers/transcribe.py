@@ -38,8 +38,9 @@ async def transcribe_endpoint(
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     vad: Annotated[bool, Form(description="Cut at speech pauses and skip silence")] = True,
+    word_timestamps: Annotated[bool, Form(description="Per-word start/end in each segment")] = False,
     models=Depends(get_models), settings=Depends(get_settings), metrics=Depends(get_metrics),
 ) -> Response:
-    options = DecodeOptions(task=task, beam_size=beam_size, temperature=temperature)
+    options = DecodeOptions(task=task, beam_size=beam_size, temperature=temperature, word_timestamps=word_timestamps)
     result = await handle(file, model, language or None, options, vad, models, settings, metrics)
     return render(result, response_format)
