@@ -53,6 +53,7 @@ def _options(**extra) -> DistillOptions:
                           learning_rate=1e-4, **extra)
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
     root, kept = tiny_setup
     teacher = registry.path_of("whisper-base-hf")

@@ -37,6 +37,7 @@ def store(registry, tmp_path_factory):
     return scratch
 
 
+@pytest.mark.slow
 def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(CONFIG)
