@@ -7,7 +7,7 @@ ARG BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 FROM ${BASE} AS base
 ENV DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-RUN if ! command -v python3 >/dev/null || ! python3 -m venv --help >/dev/null 2>&1; then \
+RUN if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then \
       apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
       && rm -rf /var/lib/apt/lists/*; fi
 
