@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine import DecodeOptions, WhisperEngine, WindowResult
+from app.engine import DecodeOptions, WhisperEngine
 from app.metrics import Metrics
 
 
@@ -145,5 +145,3 @@ class BatchScheduler:
             self._dispatcher.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-
-WindowOutcome = tuple[WindowResult, float, float]  # result, queue seconds, batch engine seconds

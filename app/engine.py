@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-N_FRAMES = 3000
 TIME_PER_TIMESTAMP = 0.02
 HOP_LENGTH = 160  # samples per mel frame
 FRAMES_PER_SECOND = 50  # encoder frames (two mel frames each)

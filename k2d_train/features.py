@@ -12,8 +12,6 @@ from functools import lru_cache
 
 import numpy as np
 
-N_FRAMES = 3000
-
 
 @lru_cache(maxsize=4)
 def feature_extractor(num_mel_bins: int = 80):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +135,3 @@ def register_student(registry: Registry, config: RunConfig, hf_dir: Path, parame
         source=f"k2d-run:{config.source}", family=config.name, extra={"teacher": teacher.family},
     ))
 
-
-def clean_run(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)

@@ -28,10 +28,6 @@ class Shape:
     decoder_layers: int
     ffn: int
 
-    @property
-    def tag(self) -> str:
-        return f"{self.name}-{self.encoder_layers}x{self.decoder_layers}"
-
 
 SHAPES = {
     "large-v2": Shape("large-v2", 1280, 20, 32, 32, 5120),
