@@ -85,20 +85,13 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
     return {"student": student.name, "teacher": teacher_name}
 
 
-def _whisper(path: Path, config: RunConfig):
-    from faster_whisper import WhisperModel
-
-    ev = config.evaluate
-    return WhisperModel(str(path), device=ev.device, compute_type=ev.compute_type, cpu_threads=ev.cpu_threads)
-
-
 def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
     from k2d_train.bench import end_to_end, forced_length_timing
-    from k2d_train.evaluate import score
+    from k2d_train.evaluate import load_whisper, score
 
     exported = json.loads((config.run_dir / "stages" / "6-export.json").read_text())
-    teacher = _whisper(registry.path_of(exported["teacher"]), config)
-    student = _whisper(registry.path_of(exported["student"]), config)
+    teacher = load_whisper(exported["teacher"], config.evaluate, registry.store)
+    student = load_whisper(exported["student"], config.evaluate, registry.store)
     e2e = end_to_end(teacher, student, paths["test"], config.evaluate.language, config.evaluate.beam_size)
     refs = [row.text or "" for row in read_manifest(paths["test"])]
     forced = {name: forced_length_timing(model, batch_size=1, tokens=100, repeats=3).__dict__

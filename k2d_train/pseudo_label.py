@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
-from k2d.registry import resolve_model
 from k2d_train.chunking import Segment, merge_segments
 from k2d_train.decoding import generate_texts
+from k2d_train.evaluate import EvaluateOptions, load_whisper
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
 
@@ -50,12 +50,11 @@ class Teacher:
     """The teacher model behind the pseudo-labeller: long-form transcription and N-best."""
 
     def __init__(self, model: str, options: PseudoLabelOptions, store: Path):
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import BatchedInferencePipeline
 
-        path, _ = resolve_model(model, store)
         self.options = options
-        self.whisper = WhisperModel(str(path), device=options.device, compute_type=options.compute_type,
-                                    cpu_threads=options.cpu_threads)
+        self.whisper = load_whisper(model, EvaluateOptions(device=options.device, compute_type=options.compute_type,
+                                                           cpu_threads=options.cpu_threads), store)
         self.pipeline = BatchedInferencePipeline(self.whisper)
 
     def segments(self, audio: np.ndarray) -> tuple[list[Segment], str]:
