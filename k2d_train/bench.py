@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
 from k2d.manifest import read_manifest
+from k2d_train.decoding import whisper_prompt
 
 
 @dataclass
@@ -26,11 +27,6 @@ class ForcedTiming:
     encode_s: float
     decode_s: float
     tokens: int
-
-
-def forced_length_timing(whisper, batch_size: int, tokens: int, repeats: int = 5) -> ForcedTiming:
-    """Median encode and decode seconds for a batch of 30 s windows and ``tokens`` new tokens each."""
-    return interleaved_forced_timings({"model": whisper}, batch_size, tokens, repeats)["model"]
 
 
 def interleaved_forced_timings(models: dict, batch_size: int, tokens: int, repeats: int = 5) -> dict[str, ForcedTiming]:
@@ -59,10 +55,7 @@ def _forced_runner(whisper, batch_size: int, tokens: int):
     features = rng.standard_normal((batch_size, mels, 3000)).astype(np.float32)
     storage = ctranslate2.StorageView.from_array(features)
     eot = whisper.hf_tokenizer.token_to_id("<|endoftext|>")
-    prompt = [whisper.hf_tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|notimestamps|>")]
-    if model.is_multilingual:
-        prompt = [prompt[0], whisper.hf_tokenizer.token_to_id("<|en|>"),
-                  whisper.hf_tokenizer.token_to_id("<|transcribe|>"), prompt[1]]
+    prompt = whisper_prompt(whisper.hf_tokenizer, "en", timestamps=False)
 
     def once() -> tuple[float, float, int]:
         start = time.perf_counter()

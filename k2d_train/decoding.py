@@ -13,14 +13,17 @@ import numpy as np
 from k2d_train.features import whisper_features
 
 
-def prompt_ids(whisper, language: str | None, timestamps: bool) -> list[int]:
-    tokenizer = whisper.hf_tokenizer
+def whisper_prompt(tokenizer, language: str | None, timestamps: bool = True) -> list[int]:
+    """``<|sot|><|lang|><|transcribe|>`` (multilingual) or ``<|sot|>`` (English-only), then
+    ``<|notimestamps|>`` unless timestamps are wanted. Takes a transformers or a ``tokenizers``
+    tokenizer: both expose ``get_vocab()`` with the special tokens."""
+    vocab = tokenizer.get_vocab()
     tokens = ["<|startoftranscript|>"]
-    if whisper.model.is_multilingual:
+    if "<|zh|>" in vocab:
         tokens += [f"<|{language or 'en'}|>", "<|transcribe|>"]
     if not timestamps:
         tokens.append("<|notimestamps|>")
-    return [tokenizer.token_to_id(t) for t in tokens]
+    return [vocab[t] for t in tokens]
 
 
 def generate_texts(whisper, audios: Sequence[np.ndarray], language: str | None, beam_size: int = 1,
@@ -28,7 +31,7 @@ def generate_texts(whisper, audios: Sequence[np.ndarray], language: str | None, 
     """For each clip, ``num_hypotheses`` decoded texts (best first); timestamps kept as tokens."""
     import ctranslate2
 
-    prompt = prompt_ids(whisper, language, timestamps)
+    prompt = whisper_prompt(whisper.hf_tokenizer, language, timestamps)
     out: list[list[str]] = []
     for begin in range(0, len(audios), batch_size):
         batch = [whisper_features(a, whisper.feature_extractor) for a in audios[begin : begin + batch_size]]

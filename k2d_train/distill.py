@@ -21,8 +21,9 @@ from tqdm import tqdm
 from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest
 from k2d_train.checkpoints import CheckpointStore
+from k2d_train.decoding import whisper_prompt
 from k2d_train.features import whisper_features
-from k2d_train.hf_decode import greedy_decode, whisper_prompt
+from k2d_train.hf_decode import greedy_decode
 from k2d_train.losses import LossWeights, distillation_loss
 from k2d_train.text import ErrorCounts, mer_counts
 

@@ -76,8 +76,9 @@ class HFTranscriber:
     def __call__(self, audio: np.ndarray, language: str | None) -> str:
         import torch
 
+        from k2d_train.decoding import whisper_prompt
         from k2d_train.features import whisper_features
-        from k2d_train.hf_decode import greedy_decode, whisper_prompt
+        from k2d_train.hf_decode import greedy_decode
 
         prompt = whisper_prompt(self.tokenizer, language)
         with torch.no_grad():

@@ -10,15 +10,6 @@ from __future__ import annotations
 import torch
 
 
-def whisper_prompt(tokenizer, language: str | None) -> list[int]:
-    """``<|sot|><|lang|><|transcribe|>`` for multilingual models, ``<|sot|>`` for English-only ones."""
-    vocab = tokenizer.get_vocab()
-    tokens = ["<|startoftranscript|>"]
-    if "<|zh|>" in vocab:
-        tokens += [f"<|{language or 'en'}|>", "<|transcribe|>"]
-    return [vocab[t] for t in tokens]
-
-
 @torch.no_grad()
 def greedy_decode(model, encoder_hidden: torch.Tensor, prompt: list[int], eot: int, max_new_tokens: int = 200,
                   suppress: list[int] | None = None) -> list[list[int]]:

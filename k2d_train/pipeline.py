@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from k2d.registry import ModelEntry, Registry
+from k2d.registry import Registry
 from k2d_train.distill import DistillOptions
 from k2d_train.evaluate import EvaluateOptions
 from k2d_train.pseudo_label import PseudoLabelOptions
@@ -127,11 +127,4 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
     say(f"student {config.name} registered (role student): {registry.path_of(config.name)}")
     return card
 
-
-def register_student(registry: Registry, config: RunConfig, hf_dir: Path, parameters: int, teacher: ModelEntry) -> None:
-    registry.add(ModelEntry(
-        name=f"{config.name}-hf", format="transformers", path=os.path.relpath(hf_dir, registry.store), role="student",
-        parameters=parameters, languages=teacher.languages, quantization="float32",
-        source=f"k2d-run:{config.source}", family=config.name, extra={"teacher": teacher.family},
-    ))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from k2d.manifest import read_manifest, write_manifest
 from k2d.registry import Registry
-from k2d_train.pipeline import RunConfig, register_student
+from k2d_train.pipeline import RunConfig
 from k2d_train.store.operations import hf_name
 
 
@@ -69,8 +69,11 @@ def distillation(config: RunConfig, paths: dict[str, Path], registry: Registry, 
     report = distill(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init", kept_for_rule(config, rule),
                      run, config.distill, dev=paths["dev"], resume=True, final_dir=final)
     if main:
-        params = json.loads((config.run_dir / "stages" / "4-student.json").read_text())["student_parameters"]
-        register_student(registry, config, final, params, registry.get(config.teacher))
+        from k2d_train.student import register_student
+
+        init = json.loads((config.run_dir / "stages" / "4-student.json").read_text())
+        register_student(registry, config.name, final, init["student_parameters"], registry.get(config.teacher),
+                         f"k2d-run:{config.source}", init["kept_layers"])
     return report
 
 
@@ -86,7 +89,7 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
 
 
 def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
-    from k2d_train.bench import end_to_end, forced_length_timing
+    from k2d_train.bench import end_to_end, interleaved_forced_timings
     from k2d_train.evaluate import load_whisper, score
 
     exported = json.loads((config.run_dir / "stages" / "6-export.json").read_text())
@@ -94,8 +97,8 @@ def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) ->
     student = load_whisper(exported["student"], config.evaluate, registry.store)
     e2e = end_to_end(teacher, student, paths["test"], config.evaluate.language, config.evaluate.beam_size)
     refs = [row.text or "" for row in read_manifest(paths["test"])]
-    forced = {name: forced_length_timing(model, batch_size=1, tokens=100, repeats=3).__dict__
-              for name, model in (("teacher", teacher), ("student", student))}
+    timings = interleaved_forced_timings({"teacher": teacher, "student": student}, batch_size=1, tokens=100, repeats=3)
+    forced = {name: timing.__dict__ for name, timing in timings.items()}
     for name in ("teacher", "student"):
         write_manifest(config.run_dir / "evaluate" / f"{name}.jsonl",
                        [{"audio": r.audio, "reference": r.text, "text": t}
@@ -114,13 +117,13 @@ def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) ->
 
 def ablation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
     """Same training on the chunks another rule keeps, then test MER: what filtering buys."""
-    from k2d_train.evaluate import CT2Transcriber, EvaluateOptions, transcribe_manifest
+    from k2d_train.evaluate import CT2Transcriber, transcribe_manifest
     from k2d_train.store.convert import transformers_to_ct2
 
     report = distillation(config, paths, registry, rule)
     folder = config.run_dir / f"ablation-{rule}"
     transformers_to_ct2(folder / "final", folder / "ct2", config.quantization)
-    options = EvaluateOptions(**{**config.evaluate.__dict__})
+    options = config.evaluate
     summary = transcribe_manifest(str(folder / "ct2"), paths["test"], folder / "hypotheses.jsonl", options,
                                   registry.store, CT2Transcriber(str(folder / "ct2"), options, registry.store))
     kept = sum(1 for _ in read_manifest(folder / "kept.jsonl"))
@@ -145,7 +148,6 @@ def model_card(config: RunConfig, registry: Registry, validated: dict, student: 
         "test_manifest": str(paths["test"]), "config": str(config.source),
         "language": config.pseudo_label.language,
     }
-    card["speed"]["end_to_end_speedup"] = evaluation["end_to_end_speedup"]
     if ablation:
         card["ablation"] = {rule: {"mer": evaluation["student"]["mer"]}, **ablation}
     write_card(registry.path_of(config.name), card)

@@ -71,8 +71,8 @@ class Teacher:
                               timestamps=True, num_hypotheses=self.options.nbest)[0]
 
 
-def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> list[dict]:
-    """Chunks of one file; ``audio`` is relative to ``chunks.jsonl`` (one folder above the parts)."""
+def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> float:
+    """Write the chunks of one file; return its duration. ``audio`` is relative to ``chunks.jsonl``."""
     audio = decode_audio(path)
     segments, language = teacher.segments(audio)
     rows = []
@@ -93,7 +93,7 @@ def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> l
             row["nbest"] = teacher.nbest(piece, language)
         rows.append(row)
     write_manifest(out_dir / f"{audio_id}.jsonl", rows)
-    return rows
+    return len(audio) / SAMPLE_RATE
 
 
 def pseudo_label(model: str, source: Path, out: Path, options: PseudoLabelOptions, store: Path) -> dict:
@@ -108,8 +108,7 @@ def pseudo_label(model: str, source: Path, out: Path, options: PseudoLabelOption
     audio_s, start = 0.0, time.perf_counter()
     with tqdm(todo, desc=f"pseudo-label ({len(files) - len(todo)} done before)", unit="file") as progress:
         for audio_id, path in progress:
-            rows = _label_file(teacher, audio_id, path, parts)
-            audio_s += decode_audio(path).size / SAMPLE_RATE if not rows else rows[-1]["end"]
+            audio_s += _label_file(teacher, audio_id, path, parts)
             progress.set_postfix(rtfx=f"{audio_s / (time.perf_counter() - start):.1f}")
     chunks = [row for audio_id, _ in files for row in _read_part(parts / f"{audio_id}.jsonl")]
     write_manifest(out / "chunks.jsonl", chunks)

@@ -9,6 +9,7 @@ preserves the input embedding path and the final layer's output distribution. Al
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,17 @@ def create_student(registry: Registry, teacher: str, name: str, decoder_layers: 
     teacher_entry = registry.get(teacher if registry.get(teacher).format == "transformers" else hf_name(teacher))
     out_dir = registry.store / name / "hf"
     kept, teacher_params, student_params = build_student(registry.path_of(teacher_entry.name), out_dir, decoder_layers)
-    registry.add(ModelEntry(
-        name=hf_name(name), format="transformers", path=str(out_dir.relative_to(registry.store)), role="student",
-        parameters=student_params, languages=teacher_entry.languages, quantization="float32",
-        source=f"student-of:{teacher_entry.family}", family=name,
-        extra={"teacher": teacher_entry.family, "kept_decoder_layers": kept},
-    ))
+    register_student(registry, name, out_dir, student_params, teacher_entry, f"student-of:{teacher_entry.family}", kept)
     return StudentReport(hf_name(name), kept, teacher_params, student_params, out_dir)
+
+
+def register_student(registry: Registry, name: str, hf_dir: Path, parameters: int, teacher: ModelEntry, source: str,
+                     kept_layers: list[int]) -> ModelEntry:
+    """Register a student's transformers checkpoint as ``<name>-hf`` (role student)."""
+    entry = ModelEntry(
+        name=hf_name(name), format="transformers", path=os.path.relpath(hf_dir, registry.store), role="student",
+        parameters=parameters, languages=teacher.languages, quantization="float32", source=source, family=name,
+        extra={"teacher": teacher.family, "kept_decoder_layers": kept_layers},
+    )
+    registry.add(entry)
+    return entry

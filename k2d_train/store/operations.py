@@ -38,7 +38,8 @@ def hf_name(name: str) -> str:
     return f"{name}-hf"
 
 
-def register_ct2(registry: Registry, name: str, ct2_dir: Path, role: Role | None, source: str) -> ModelEntry:
+def register_ct2(registry: Registry, name: str, ct2_dir: Path, role: Role | None, source: str,
+                 family: str | None = None) -> ModelEntry:
     facts = prepare_ct2_dir(ct2_dir)
     entry = ModelEntry(
         name=name,
@@ -46,7 +47,7 @@ def register_ct2(registry: Registry, name: str, ct2_dir: Path, role: Role | None
         path=_relative(registry, ct2_dir),
         role=role,
         source=source,
-        family=name,
+        family=family or name,
         **facts,
     )
     registry.add(entry)
@@ -193,7 +194,4 @@ def export(registry: Registry, source: str, quantization: str, name: str | None,
     out_dir = registry.store / family / f"ct2-{quantization}"
     say(f"exporting {hf_dir} → {out_dir} ({quantization})")
     transformers_to_ct2(hf_dir, out_dir, quantization)
-    entry = register_ct2(registry, name, out_dir, role, f"export:{family}")
-    entry.family = family
-    registry.add(entry)
-    return entry
+    return register_ct2(registry, name, out_dir, role, f"export:{family}", family)
