@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.engine import DecodeOptions, WhisperEngine
 from app.metrics import Metrics
+from k2d.engine import DecodeOptions, WhisperEngine
 
 
 class QueueFullError(RuntimeError):

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.batching import EngineError, QueueFullError, ShuttingDownError
-from app.windows import AudioDecodeError, EmptyAudioError
+from app.upload import AudioDecodeError, EmptyAudioError
 from k2d.registry import UnknownModelError
 
 

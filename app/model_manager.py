@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.batching import BatchScheduler
-from app.engine import WhisperEngine
 from app.metrics import Metrics
 from app.settings import Settings
+from k2d.engine import WhisperEngine
 from k2d.registry import ModelEntry, Registry, UnknownModelError
 
 

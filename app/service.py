@@ -7,13 +7,13 @@ import time
 
 from fastapi import UploadFile
 
-from app.engine import DecodeOptions
 from app.errors import AudioTooLongError, RequestTimeoutError, UnsupportedOptionError, status_of
 from app.metrics import Metrics
 from app.model_manager import ModelManager
 from app.settings import Settings
 from app.transcription import TranscribeRequest, transcribe
-from app.windows import decode_upload
+from app.upload import decode_upload
+from k2d.engine import DecodeOptions
 
 
 async def handle(upload: UploadFile, model: str | None, language: str | None, options: DecodeOptions, vad: bool,

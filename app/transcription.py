@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.engine import DecodeOptions
 from app.model_manager import ServedModel
-from app.windows import split
+from k2d.engine import DecodeOptions
+from k2d.windows import split
 
 SAMPLE_RATE = 16000
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import yaml
 
 from k2d.registry import Registry
-from k2d_train.distill import DistillOptions
-from k2d_train.evaluate import EvaluateOptions
-from k2d_train.pseudo_label import PseudoLabelOptions
-from k2d_train.validate import ValidateOptions
+from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions
+from k2d_train.stages.s2_validate import ValidateOptions
+from k2d_train.stages.s5_distill import DistillOptions
+from k2d_train.stages.s7_evaluate import EvaluateOptions
 
 Say = Callable[[str], None]
 

@@ -25,13 +25,13 @@ def corpus(config: RunConfig, paths: dict[str, Path]) -> dict:
 
 
 def pseudo_labels(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
-    from k2d_train.pseudo_label import pseudo_label
+    from k2d_train.stages.s1_pseudo_label import pseudo_label
 
     return pseudo_label(config.teacher, paths["audio"], config.run_dir / "pseudo", config.pseudo_label, registry.store)
 
 
 def validation(config: RunConfig, registry: Registry) -> dict:
-    from k2d_train.validate import validate
+    from k2d_train.stages.s2_validate import validate
 
     chunks = config.run_dir / "pseudo" / "chunks.jsonl"
     stats = validate(config.validator, chunks, config.run_dir / "validate", config.validate, registry.store)
@@ -39,7 +39,7 @@ def validation(config: RunConfig, registry: Registry) -> dict:
 
 
 def student_init(config: RunConfig, registry: Registry) -> dict:
-    from k2d_train.student import build_student
+    from k2d_train.stages.s3_student import build_student
 
     teacher_dir = registry.path_of(hf_name(config.teacher))
     kept, teacher_params, student_params = build_student(teacher_dir, config.run_dir / "student-init",
@@ -60,7 +60,7 @@ def kept_for_rule(config: RunConfig, rule: str) -> Path:
 
 
 def distillation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
-    from k2d_train.distill import distill
+    from k2d_train.stages.s5_distill import distill
 
     main = rule == config.validate.rule
     folder = config.run_dir if main else config.run_dir / f"ablation-{rule}"
@@ -69,7 +69,7 @@ def distillation(config: RunConfig, paths: dict[str, Path], registry: Registry, 
     report = distill(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init", kept_for_rule(config, rule),
                      run, config.distill, dev=paths["dev"], resume=True, final_dir=final)
     if main:
-        from k2d_train.student import register_student
+        from k2d_train.stages.s3_student import register_student
 
         init = json.loads((config.run_dir / "stages" / "4-student.json").read_text())
         register_student(registry, config.name, final, init["student_parameters"], registry.get(config.teacher),
@@ -90,7 +90,7 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
 
 def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
     from k2d_train.bench import end_to_end, interleaved_forced_timings
-    from k2d_train.evaluate import load_whisper, score
+    from k2d_train.stages.s7_evaluate import load_whisper, score
 
     exported = json.loads((config.run_dir / "stages" / "6-export.json").read_text())
     teacher = load_whisper(exported["teacher"], config.evaluate, registry.store)
@@ -117,7 +117,7 @@ def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) ->
 
 def ablation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
     """Same training on the chunks another rule keeps, then test MER: what filtering buys."""
-    from k2d_train.evaluate import CT2Transcriber, transcribe_manifest
+    from k2d_train.stages.s7_evaluate import CT2Transcriber, transcribe_manifest
     from k2d_train.store.convert import transformers_to_ct2
 
     report = distillation(config, paths, registry, rule)

@@ -21,11 +21,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.engine import DecodeOptions, WhisperEngine  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from app.windows import decode_upload, split  # noqa: E402
+from app.upload import decode_upload  # noqa: E402
+from k2d.engine import DecodeOptions, WhisperEngine  # noqa: E402
 from k2d.manifest import read_manifest  # noqa: E402
 from k2d.registry import Registry, default_store  # noqa: E402
+from k2d.windows import split  # noqa: E402
 from loadtest.__main__ import hardware, run  # noqa: E402
 from tests.conftest import free_port, running_server  # noqa: E402
 

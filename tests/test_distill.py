@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from k2d.audio import decode_audio
 from k2d_train.checkpoints import CheckpointStore
-from k2d_train.distill import DistillOptions, distill
 from k2d_train.features import whisper_features
-from k2d_train.student import build_student
+from k2d_train.stages.s3_student import build_student
+from k2d_train.stages.s5_distill import DistillOptions, distill
 from tests.conftest import MANIFEST
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from k2d.cli import app
 from k2d.registry import ModelEntry, Registry
+from k2d_cli.main import app
 
 CONFIG = """
 name: tiny-student

@@ -21,7 +21,7 @@ def test_sigterm_drains_in_flight_requests(served_store, tmp_path):
     port = free_port()
     env = {**os.environ, "K2D_MODELS_DIR": str(served_store.store), "K2D_MODELS": json.dumps(["whisper-base"]),
            "K2D_PORT": str(port)}
-    server = subprocess.Popen([sys.executable, "-m", "k2d.cli", "serve"], cwd=REPO, env=env,
+    server = subprocess.Popen([sys.executable, "-m", "k2d_cli", "serve"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

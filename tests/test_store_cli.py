@@ -8,9 +8,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from k2d.cli import app
 from k2d.manifest import read_manifest
 from k2d.registry import Registry
+from k2d_cli.main import app
 from tests.conftest import MANIFEST
 
 runner = CliRunner()

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
 from app.dependencies import get_metrics, get_models, get_settings, require_api_key
-from app.engine import DecodeOptions
 from app.formats import ResponseFormat
 from app.routers.transcribe import render
 from app.service import handle
+from k2d.engine import DecodeOptions
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 OPENAI_DEFAULT = "whisper-1"  # what OpenAI clients send by default: served by our default model

@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from app import formats
 from app.dependencies import get_metrics, get_models, get_settings, require_api_key
-from app.engine import DecodeOptions
 from app.formats import ResponseFormat
 from app.service import handle
+from k2d.engine import DecodeOptions
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

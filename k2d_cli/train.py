@@ -85,7 +85,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """The teacher transcribes long-form audio into ≤ 30 s chunks with timestamp labels."""
-        from k2d_train.pseudo_label import PseudoLabelOptions, pseudo_label
+        from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
 
         options = PseudoLabelOptions(language=language, beam_size=beam_size, batch_size=batch_size, nbest=nbest,
                                      device=device, compute_type=compute_type)
@@ -104,7 +104,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Re-transcribe every chunk with the validator and keep those with δ ≤ α."""
-        from k2d_train.validate import ValidateOptions, summary_table, validate
+        from k2d_train.stages.s2_validate import ValidateOptions, summary_table, validate
 
         options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count)
         stats = guarded(lambda: validate(validator, chunks, out, options, store or default_store()))
@@ -118,7 +118,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Copy the teacher's encoder and N maximally spaced decoder layers; register the student."""
-        from k2d_train.student import create_student
+        from k2d_train.stages.s3_student import create_student
 
         registry = Registry(store or default_store())
         report = guarded(lambda: create_student(registry, teacher, name, decoder_layers))
@@ -142,7 +142,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Train the registered student (CE + KL to the teacher); the result replaces its weights."""
-        from k2d_train.distill import DistillOptions, distill
+        from k2d_train.stages.s5_distill import DistillOptions, distill
         from k2d_train.store.operations import hf_name
 
         registry = Registry(store or default_store())

@@ -143,7 +143,7 @@ def evaluate_command(
     store: StoreOption = None,
 ) -> None:
     """Transcribe every manifest row (temperature 0), write {audio, text}; score if rows have text."""
-    from k2d_train.evaluate import EvaluateOptions, transcribe_manifest, write_report
+    from k2d_train.stages.s7_evaluate import EvaluateOptions, transcribe_manifest, write_report
 
     options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type)
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
@@ -177,7 +177,7 @@ def loadtest_command(ctx: typer.Context) -> None:
 
 
 def _register_training() -> None:
-    from k2d_train.cli import register
+    from k2d_cli.train import register
 
     register(app, run_guarded, say)
 

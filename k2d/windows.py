@@ -1,4 +1,4 @@
-"""Upload bytes → 16 kHz mono → ≤ 30 s windows cut at speech pauses, each with its offset.
+"""16 kHz mono audio → ≤ 30 s windows cut at speech pauses, each with its offset.
 
 Whisper sees 30 s at a time; cutting long audio at silences (Silero VAD, as shipped with
 faster-whisper) instead of every 30 s keeps words whole, and dropping non-speech avoids
@@ -7,34 +7,19 @@ Whisper's classic hallucinations on silence. Timestamps are re-based with each w
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from k2d.audio import SAMPLE_RATE, AudioDecodeError, decode_audio
+from k2d.audio import SAMPLE_RATE
 
 MAX_WINDOW_S = 30.0
-
-
-class EmptyAudioError(ValueError):
-    """The file decoded but holds no samples."""
 
 
 @dataclass
 class Window:
     offset: float  # seconds from the start of the upload
     audio: np.ndarray
-
-
-def decode_upload(data: bytes) -> np.ndarray:
-    """Decode any format PyAV reads; raise AudioDecodeError (415) or EmptyAudioError (400)."""
-    if not data:
-        raise EmptyAudioError("the uploaded file is empty")
-    audio = decode_audio(io.BytesIO(data))
-    if audio.size == 0:
-        raise EmptyAudioError("the file contains no audio samples")
-    return audio
 
 
 def fixed_windows(audio: np.ndarray) -> list[Window]:
@@ -63,5 +48,3 @@ def speech_windows(audio: np.ndarray, min_silence_ms: int = 500) -> list[Window]
 def split(audio: np.ndarray, vad: bool, min_silence_ms: int = 500) -> list[Window]:
     return speech_windows(audio, min_silence_ms) if vad else fixed_windows(audio)
 
-
-__all__ = ["AudioDecodeError", "EmptyAudioError", "Window", "decode_upload", "split"]

@@ -2,7 +2,7 @@
 
 The student's encoder is the teacher's, frozen, so one encoder pass per chunk serves both models
 and can be cached to disk (the CPU's biggest saving). Runs under Accelerate: ``accelerate launch
--m k2d.cli distill ...`` gives multi-GPU/multi-node with no code change. Checkpoints are whole
+-m k2d_cli distill ...`` gives multi-GPU/multi-node with no code change. Checkpoints are whole
 directories renamed into place, and the data order is a function of (seed, epoch), so
 ``--resume`` continues exactly where the last checkpoint stopped.
 """

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.decoding import generate_texts
-from k2d_train.evaluate import EvaluateOptions, load_whisper
 from k2d_train.phonemes import per
+from k2d_train.stages.s7_evaluate import EvaluateOptions, load_whisper
 from k2d_train.text import mer, repeated_ngram
 
 RULES = ("none", "ngram", "mer", "per", "comp")

@@ -20,7 +20,7 @@ from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.chunking import Segment, merge_segments
 from k2d_train.decoding import generate_texts
-from k2d_train.evaluate import EvaluateOptions, load_whisper
+from k2d_train.stages.s7_evaluate import EvaluateOptions, load_whisper
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
 
