@@ -60,6 +60,11 @@ class BatchScheduler:
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}")
 
     @property
+    def queued_audio_s(self) -> float:
+        """Seconds of audio waiting in the queue: what admission control weighs, not the window count."""
+        return sum(len(job.audio) for job in self.pending) / 16000
+
+    @property
     def alive(self) -> bool:
         return self._dispatcher is not None and not self._dispatcher.done()
 

@@ -7,12 +7,15 @@ app reads the store's registry and model folders only — it never imports torch
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+
+import numpy as np
 
 from app.batching import BatchScheduler
 from app.metrics import Metrics
 from app.settings import Settings
-from k2d.engine import WhisperEngine
+from k2d.engine import DecodeOptions, WhisperEngine
 from k2d.registry import ModelEntry, Registry, UnknownModelError
 
 
@@ -21,6 +24,11 @@ class ServedModel:
     entry: ModelEntry
     scheduler: BatchScheduler
     default_language: str | None
+
+    def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions) -> list[asyncio.Future]:
+        """Queue one request's windows; each future resolves to ``(WindowResult, queue_s, inference_s)``
+        once the window's final transcript is known (guard and teacher fallback included)."""
+        return self.scheduler.submit(audios, language, options)
 
 
 def cuda_available() -> bool:

@@ -28,7 +28,7 @@ async def transcribe(audio: np.ndarray, served: ServedModel, name: str, request:
     started = time.monotonic()
     windows = await asyncio.to_thread(split, audio, request.vad, min_silence_ms)
     language = request.language or served.default_language
-    futures = served.scheduler.submit([w.audio for w in windows], language, request.options) if windows else []
+    futures = served.submit([w.audio for w in windows], language, request.options) if windows else []
     try:
         outcomes = await asyncio.gather(*futures)
     except BaseException:
