@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 K2D := $(VENV)/bin/k2d
 export K2D_MODELS_DIR ?= $(CURDIR)/models
 
-.PHONY: setup models demo test lint clips bench-serving loadtest
+.PHONY: setup models demo test lint clips bench-serving loadtest soak
 
 setup:
 	@scripts/setup.sh dev
@@ -24,6 +24,10 @@ bench-serving: models
 
 loadtest: setup
 	@$(PY) -m loadtest --out runs/loadtest
+
+# Reliability: 64 concurrent clients for 30 s against a server it starts on 127.0.0.1; fails on any 5xx.
+soak: models
+	@$(PY) scripts/soak.py --concurrency 64 --duration 30 --out runs/soak.json
 
 lint: setup
 	@$(VENV)/bin/ruff check .

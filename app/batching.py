@@ -40,7 +40,11 @@ class WindowJob:
     language: str | None
     options: DecodeOptions
     future: asyncio.Future
+    frames: int  # the model's context policy: windows of one bucket share a batch (same feature shape)
     enqueued: float = field(default_factory=time.monotonic)
+
+    def key(self) -> tuple:
+        return (*self.options.key(), self.frames)
 
 
 class BatchScheduler:
@@ -49,6 +53,7 @@ class BatchScheduler:
         self.name, self.engine, self.metrics = name, engine, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.pending: deque[WindowJob] = deque()
+        self.background: deque[WindowJob] = deque()  # shadow work: runs only when no foreground window waits
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(engine.workers)
         self._executor = ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix=f"k2d-{name}")
@@ -68,21 +73,30 @@ class BatchScheduler:
     def alive(self) -> bool:
         return self._dispatcher is not None and not self._dispatcher.done()
 
-    def submit(self, windows: list[np.ndarray], language: str | None, options: DecodeOptions) -> list[asyncio.Future]:
-        """Queue all windows of one request at once (all or none, so a request is never half-queued)."""
+    def submit(self, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
+               background: bool = False) -> list[asyncio.Future]:
+        """Queue all windows of one request at once (all or none, so a request is never half-queued).
+
+        ``background`` windows (shadow scoring) wait in their own lane, taken only when no foreground
+        window is queued, and are bounded separately: shadow work never delays or rejects a request."""
         if not self.accepting:
             raise ShuttingDownError("the service is shutting down")
-        if len(self.pending) + len(windows) > self.max_queue:
-            raise QueueFullError(f"model {self.name!r} has {len(self.pending)} windows queued (limit {self.max_queue})")
+        lane = self.background if background else self.pending
+        if len(lane) + len(windows) > self.max_queue:
+            raise QueueFullError(f"model {self.name!r} has {len(lane)} windows queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        jobs = [WindowJob(w, language, options, loop.create_future()) for w in windows]
-        self.pending.extend(jobs)
+        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w)) for w in windows]
+        lane.extend(jobs)
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
         self._wakeup.set()
         return [job.future for job in jobs]
 
     async def _dispatch(self) -> None:
         while True:
+            if not self.pending and self.background:
+                await self._slots.acquire()
+                self._launch(self._take_batch(self.background))
+                continue
             if not self.pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -95,21 +109,27 @@ class BatchScheduler:
                 except TimeoutError:
                     break
             await self._slots.acquire()
-            batch = self._take_batch()
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._launch(self._take_batch(self.pending))
 
-    def _take_batch(self) -> list[WindowJob]:
-        """The oldest window's options decide; compatible windows join in arrival order."""
-        key = self.pending[0].options.key()
+    def _launch(self, batch: list[WindowJob]) -> None:
+        task = asyncio.create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _take_batch(self, lane: deque[WindowJob]) -> list[WindowJob]:
+        """The oldest window's options and bucket decide; compatible windows join in arrival order."""
+        while lane and lane[0].future.cancelled():
+            lane.popleft()
+        if not lane:
+            return []
+        key = lane[0].key()
         batch, rest = [], deque()
-        while self.pending:
-            job = self.pending.popleft()
+        while lane:
+            job = lane.popleft()
             if job.future.cancelled():
                 continue
-            (batch if job.options.key() == key and len(batch) < self.max_batch else rest).append(job)
-        self.pending = rest
+            (batch if job.key() == key and len(batch) < self.max_batch else rest).append(job)
+        lane.extend(rest)
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
         return batch
 
@@ -134,6 +154,9 @@ class BatchScheduler:
             elapsed = time.monotonic() - started
             audio_s = sum(len(j.audio) for j in batch) / 16000
             self.metrics.record_batch(self.name, len(batch), audio_s, elapsed, sum(r.tokens for r in results))
+            for result in results:
+                for reason in result.triggered:
+                    self.metrics.guard.labels(self.name, reason).inc()
             for job, result in zip(batch, results, strict=True):
                 if not job.future.done():
                     job.future.set_result((result, started - job.enqueued, elapsed))
@@ -144,6 +167,7 @@ class BatchScheduler:
         """Stop accepting, let queued and running batches finish (bounded by ``timeout``)."""
         self.accepting = False
         end = time.monotonic() + timeout
+        self.background.clear()  # shadow work is optional; never let it hold a shutdown
         while (self.pending or self._running) and time.monotonic() < end:
             await asyncio.sleep(0.05)
         if self._dispatcher:

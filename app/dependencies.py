@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import Header, HTTPException, Request
+from fastapi import Header, Request
 
+from app.errors import AuthError
 from app.metrics import Metrics
 from app.model_manager import ModelManager
 from app.settings import Settings
@@ -23,11 +24,15 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def require_api_key(request: Request, authorization: str | None = Header(None)) -> None:
+def require_api_key(request: Request, authorization: str | None = Header(None, description="Bearer <key>")) -> None:
+    """``Authorization: Bearer <key>`` when K2D_API_KEY is set; anything else is a 401, never a 500.
+
+    Header values arrive as latin-1 text, so the comparison runs on their original bytes (a str with
+    non-ASCII characters would make ``compare_digest`` raise)."""
     expected = request.app.state.settings.api_key
     if not expected:
         return
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not secrets.compare_digest(token, expected):
-        raise HTTPException(401, "missing or wrong API key (Authorization: Bearer <key>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = (authorization or "").partition(" ")
+    presented = token.strip().encode("latin-1", errors="replace")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(presented, expected.encode("utf-8")):
+        raise AuthError("missing or wrong API key (Authorization: Bearer <key>)")

@@ -1,14 +1,17 @@
 """The FastAPI application: settings → model manager → schedulers → routers.
 
 ``create_app(settings)`` builds a fresh app (tests start several with different settings);
-``k2d serve`` runs it under uvicorn, whose SIGTERM handling stops accepting connections and lets
-in-flight requests finish before the lifespan's shutdown drains the batch queues.
+``k2d serve`` runs it under :class:`~app.lifecycle.DrainingServer`: SIGTERM makes /readyz and new
+requests answer 503 while in-flight requests finish (``K2D_SHUTDOWN_GRACE_S``), then the lifespan's
+shutdown drains the batch queues and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -16,18 +19,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app import errors
+from app.admission import Admission
+from app.lifecycle import DrainingServer, Lifecycle, RequestGuard
 from app.metrics import Metrics
 from app.model_manager import ModelManager
 from app.routers import health, openai, transcribe
 from app.settings import Settings
 
 log = logging.getLogger("k2d")
+SHUTDOWN_BACKSTOP_S = 10  # uvicorn's own grace, after ours: only idle connections are left by then
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics(settings.rtfx_window_s)
     models = ModelManager(settings, metrics)
+
+    admission = Admission(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,27 +44,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving %s (default %s)", ", ".join(models.models), models.default)
         yield
         await models.drain(settings.request_timeout_s)
+        admission.close()
 
     app = FastAPI(title="k2d", version="0.1.0", lifespan=lifespan,
                   description="Whisper teacher and K²D student, batched across concurrent requests.")
     app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
+    app.state.lifecycle, app.state.admission = Lifecycle(), admission
     errors.install(app)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_form(_, err: RequestValidationError) -> JSONResponse:
-        message = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
-        return JSONResponse(errors.error_body(422, message, "invalid_request"), status_code=422)
-
+    app.add_exception_handler(RequestValidationError, _invalid_form)
     app.include_router(health.router)
     app.include_router(transcribe.router)
     app.include_router(openai.router)
     app.add_middleware(errors.UploadLimit, max_bytes=int(settings.max_upload_mb * 1e6))
+    app.add_middleware(RequestGuard, lifecycle=app.state.lifecycle, metrics=metrics, timeout_s=settings.request_timeout_s)
     return app
 
 
+async def _invalid_form(_, err: RequestValidationError) -> JSONResponse:
+    message = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in err.errors())
+    return JSONResponse(errors.error_body(422, message, "invalid_request"), status_code=422)
+
+
 def serve(settings: Settings | None = None) -> None:
+    """Run until SIGTERM/SIGINT, drain, exit 0 (1 if the grace period ended with requests still running)."""
     import uvicorn
 
     settings = settings or Settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
-                log_level="info")
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", log_config=_log_config(),
+                            timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S)
+    DrainingServer(config, app.state.lifecycle, settings.drain_grace_s).run()
+    if not app.state.lifecycle.clean:
+        sys.exit(1)
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, with k2d's own messages (models served, drain progress) beside its lines."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["k2d"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config

@@ -39,6 +39,15 @@ class Metrics:
         self.rtfx = Gauge("k2d_rtfx", "Audio seconds per engine second over a sliding window", ["model"], registry=r)
         self.speedup = Gauge("k2d_student_speedup", "Student RTFx divided by teacher RTFx", ["student", "teacher"],
                              registry=r)
+        self.guard = Counter("k2d_guard_triggered", "Windows the loop guard flagged, by reason", ["model", "reason"],
+                             registry=r)
+        self.fallback = Counter("k2d_fallback", "Student windows re-decoded by the teacher", ["student", "teacher", "reason"],
+                                registry=r)
+        self.shadow = Histogram("k2d_shadow_disagreement", "MER between student and teacher on shadowed windows",
+                                ["student", "teacher"], buckets=(0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0),
+                                registry=r)
+        self.harvested = Counter("k2d_harvested_windows", "Shadowed windows written to the harvest folder", ["student"],
+                                 registry=r)
         self.window_s = window_s
         self._samples: dict[str, deque] = {}
         self._lock = threading.Lock()
@@ -61,6 +70,20 @@ class Metrics:
                 teacher_rtfx = self._rtfx(teacher)
                 if teacher_rtfx > 0 and self._rtfx(student) > 0:
                     self.speedup.labels(student, teacher).set(self._rtfx(student) / teacher_rtfx)
+
+    def declare(self, models: list[str], pairs: list[tuple[str, str]]) -> None:
+        """Export every guard / fallback / shadow series at 0 from the start: dashboards and alerts
+        see "none yet" instead of "no data"."""
+        from k2d.guard import REASONS
+
+        for model in models:
+            for reason in REASONS:
+                self.guard.labels(model, reason)
+        for student, teacher in pairs:
+            for reason in REASONS:
+                self.fallback.labels(student, teacher, reason)
+            self.shadow.labels(student, teacher)
+            self.harvested.labels(student)
 
     def _rtfx(self, model: str) -> float:
         samples = self._samples.get(model) or ()

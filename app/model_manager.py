@@ -13,10 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.batching import BatchScheduler
+from app.guarded import Cascade, Harvest
 from app.metrics import Metrics
 from app.settings import Settings
+from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.registry import ModelEntry, Registry, UnknownModelError
+from k2d.guard import GuardOptions
+from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
 
 
 @dataclass
@@ -24,10 +27,15 @@ class ServedModel:
     entry: ModelEntry
     scheduler: BatchScheduler
     default_language: str | None
+    cascade: Cascade | None = None  # a student served beside its teacher
 
-    def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions) -> list[asyncio.Future]:
+    def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
+               fallback: bool | None = None) -> list[asyncio.Future]:
         """Queue one request's windows; each future resolves to ``(WindowResult, queue_s, inference_s)``
-        once the window's final transcript is known (guard and teacher fallback included)."""
+        once the window's final transcript is known (guard and teacher fallback included).
+        ``fallback`` overrides the deployment's choice for this request."""
+        if self.cascade is not None:
+            return self.cascade.submit(audios, language, options, fallback)
         return self.scheduler.submit(audios, language, options)
 
 
@@ -47,19 +55,8 @@ def choose_models(registry: Registry, settings: Settings) -> list[str]:
             raise UnknownModelError("no CTranslate2 model in the store; run `make models` (k2d models fetch)")
         return [teachers[0].name]
     student = max(students, key=lambda e: e.resolve(registry.store).stat().st_mtime)
-    teacher = _teacher_of(registry, student)
+    teacher = teacher_of(registry, student)
     return [student.name] + ([teacher] if teacher else [])
-
-
-def _teacher_of(registry: Registry, student: ModelEntry) -> str | None:
-    family = (student.extra.get("card") or {}).get("teacher") or student.extra.get("teacher")
-    if not family:
-        return None
-    quant = student.quantization or "int8"
-    for name in (f"{family}-{quant.replace('_', '-')}", family):  # like with like: same quantisation first
-        if name in registry and registry.path_of(name).is_dir():
-            return name
-    return None
 
 
 class ModelManager:
@@ -82,7 +79,8 @@ class ModelManager:
                 raise ValueError(f"{name} is a {entry.format} model; serve its CTranslate2 export")
             engine = WhisperEngine(
                 entry.resolve(self.registry.store), device, self.settings.device_index if device == "cuda" else [0],
-                compute_type, self.settings.replicas, self.settings.cpu_threads,
+                compute_type, self.settings.replicas, self.settings.cpu_threads, self._guard(entry),
+                self._policy(entry),
             )
             scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
                                        self.settings.max_wait_ms, self.settings.max_queue_windows)
@@ -90,8 +88,30 @@ class ModelManager:
             self.models[name] = ServedModel(entry, scheduler, language)
         self.metrics.pairs = [
             (name, teacher) for name, served in self.models.items()
-            if served.entry.role == "student" and (teacher := _teacher_of(self.registry, served.entry)) in self.models
+            if served.entry.role == "student" and (teacher := teacher_of(self.registry, served.entry)) in self.models
         ]
+        self.metrics.declare(list(self.models), self.metrics.pairs)
+        harvest = Harvest(self.settings.harvest_dir, self.settings.harvest_max_mb) if self.settings.harvest_dir else None
+        for student, teacher in self.metrics.pairs:
+            self.models[student].cascade = Cascade(
+                student, teacher, self.models[student].scheduler, self.models[teacher].scheduler, self.metrics,
+                self.settings.fallback, self.settings.shadow_fraction, harvest)
+
+    def _guard(self, entry: ModelEntry) -> GuardOptions:
+        """Students beside their teacher cascade instead of sampling at higher temperatures."""
+        cascades = self.settings.fallback and entry.role == "student" and teacher_of(self.registry, entry) is not None
+        return GuardOptions(enabled=self.settings.guard, tokens_per_s=self.settings.guard_tokens_per_s,
+                            compression_ratio=self.settings.guard_compression_ratio,
+                            logprob=self.settings.guard_logprob,
+                            temperatures=() if cascades else GuardOptions().temperatures)
+
+    def _policy(self, entry: ModelEntry) -> ContextPolicy | None:
+        """Each model's own context (a short-context student's is in its folder); the teacher gets
+        Whisper's 30 s unless the operator opts in."""
+        if entry.role != "student" and self.settings.teacher_context:
+            pad, _, bucket = self.settings.teacher_context.partition("/")
+            return ContextPolicy(float(pad), float(bucket or 2.0))
+        return None
 
     def start(self) -> None:
         for served in self.models.values():

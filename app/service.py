@@ -1,46 +1,136 @@
-"""The request path shared by both transcription endpoints: model → decode → limits → queue → result."""
+"""The request path shared by both transcription endpoints, cheapest checks first.
+
+model (aliases ``student``/``teacher``) → options valid for that model (422) → admission on the
+load alone (429 at once) → container header (415, 413 on a declared length) → admission with the
+header's length (429, still before any decoding) → bounded decode + VAD in a worker thread (413 at
+the limit, not after) → queue → result or event stream. One deadline, set when the request arrived,
+covers all of it (408 for the upload, 503 after).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
 import time
+from contextlib import asynccontextmanager
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
+from fastapi.responses import StreamingResponse
+from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from app.errors import AudioTooLongError, RequestTimeoutError, UnsupportedOptionError, status_of
-from app.metrics import Metrics
-from app.model_manager import ModelManager
+from app.admission import Admission
+from app.errors import RequestTimeoutError, UnsupportedOptionError
+from app.lifecycle import attribute_to, deadline_of
+from app.model_manager import ModelManager, ServedModel
 from app.settings import Settings
-from app.transcription import TranscribeRequest, transcribe
-from app.upload import decode_upload
-from k2d.engine import DecodeOptions
+from app.transcription import Job, TranscribeRequest, collect, prepare, stream_events, submit
+from app.upload import probe
+from k2d.registry import UnknownModelError
+
+LANGUAGES = frozenset(_LANGUAGE_CODES)  # Whisper's own list: "endoftext", "translate" or "0.00" are not languages
+ROLE_ALIASES = ("student", "teacher")
+BYTES_PER_SECOND_GUESS = 4000  # 32 kbit/s: a low speech bitrate, so a header without a duration is not under-counted
 
 
-async def handle(upload: UploadFile, model: str | None, language: str | None, options: DecodeOptions, vad: bool,
-                 models: ModelManager, settings: Settings, metrics: Metrics) -> dict:
-    """Run one transcription and record its metrics; errors propagate as typed exceptions."""
-    name, served = models.get(model)
-    started, status = time.monotonic(), 200
-    metrics.in_flight.labels(name).inc()
-    try:
-        if language and served.scheduler.engine.multilingual:
-            if served.scheduler.engine.tokenizer.token_to_id(f"<|{language}|>") is None:
-                raise UnsupportedOptionError(f"unknown language {language!r} (use an ISO code such as zh or en)")
-        elif language and language != "en":
+def resolve(models: ModelManager, requested: str | None) -> tuple[str, ServedModel]:
+    """A served model by name, or by role (``student``/``teacher``) when no model has that name."""
+    if requested in ROLE_ALIASES and requested not in models.models:
+        named = [name for name, served in models.models.items() if served.entry.role == requested]
+        if not named:
+            raise UnknownModelError(f"no {requested} model is served; served models: {', '.join(models.models)}")
+        requested = models.default if models.default in named else named[0]
+    return models.get(requested)
+
+
+def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None:
+    """Refuse (422) what this model would silently get wrong: unknown languages, translation it cannot do."""
+    engine, language = served.scheduler.engine, request.language
+    if language is not None:
+        if language not in LANGUAGES:
+            raise UnsupportedOptionError(f"unknown language {language!r} (use an ISO 639-1 code such as zh or en)")
+        if not engine.multilingual and language != "en":
             raise UnsupportedOptionError(f"model {name!r} is English-only; language must be en")
-        audio = await asyncio.to_thread(decode_upload, await upload.read())
-        if len(audio) / 16000 > settings.max_audio_s:
-            raise AudioTooLongError(f"audio is {len(audio) / 16000:.0f} s; the limit is {settings.max_audio_s:.0f} s")
-        request = TranscribeRequest(language, options, vad)
+        if engine.multilingual and engine.tokenizer.token_to_id(f"<|{language}|>") is None:
+            raise UnsupportedOptionError(f"model {name!r} does not know the language {language!r}")
+    if request.options.task == "translate" and not translates(served):
+        raise UnsupportedOptionError(f"model {name!r} does not translate; use task=transcribe or a teacher model")
+
+
+def translates(served: ServedModel) -> bool:
+    """Multilingual Whisper translates; a distilled student only if its card says it was trained to."""
+    if not served.scheduler.engine.multilingual:
+        return False
+    if served.entry.role != "student":
+        return True
+    card = served.entry.extra.get("card") or {}
+    return bool(card.get("translates")) or "translate" in (card.get("tasks") or [])
+
+
+@asynccontextmanager
+async def within(deadline: float, timeout_s: float):
+    """Run the block under the request's deadline (``time.monotonic()`` clock); 503 when it passes."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+            yield
+    except TimeoutError as err:
+        raise RequestTimeoutError(f"the request took longer than {timeout_s:.0f} s") from err
+
+
+async def start(http: Request, upload: UploadFile, model: str | None, request: TranscribeRequest) -> Job:
+    """Everything up to the request's windows being in the model's queue."""
+    state = http.app.state
+    models, settings = state.models, state.settings
+    admission: Admission = state.admission
+    name, served = resolve(models, model)
+    attribute_to(http, name, state.metrics)
+    validate(name, served, request)
+    deadline = deadline_of(http)
+    arrived = deadline - settings.request_timeout_s
+    admission.precheck(name, served, deadline - time.monotonic())
+    async with within(deadline, settings.request_timeout_s):
+        data = await upload.read()  # the request's own copy: worker threads may outlive the upload's temp file
+        declared = await asyncio.to_thread(probe, io.BytesIO(data), settings.max_audio_s)
+        reservation = admission.admit(name, served, _estimate(declared, len(data), settings),
+                                      deadline - time.monotonic())
         try:
-            return await asyncio.wait_for(transcribe(audio, served, name, request, settings.vad_min_silence_ms),
-                                          settings.request_timeout_s)
-        except TimeoutError as err:
-            raise RequestTimeoutError(f"transcription took longer than {settings.request_timeout_s:.0f} s") from err
-    except Exception as err:
-        status = status_of(err)[0]
-        raise
+            prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
+                                                   settings.vad_min_silence_ms, stop=threading.Event())
+            job = submit(served, name, prepared, request, arrived)
+        finally:
+            reservation.release()  # queued now (or failed): the scheduler's queue accounts for it from here
+    _cancel_with_request(job)
+    return job
+
+
+def _cancel_with_request(job: Job) -> None:
+    """However the request ends (answered, failed, abandoned, a stream never started), its windows stop."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _: job.cancel())
+
+
+def _estimate(declared: float | None, size: int, settings: Settings) -> float:
+    """Audio seconds to reserve before decoding: the header's claim, else a guess from the size."""
+    if declared is not None:
+        return declared
+    return min(settings.max_audio_s, size / BYTES_PER_SECOND_GUESS)
+
+
+async def finish(http: Request, job: Job) -> dict:
+    """Wait for every window of a queued request (within its deadline)."""
+    settings: Settings = http.app.state.settings
+    try:
+        async with within(deadline_of(http), settings.request_timeout_s):
+            return await collect(job)
     finally:
-        metrics.in_flight.labels(name).dec()
-        metrics.requests.labels(name, str(status)).inc()
-        metrics.request_seconds.labels(name).observe(time.monotonic() - started)
+        job.cancel()
+
+
+def event_stream(http: Request, job: Job) -> StreamingResponse:
+    """``text/event-stream`` of the transcript as windows finish (the deadline still applies)."""
+    settings: Settings = http.app.state.settings
+    events = stream_events(job, deadline_of(http), settings.request_timeout_s)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,13 +32,43 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, description="Windows per generate() call, across requests")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits for more windows after the first")
     max_queue_windows: int = Field(256, ge=1, description="Per-model queue bound; beyond it requests get 429")
+    max_queue_audio_s: float = Field(1200.0, gt=0, description="Per-model queue bound in audio seconds (admission: 429 "
+                                     "before decoding); sized to drain well within the request timeout")
+    max_concurrent_decodes: int = Field(4, ge=1, description="Uploads decoded (and VAD-split) at once; the rest wait")
 
     max_upload_mb: float = Field(25.0, gt=0)
     max_audio_s: float = Field(600.0, gt=0, description="Longest audio accepted (seconds)")
-    request_timeout_s: float = Field(120.0, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, inference")
+    shutdown_grace_s: float | None = Field(None, gt=0, description="SIGTERM: time in-flight requests get to finish "
+                                           "(default: request timeout + 10 s; never less than the request timeout)")
     api_key: str | None = Field(None, description="If set, requests need 'Authorization: Bearer <key>'")
 
+    guard: bool = Field(True, description="Loop guard on every window: token budget, compression ratio, log-prob, "
+                        "repeated n-gram")
+    guard_tokens_per_s: float = Field(12.0, gt=0, description="Token budget per second of window audio")
+    guard_compression_ratio: float = Field(2.4, gt=0, description="Flag above this gzip compression ratio")
+    guard_logprob: float = Field(-1.0, description="Flag below this average log-probability")
+    fallback: bool = Field(True, description="A student's flagged window is re-decoded by its teacher when served "
+                           "beside it (else: temperature fallback)")
+    teacher_context: str | None = Field(None, description="Operator opt-in: serve non-students with a short context "
+                                        "('PAD/BUCKET' seconds, e.g. '2/2'); default Whisper's 30 s")
+    shadow_fraction: float = Field(0.0, ge=0, le=1, description="Share of student windows also decoded by the teacher "
+                                   "on a background lane (disagreement histogram)")
+    harvest_dir: Path | None = Field(None, description="Opt-in: write shadowed windows (audio + teacher labels) here "
+                                     "as a k2d run corpus")
+    harvest_max_mb: float = Field(500.0, gt=0, description="Harvest size cap; the oldest files are rotated out")
     vad_min_silence_ms: int = 500
     rtfx_window_s: float = Field(60.0, gt=0, description="Sliding window of the RTFx gauges")
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @model_validator(mode="after")
+    def _grace_covers_a_request(self) -> Settings:
+        """A drain shorter than the request timeout would cut long requests off with an error."""
+        if self.shutdown_grace_s is not None and self.shutdown_grace_s < self.request_timeout_s:
+            raise ValueError("shutdown_grace_s must be at least request_timeout_s")
+        return self
+
+    @property
+    def drain_grace_s(self) -> float:
+        return self.shutdown_grace_s or self.request_timeout_s + 10

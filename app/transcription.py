@@ -1,18 +1,32 @@
-"""One request's way through the service: windows in, a transcript with re-based timestamps out."""
+"""One request's way through the model: windows in, a transcript with re-based timestamps out.
+
+:func:`prepare` runs in a worker thread (decode, then VAD); :func:`submit` queues the windows;
+:func:`collect` waits for all of them, :func:`stream_events` yields each window's text as soon as
+it and every earlier window are done (Server-Sent Events, the OpenAI ``transcript.text.*`` shape).
+Windows quieter than ``SILENCE_RMS`` are never sent to the model: pure silence costs nothing and
+cannot turn into a hallucinated loop, with or without VAD.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
+from app.errors import RequestTimeoutError, error_body, status_of
 from app.model_manager import ServedModel
+from app.upload import DecodeCancelledError, decode_upload
 from k2d.engine import DecodeOptions
-from k2d.windows import split
+from k2d.windows import Window, split
 
 SAMPLE_RATE = 16000
+SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
 
 
 @dataclass
@@ -22,47 +36,160 @@ class TranscribeRequest:
     vad: bool
 
 
-async def transcribe(audio: np.ndarray, served: ServedModel, name: str, request: TranscribeRequest,
-                     min_silence_ms: int) -> dict:
-    """Queue every window of this request, await them all, stitch segments back in time order."""
-    started = time.monotonic()
-    windows = await asyncio.to_thread(split, audio, request.vad, min_silence_ms)
-    language = request.language or served.default_language
-    futures = served.submit([w.audio for w in windows], language, request.options) if windows else []
-    try:
-        outcomes = await asyncio.gather(*futures)
-    except BaseException:
-        for future in futures:
+@dataclass
+class Prepared:
+    duration: float
+    windows: list[Window]
+    decode_s: float
+    vad_s: float
+
+
+@dataclass
+class Job:
+    """A request whose windows are queued: what collecting or streaming its result needs."""
+
+    name: str
+    prepared: Prepared
+    language: str | None
+    futures: list[asyncio.Future]
+    arrived: float
+    submitted: float
+    words: bool
+
+    def cancel(self) -> None:
+        for future in self.futures:
             future.cancel()
+
+
+def prepare(file: BinaryIO, max_seconds: float, vad: bool, min_silence_ms: int, stop: threading.Event) -> Prepared:
+    """Decode (bounded by ``max_seconds``) and cut into windows, dropping silent ones; runs in a worker thread."""
+    started = time.monotonic()
+    audio = decode_upload(file, max_seconds, stop)
+    decoded = time.monotonic()
+    if stop.is_set():
+        raise DecodeCancelledError("request abandoned")
+    windows = [] if _silent(audio) else [w for w in split(audio, vad, min_silence_ms) if not _silent(w.audio)]
+    return Prepared(len(audio) / SAMPLE_RATE, windows, decoded - started, time.monotonic() - decoded)
+
+
+def _silent(audio: np.ndarray) -> bool:
+    return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
+
+
+def submit(served: ServedModel, name: str, prepared: Prepared, request: TranscribeRequest, arrived: float) -> Job:
+    """Queue every window of the request at once (the scheduler takes all or none)."""
+    language = request.language or served.default_language
+    audios = [w.audio for w in prepared.windows]
+    futures = served.submit(audios, language, request.options) if audios else []
+    return Job(name, prepared, language, futures, arrived, time.monotonic(), request.options.word_timestamps)
+
+
+async def collect(job: Job) -> dict:
+    """Await every window; cancel the rest if one fails or the request is abandoned."""
+    try:
+        outcomes = await asyncio.gather(*job.futures)
+    except BaseException:
+        job.cancel()
         raise
+    return result(job, outcomes)
+
+
+def result(job: Job, outcomes: list[tuple]) -> dict:
+    """The JSON transcript: segments clamped inside their window, timings whose parts add up to ≤ total."""
     segments, languages = [], []
-    for window, (result, _, _) in zip(windows, outcomes, strict=True):
-        languages.append(result.language)
-        for seg in result.segments:
-            segment = {"id": len(segments), "start": round(window.offset + seg.start, 2),
-                       "end": round(window.offset + seg.end, 2), "text": seg.text, "tokens": seg.tokens}
-            if seg.words is not None:
-                segment["words"] = [{**w, "start": round(window.offset + w["start"], 2),
-                                     "end": round(window.offset + w["end"], 2)} for w in seg.words]
-            segments.append(segment)
-    queue_s = max((o[1] for o in outcomes), default=0.0)
-    inference_s = sum(o[2] for o in outcomes)
-    text = _join([s["text"] for s in segments])
-    return {
-        "text": text,
-        "language": max(set(languages), key=languages.count) if languages else (language or "en"),
-        "duration": round(len(audio) / SAMPLE_RATE, 3),
+    for window, (window_result, _, _) in zip(job.prepared.windows, outcomes, strict=True):
+        languages.append(window_result.language)
+        segments.extend(_segments(window, window_result.segments, len(segments)))
+    body = {
+        "text": _join([s["text"] for s in segments]),
+        "language": max(set(languages), key=languages.count) if languages else (job.language or "en"),
+        "duration": round(job.prepared.duration, 3),
         "segments": segments,
-        "model": name,
-        "timings": {"queue_ms": round(queue_s * 1000, 1), "inference_ms": round(inference_s * 1000, 1),
-                    "total_ms": round((time.monotonic() - started) * 1000, 1)},
+        "model": job.name,
+        "timings": _timings(job, outcomes),
     }
+    if job.words:
+        body["words"] = [w for s in segments for w in s.get("words", [])]
+    return body
+
+
+def _segments(window: Window, found: list, first_id: int) -> list[dict]:
+    """Window-relative segments → upload-relative, clamped so that offset ≤ start ≤ end ≤ window end."""
+    low, high = window.offset, window.offset + len(window.audio) / SAMPLE_RATE
+    out = []
+    for seg in found:
+        start = _clamp(window.offset + seg.start, low, high)
+        segment = {"id": first_id + len(out), "start": start, "end": _clamp(window.offset + seg.end, start, high),
+                   "text": seg.text, "tokens": seg.tokens}
+        if seg.words is not None:
+            segment["words"] = [_word(w, window.offset, low, high) for w in seg.words]
+        out.append(segment)
+    return out
+
+
+def _word(word: dict, offset: float, low: float, high: float) -> dict:
+    start = _clamp(offset + word["start"], low, high)
+    return {**word, "start": start, "end": _clamp(offset + word["end"], start, high)}
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return round(min(max(value, low), high), 2)
+
+
+def _timings(job: Job, outcomes: list[tuple]) -> dict:
+    """queue + inference = the time windows were in the model's hands; inference is the wall-clock union
+    of the batches that ran them (a batch shared by 8 windows counts once, not 8 times)."""
+    done = time.monotonic()
+    spans = sorted((job.submitted + q, job.submitted + q + i) for _, q, i in outcomes)
+    inference, reach = 0.0, job.submitted
+    for start, end in spans:
+        start, end = max(start, reach), min(end, done)
+        if end > start:
+            inference += end - start
+            reach = end
+    in_model = max(0.0, min(done, max((end for _, end in spans), default=job.submitted)) - job.submitted)
+    return {"decode_ms": _ms(job.prepared.decode_s), "vad_ms": _ms(job.prepared.vad_s),
+            "queue_ms": _ms(max(0.0, in_model - inference)), "inference_ms": _ms(min(inference, in_model)),
+            "total_ms": _ms(done - job.arrived)}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+async def stream_events(job: Job, deadline: float, timeout_s: float) -> AsyncIterator[bytes]:
+    """SSE: one ``transcript.text.delta`` per window in time order as soon as it is ready, then
+    ``transcript.text.done``; a failure after the answer has started becomes an ``error`` event."""
+    texts: list[str] = []
+    sent = ""
+    try:
+        for future in job.futures:
+            window_result, _, _ = await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.001))
+            texts.extend(s.text for s in window_result.segments if s.text)
+            full = _join(texts)
+            if len(full) > len(sent):
+                yield sse({"type": "transcript.text.delta", "delta": full[len(sent):]})
+                sent = full
+        yield sse({"type": "transcript.text.done", "text": sent})
+    except Exception as err:  # noqa: BLE001 - the status line is sent: report in-band
+        if isinstance(err, TimeoutError):
+            err = RequestTimeoutError(f"the request took longer than {timeout_s:.0f} s")
+        status, kind = status_of(err)
+        yield sse({"type": "error", **error_body(status, str(err), kind)})
+    finally:
+        job.cancel()
+
+
+def sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
 def _join(texts: list[str]) -> str:
     """Join segment texts; no space between two CJK ends (Mandarin has none), one otherwise."""
     out = ""
     for text in texts:
+        if not text:
+            continue
         if out and not (_cjk(out[-1]) and _cjk(text[0])):
             out += " "
         out += text

@@ -1,26 +1,69 @@
-"""Upload bytes → 16 kHz mono samples, with the errors a client can cause (415, 400)."""
+"""Upload → 16 kHz mono samples, with the errors a client can cause (415, 413, 400).
+
+Two steps, so that cheap checks come before expensive ones: :func:`probe` opens the container and
+reads only its header (the declared duration, for admission control and an early 413), and
+:func:`decode_upload` decodes incrementally, stopping at the audio limit or when told to stop.
+"""
 
 from __future__ import annotations
 
-import io
+import threading
+from typing import BinaryIO
 
+import av
 import numpy as np
 
-from k2d.audio import AudioDecodeError, decode_audio
+from k2d.audio import (
+    AudioDecodeError,
+    AudioTooLongError,
+    DecodeCancelledError,
+    InvalidSamplesError,
+    declared_seconds,
+    decode_audio,
+)
 
 
 class EmptyAudioError(ValueError):
     """The file decoded but holds no samples."""
 
 
-def decode_upload(data: bytes) -> np.ndarray:
-    """Decode any format PyAV reads; raise AudioDecodeError (415) or EmptyAudioError (400)."""
-    if not data:
+def probe(file: BinaryIO, max_seconds: float) -> float | None:
+    """The duration the header declares (None if it declares none); 415 for non-audio, 413 when over the limit."""
+    if _size(file) == 0:
         raise EmptyAudioError("the uploaded file is empty")
-    audio = decode_audio(io.BytesIO(data))
+    file.seek(0)
+    try:
+        with av.open(file, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioDecodeError("cannot decode audio: the file has no audio stream")
+            declared = declared_seconds(container)
+    except (av.error.FFmpegError, ValueError, IndexError) as err:
+        if isinstance(err, AudioDecodeError):
+            raise
+        raise AudioDecodeError(f"cannot decode audio: {err}") from err
+    finally:
+        file.seek(0)
+    if declared is not None and declared > max_seconds + 1:
+        raise AudioTooLongError(f"audio is {declared:.0f} s; the limit is {max_seconds:.0f} s")
+    return declared
+
+
+def decode_upload(file: BinaryIO, max_seconds: float, stop: threading.Event | None = None) -> np.ndarray:
+    """Decode at most ``max_seconds`` of audio; raise AudioDecodeError (415), AudioTooLongError (413),
+    EmptyAudioError or InvalidSamplesError (400), DecodeCancelledError once ``stop`` is set."""
+    if _size(file) == 0:
+        raise EmptyAudioError("the uploaded file is empty")
+    file.seek(0)
+    audio = decode_audio(file, max_seconds=max_seconds, stop=stop)
     if audio.size == 0:
         raise EmptyAudioError("the file contains no audio samples")
     return audio
 
 
-__all__ = ["AudioDecodeError", "EmptyAudioError", "decode_upload"]
+def _size(file: BinaryIO) -> int:
+    file.seek(0, 2)
+    return file.tell()
+
+
+__all__ = ["AudioDecodeError", "AudioTooLongError", "DecodeCancelledError", "EmptyAudioError", "InvalidSamplesError",
+           "decode_upload", "probe"]

@@ -1,11 +1,16 @@
 """Audio in and out: anything PyAV decodes becomes 16 kHz mono float32, the rate Whisper expects.
 
-Decoding is faster-whisper's own (PyAV based), so the server, evaluation and training read audio
-identically; this module only adds resampling of in-memory arrays and writing files.
+Decoding follows faster-whisper's own recipe (PyAV, FFmpeg's resampler to s16 mono, then float32),
+so the server, evaluation and training read audio identically — but it runs incrementally, frame by
+frame, so a caller can stop it at a length limit: a 300 kB file can hold ten hours of silence, and
+decoding all of it before checking the length costs gigabytes. Float samples that are NaN or
+infinite are refused rather than silently clipped into loud noise.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,21 +18,111 @@ import av
 import numpy as np
 
 SAMPLE_RATE = 16_000
+_FLOAT_FORMATS = {"flt", "fltp", "dbl", "dblp"}
+_GROUP_SECONDS = 10.0  # audio resampled at once: small enough to stop early (and bound memory), big enough to be fast
 
 
 class AudioDecodeError(ValueError):
     """Bytes that no PyAV demuxer/decoder accepts, or that contain no audio stream."""
 
 
-def decode_audio(source: str | Path | BinaryIO) -> np.ndarray:
-    """Decode to mono float32 at 16 kHz; raise :class:`AudioDecodeError` for corrupt input."""
-    from faster_whisper.audio import decode_audio as fw_decode
+class AudioTooLongError(ValueError):
+    """The audio (declared or decoded so far) is longer than the caller's limit."""
 
+
+class InvalidSamplesError(ValueError):
+    """The audio holds NaN or infinite samples: no meaningful waveform to transcribe."""
+
+
+class DecodeCancelledError(RuntimeError):
+    """The caller asked the decode to stop (its request was abandoned or ran out of time)."""
+
+
+def decode_audio(source: str | Path | BinaryIO, max_seconds: float | None = None,
+                 stop: threading.Event | None = None) -> np.ndarray:
+    """Decode to mono float32 at 16 kHz, stopping as soon as the output passes ``max_seconds``.
+
+    Raises :class:`AudioDecodeError` for corrupt input, :class:`AudioTooLongError` past the limit
+    (before decoding when the container declares a longer duration), :class:`InvalidSamplesError`
+    for NaN/Inf samples and :class:`DecodeCancelledError` once ``stop`` is set.
+    """
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    total = 0
     try:
-        audio = fw_decode(str(source) if isinstance(source, Path) else source, sampling_rate=SAMPLE_RATE)
+        with av.open(str(source) if isinstance(source, Path) else source, mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioDecodeError("cannot decode audio: the file has no audio stream")
+            _check_declared(container, max_seconds)
+            for chunk in _resampled(container, stop):
+                chunks.append(chunk)
+                total += len(chunk)
+                if limit is not None and total > limit:
+                    raise AudioTooLongError(f"audio is longer than the limit of {max_seconds:.0f} s")
+    except (AudioTooLongError, InvalidSamplesError):
+        raise
     except (av.error.FFmpegError, ValueError, IndexError, StopIteration) as err:
         raise AudioDecodeError(f"cannot decode audio: {err}") from err
-    return np.asarray(audio, dtype=np.float32)
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+    return audio.astype(np.float32) / 32768.0
+
+
+def declared_seconds(container: av.container.InputContainer) -> float | None:
+    """The duration the container's header claims (None when it claims none); may be wrong either way."""
+    stream = container.streams.audio[0]
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_declared(container: av.container.InputContainer, max_seconds: float | None) -> None:
+    """Refuse before decoding a byte when the header itself says the audio is over the limit."""
+    declared = declared_seconds(container)
+    if max_seconds is not None and declared is not None and declared > max_seconds + 1:
+        raise AudioTooLongError(f"audio is {declared:.0f} s; the limit is {max_seconds:.0f} s")
+
+
+def _resampled(container: av.container.InputContainer, stop: threading.Event | None) -> Iterator[np.ndarray]:
+    """s16 mono 16 kHz chunks, resampled a group of frames at a time (faster-whisper's recipe)."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    fifo = av.AudioFifo()
+    group = 0
+    for frame in _valid_frames(container):
+        if stop is not None and stop.is_set():
+            raise DecodeCancelledError("decoding stopped")
+        _check_finite(frame)
+        frame.pts = None  # ignore timestamp gaps, as faster-whisper does
+        fifo.write(frame)
+        group = group or max(1, int(frame.sample_rate * _GROUP_SECONDS))
+        if fifo.samples >= group:
+            yield from _to_arrays(resampler.resample(fifo.read()))
+    if fifo.samples > 0:
+        yield from _to_arrays(resampler.resample(fifo.read()))
+    yield from _to_arrays(resampler.resample(None))
+
+
+def _valid_frames(container: av.container.InputContainer) -> Iterator[av.AudioFrame]:
+    """Decoded frames of the first audio stream, skipping frames FFmpeg reports as invalid."""
+    frames = iter(container.decode(audio=0))
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
+def _check_finite(frame: av.AudioFrame) -> None:
+    if frame.format.name in _FLOAT_FORMATS and not np.isfinite(frame.to_ndarray()).all():
+        raise InvalidSamplesError("the audio contains NaN or infinite samples")
+
+
+def _to_arrays(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+    for frame in frames:
+        yield frame.to_ndarray().reshape(-1)
 
 
 def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

@@ -1,23 +1,34 @@
-"""One CTranslate2 Whisper model: a batch of ≤ 30 s windows in, timestamped segments out.
+"""One CTranslate2 Whisper model: a batch of ≤ 30 s windows in, guarded, timestamped segments out.
 
 The batch may mix windows of different requests; everything that must be equal inside one
-``generate`` call (task, beam size, temperature, timestamps on/off) is the batch key built by
-the scheduler. Language may differ per window: each window gets its own prompt. CTranslate2
-releases the GIL, so several worker threads run batches truly in parallel (on GPUs: one
-replica per device index and ``inter_threads``).
+``generate`` call (task, beam size, temperature, timestamps, prompt, and the number of feature
+frames the model's ``ContextPolicy`` gives the window) is the batch key built by the scheduler.
+Language may differ per window: each window gets its own prompt. Every window passes the loop
+guard; flagged windows are re-decoded at rising temperatures (Whisper's fallback) unless the
+caller cascades them to a teacher instead. CTranslate2 releases the GIL, so several worker
+threads run batches truly in parallel (on GPUs: one replica per device index).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from k2d.context import ContextPolicy
+from k2d.features import log_mel
+from k2d.guard import GuardOptions, check
+from k2d.textunits import is_han
+
 TIME_PER_TIMESTAMP = 0.02
 HOP_LENGTH = 160  # samples per mel frame
 FRAMES_PER_SECOND = 50  # encoder frames (two mel frames each)
+SAMPLE_RATE = 16000
+MAX_POSITIONS = 448
+# CTranslate2's Whisper.generate(max_length=N) yields at most N // 2 new tokens (measured, 4.8.5)
+GENERATE_LENGTH_FACTOR = 2
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 
@@ -31,9 +42,11 @@ class DecodeOptions:
     temperature: float = 0.0
     timestamps: bool = True
     word_timestamps: bool = False
+    prompt: str | None = None  # initial prompt (previous text / vocabulary), as in Whisper
 
     def key(self) -> tuple:
-        return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps, self.word_timestamps)
+        return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps, self.word_timestamps,
+                self.prompt or "")
 
 
 @dataclass
@@ -43,6 +56,7 @@ class Segment:
     text: str
     tokens: list[int]
     words: list[dict] | None = None
+    fallback: bool = False  # decoded by the teacher because the student's window was flagged
 
 
 @dataclass
@@ -50,33 +64,50 @@ class WindowResult:
     language: str
     segments: list[Segment]
     tokens: int
+    flag: str | None = None  # why the final transcript is still suspect (None: it passed the guard)
+    triggered: list[str] = field(default_factory=list)  # every guard reason seen on the way
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    fallback: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.segments)
 
 
 class WhisperEngine:
     def __init__(self, path: Path, device: str, device_index: list[int], compute_type: str,
-                 replicas: int = 1, cpu_threads: int = 0):
+                 replicas: int = 1, cpu_threads: int = 0, guard: GuardOptions | None = None,
+                 policy: ContextPolicy | None = None):
         import ctranslate2
-        from faster_whisper.feature_extractor import FeatureExtractor
         from tokenizers import Tokenizer
 
         self.model = ctranslate2.models.Whisper(
             str(path), device=device, device_index=device_index, compute_type=compute_type,
             inter_threads=replicas, intra_threads=cpu_threads,
         )
+        self.path = Path(path)
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         preprocessor = path / "preprocessor_config.json"
-        mels = json.loads(preprocessor.read_text()).get("feature_size", 80) if preprocessor.exists() else 80
-        self.features = FeatureExtractor(feature_size=mels)
+        self.mels = json.loads(preprocessor.read_text()).get("feature_size", 80) if preprocessor.exists() else 80
         self.id = {t: self.tokenizer.token_to_id(t) for t in
-                   ("<|startoftranscript|>", "<|transcribe|>", "<|translate|>", "<|notimestamps|>", "<|endoftext|>")}
+                   ("<|startoftranscript|>", "<|transcribe|>", "<|translate|>", "<|notimestamps|>", "<|endoftext|>",
+                    "<|startofprev|>")}
         self.timestamp_begin = self.id["<|notimestamps|>"] + 1
         self.multilingual = self.model.is_multilingual
         self.workers = max(1, len(device_index)) * replicas
+        # faster-whisper's rule: encoder outputs must come back to the host when several GPUs share a model
+        self.to_cpu = device == "cuda" and len(device_index) > 1
+        self.guard = guard or GuardOptions()
+        self.policy = policy or ContextPolicy.of_model(path)
+
+    def frames(self, window: np.ndarray) -> int:
+        """Feature frames this model's context policy gives a window (part of the batch key)."""
+        return self.policy.frames(len(window))
 
     def _features(self, windows: list[np.ndarray]) -> np.ndarray:
-        from faster_whisper.audio import pad_or_trim
-
-        return np.stack([pad_or_trim(self.features(w)) for w in windows]).astype(np.float32)
+        frames = max(self.frames(w) for w in windows)
+        return np.stack([log_mel(w, frames, num_mel_bins=self.mels) for w in windows])
 
     def detect_languages(self, storage) -> list[str]:
         if not self.multilingual:
@@ -84,7 +115,11 @@ class WhisperEngine:
         return [ranked[0][0].strip("<|>") for ranked in self.model.detect_language(storage)]
 
     def _prompt(self, language: str, options: DecodeOptions) -> list[int]:
-        prompt = [self.id["<|startoftranscript|>"]]
+        prompt = []
+        if options.prompt:
+            previous = self.tokenizer.encode(" " + options.prompt.strip(), add_special_tokens=False).ids
+            prompt = [self.id["<|startofprev|>"], *previous[-223:]]  # Whisper keeps the last 223 prompt tokens
+        prompt.append(self.id["<|startoftranscript|>"])
         if self.multilingual:
             prompt += [self.tokenizer.token_to_id(f"<|{language}|>"), self.id[f"<|{options.task}|>"]]
         if not options.timestamps:
@@ -93,34 +128,60 @@ class WhisperEngine:
 
     def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
                          options: DecodeOptions) -> list[WindowResult]:
+        """Decode, guard, and re-decode flagged windows at the guard's fallback temperatures."""
         import ctranslate2
 
         features = self._features(windows)
         storage = ctranslate2.StorageView.from_array(features)
         if any(lang is None for lang in languages):
-            storage = self.model.encode(storage, to_cpu=False)
+            storage = self.model.encode(storage, to_cpu=self.to_cpu)
             detected = self.detect_languages(storage)
             languages = [lang or found for lang, found in zip(languages, detected, strict=True)]
         for lang in languages:
             if self.multilingual and self.tokenizer.token_to_id(f"<|{lang}|>") is None:
                 raise ValueError(f"unknown language {lang!r}")
-        results = self.model.generate(
-            storage, [self._prompt(lang, options) for lang in languages], beam_size=options.beam_size,
-            sampling_temperature=max(options.temperature, 1e-6) if options.temperature > 0 else 1.0,
-            sampling_topk=0 if options.temperature > 0 else 1, max_length=448, suppress_blank=True,
-            return_scores=True, return_no_speech_prob=True,
-        )
-        out = []
-        for window, lang, result in zip(windows, languages, results, strict=True):
-            ids = result.sequences_ids[0]
-            avg_logprob = result.scores[0] if ids else 0.0
-            # Whisper's own rule: likely no speech and a low-confidence transcript -> nothing
-            silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
-            out.append(WindowResult(lang, [] if silent else self.segments(ids, len(window) / 16000), len(ids)))
+        out = self._generate(storage, windows, languages, options, options.temperature)
+        temperatures = [t for t in self.guard.temperatures if t > options.temperature]
+        for temperature in temperatures:
+            retry = [i for i, r in enumerate(out) if r.flag]
+            if not retry:
+                break
+            sub = ctranslate2.StorageView.from_array(features[retry])
+            again = self._generate(sub, [windows[i] for i in retry], [languages[i] for i in retry], options, temperature)
+            for i, result in zip(retry, again, strict=True):
+                result.triggered = out[i].triggered + result.triggered
+                if not result.flag or result.avg_logprob > out[i].avg_logprob:
+                    out[i] = result
         if options.word_timestamps:
             for i, (window, lang) in enumerate(zip(windows, languages, strict=True)):
                 self.word_timings(features[i : i + 1], self._prompt(lang, replace(options, timestamps=True)),
                                   out[i].segments, len(window) // HOP_LENGTH)
+        return out
+
+    def _generate(self, storage, windows: list[np.ndarray], languages: list[str], options: DecodeOptions,
+                  temperature: float) -> list[WindowResult]:
+        prompts = [self._prompt(lang, options) for lang in languages]
+        # the decoder has 448 positions, prompt included; one token past the budget reveals a loop
+        budgets = [min(self.guard.budget(len(w) / SAMPLE_RATE), MAX_POSITIONS - len(p) - 1)
+                   for w, p in zip(windows, prompts, strict=True)]
+        results = self.model.generate(
+            storage, prompts, beam_size=options.beam_size if temperature == 0 else 1,
+            sampling_temperature=temperature if temperature > 0 else 1.0,
+            sampling_topk=0 if temperature > 0 else 1,
+            max_length=GENERATE_LENGTH_FACTOR * (max(budgets) + 1), suppress_blank=True,
+            return_scores=True, return_no_speech_prob=True,
+        )
+        out = []
+        for window, lang, result, budget in zip(windows, languages, results, budgets, strict=True):
+            ids = result.sequences_ids[0][: budget + 1]
+            avg_logprob = result.scores[0] if ids else 0.0
+            # Whisper's own rule: likely no speech and a low-confidence transcript -> nothing
+            silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
+            kept = [] if silent else ids[:budget]
+            segments = self.segments(kept, len(window) / SAMPLE_RATE)
+            text = "".join(s.text for s in segments)
+            flag = None if silent else check(text, len(ids), avg_logprob, budget + 1, self.guard)
+            out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], temperature, avg_logprob))
         return out
 
     def word_timings(self, features: np.ndarray, prompt: list[int], segments: list[Segment], num_frames: int) -> None:
@@ -163,7 +224,7 @@ class WhisperEngine:
         """Group tokens into words: a leading space starts a word; every CJK character is a word."""
         words: list[list] = []
         for piece, count in self._pieces(tokens):
-            cjk = any("\u3400" <= ch <= "\u9fff" for ch in piece)
+            cjk = any(is_han(ch) for ch in piece)
             if not words or piece.startswith(" ") or cjk or words[-1][2]:
                 words.append([piece, count, cjk])
             else:
@@ -177,16 +238,17 @@ class WhisperEngine:
         start, text_ids = 0.0, []
         for token in ids:
             if token >= self.timestamp_begin:
-                time = (token - self.timestamp_begin) * TIME_PER_TIMESTAMP
+                time = min((token - self.timestamp_begin) * TIME_PER_TIMESTAMP, window_s)
                 if text_ids:
-                    segments.append(Segment(start, min(time, window_s), self._text(text_ids), text_ids))
+                    segments.append(Segment(start, max(start, time), self._text(text_ids), text_ids))
                     text_ids = []
                 start = time
             elif token < self.id["<|endoftext|>"]:
                 text_ids.append(token)
         if text_ids:
-            segments.append(Segment(start, window_s, self._text(text_ids), text_ids))
+            segments.append(Segment(start, max(start, window_s), self._text(text_ids), text_ids))
         return [s for s in segments if s.text]
 
     def _text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids).strip()
+        """Decoded text; a multi-byte character cut by the budget leaves no replacement character."""
+        return self.tokenizer.decode(ids).replace("\ufffd", "").strip()

@@ -119,3 +119,15 @@ def resolve_model(name_or_path: str, store: Path | None = None) -> tuple[Path, M
         return path.resolve(), None
     registry.get(name_or_path)  # raises UnknownModelError with the list of known names
     raise AssertionError("unreachable")
+
+
+def teacher_of(registry: Registry, student: ModelEntry) -> str | None:
+    """The CTranslate2 teacher a student was distilled from, same quantisation first (like with like)."""
+    family = (student.extra.get("card") or {}).get("teacher") or student.extra.get("teacher")
+    if not family:
+        return None
+    quant = student.quantization or "int8"
+    for name in (f"{family}-{quant.replace('_', '-')}", family):
+        if name in registry and registry.path_of(name).is_dir() and registry.get(name).format == "ctranslate2":
+            return name
+    return None

@@ -135,17 +135,22 @@ def evaluate_command(
     model: Annotated[str, typer.Option(help="Registered model name or CTranslate2 directory")],
     manifest: Annotated[Path, typer.Option(help="JSONL rows {audio, text}", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Hypotheses JSONL to write")],
-    language: Annotated[str | None, typer.Option(help="Force a language (e.g. zh, en) [default: detect]")] = None,
+    language: Annotated[str | None, typer.Option(help="Force a language (e.g. zh, en) [default: the row's, then the "
+                                                     "model card's, then detected]")] = None,
     beam_size: Annotated[int, typer.Option(min=1)] = 5,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
     compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type")] = "int8",
+    guard: Annotated[bool, typer.Option(help="Loop guard with fallback, as served")] = True,
+    fallback: Annotated[bool, typer.Option(help="A student's flagged windows go to its teacher, as served")] = True,
+    context: Annotated[str | None, typer.Option(help="Override the model's context: full | PAD/BUCKET seconds")] = None,
     report: Annotated[Path | None, typer.Option(help="Write scores and timings as JSON")] = None,
     store: StoreOption = None,
 ) -> None:
-    """Transcribe every manifest row (temperature 0), write {audio, text}; score if rows have text."""
+    """Transcribe every manifest row through the serving path (temperature 0); score if rows have text."""
     from k2d_train.stages.s7_evaluate import EvaluateOptions, transcribe_manifest, write_report
 
-    options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type)
+    options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type,
+                              guard=guard, fallback=fallback, context=context)
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
     say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
     if summary.scores:

@@ -36,6 +36,9 @@ def register(app: typer.Typer, guarded, say) -> None:
         tokens: Annotated[int, typer.Option(help="Forced decode length")] = 100,
         repeats: int = 5,
         threads: Annotated[int, typer.Option(help="CPU threads (0: default)")] = 0,
+        context: Annotated[list[float], typer.Option(help="Student encoder input in seconds (0: Whisper's 30 s); the "
+                                                         "teacher always gets 30 s")] = [0.0],
+        student_encoder_layers: Annotated[int | None, typer.Option(help="Random pairs: a shallower student encoder")] = None,
         out: Annotated[Path | None, typer.Option(help="Folder for results.json and README.md")] = None,
         store: StoreOption = None,
     ) -> None:
@@ -46,8 +49,8 @@ def register(app: typer.Typer, guarded, say) -> None:
         from k2d_train.bench import model_pairs, speed_benchmark, speed_markdown
 
         registry = Registry(store or default_store())
-        pairs = guarded(lambda: model_pairs(pair, registry, say))
-        rows = guarded(lambda: speed_benchmark(pairs, batch, compute_type, device, tokens, repeats, threads, say))
+        pairs = guarded(lambda: model_pairs(pair, registry, say, student_encoder_layers))
+        rows = guarded(lambda: speed_benchmark(pairs, batch, compute_type, device, tokens, repeats, threads, say, context))
         text = speed_markdown(rows, "k2d " + " ".join(sys.argv[1:]), f"{platform.machine()}, {device}")
         say(text)
         if out:
@@ -73,13 +76,16 @@ def register(app: typer.Typer, guarded, say) -> None:
 
     @app.command("pseudo-label")
     def pseudo_label_command(
-        source: Annotated[Path, typer.Argument(help="Folder of audio files or a JSONL manifest", exists=True)],
+        source: Annotated[str, typer.Argument(help="Folder of audio files, a JSONL manifest, or a Hugging Face dataset "
+                                                   "(save_to_disk folder, Parquet, hub id), streamed")],
         out: Annotated[Path, typer.Option(help="Output folder (chunks.jsonl, parts/)")],
         teacher: str = "whisper-base",
         language: Annotated[str | None, typer.Option(help="Force a language [default: zh]")] = "zh",
         beam_size: int = 5,
         batch_size: int = 8,
         nbest: Annotated[int, typer.Option(min=1, help="Beam hypotheses kept per chunk (sequence-level KD)")] = 1,
+        split: Annotated[str, typer.Option(help="Dataset split (Hugging Face datasets)")] = "train",
+        audio_column: Annotated[str, typer.Option(help="Dataset audio column")] = "audio",
         device: str = "cpu",
         compute_type: str = "int8",
         store: StoreOption = None,
@@ -88,7 +94,8 @@ def register(app: typer.Typer, guarded, say) -> None:
         from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
 
         options = PseudoLabelOptions(language=language, beam_size=beam_size, batch_size=batch_size, nbest=nbest,
-                                     device=device, compute_type=compute_type)
+                                     device=device, compute_type=compute_type, dataset_split=split,
+                                     audio_column=audio_column)
         result = guarded(lambda: pseudo_label(teacher, source, out, options, store or default_store()))
         say(json.dumps(result))
 
@@ -103,27 +110,90 @@ def register(app: typer.Typer, guarded, say) -> None:
         ngram_count: int = 3,
         store: StoreOption = None,
     ) -> None:
-        """Re-transcribe every chunk with the validator and keep those with δ ≤ α."""
+        """Re-transcribe every segment with the validator and keep those with δ ≤ α (dropped.md: the audit table)."""
         from k2d_train.stages.s2_validate import ValidateOptions, summary_table, validate
 
         options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count)
         stats = guarded(lambda: validate(validator, chunks, out, options, store or default_store()))
-        Console().print(summary_table(stats, stats["none"]["chunks"], alpha))
+        Console().print(summary_table(stats, alpha))
 
     @app.command("student")
     def student_command(
         teacher: str = "whisper-base",
         name: str = "k2d-student",
         decoder_layers: Annotated[int, typer.Option(min=1)] = 2,
+        encoder_layers: Annotated[int | None, typer.Option(min=1, help="Fewer encoder layers (then distill-encoder)")] = None,
+        encoder_ffn_ratio: Annotated[float, typer.Option(min=0.05, max=1.0, help="Thinner encoder FFN")] = 1.0,
         store: StoreOption = None,
     ) -> None:
         """Copy the teacher's encoder and N maximally spaced decoder layers; register the student."""
         from k2d_train.stages.s3_student import create_student
 
         registry = Registry(store or default_store())
-        report = guarded(lambda: create_student(registry, teacher, name, decoder_layers))
+        report = guarded(lambda: create_student(registry, teacher, name, decoder_layers, encoder_layers, encoder_ffn_ratio))
         say(f"{report.name}: decoder layers {report.kept_layers}; parameters {report.teacher_parameters:,} → "
             f"{report.student_parameters:,} ({report.student_parameters / report.teacher_parameters:.1%})")
+
+    @app.command("distill-encoder")
+    def distill_encoder_command(
+        kept: Annotated[Path, typer.Argument(help="kept.jsonl from validate (audio only is used)", exists=True,
+                                             dir_okay=False)],
+        out: Annotated[Path, typer.Option(help="Run folder (target cache, checkpoints, log)")],
+        teacher: str = "whisper-base",
+        student: str = "k2d-student",
+        max_steps: int = 200,
+        batch_size: int = 4,
+        learning_rate: float = 5e-5,
+        pad: Annotated[float, typer.Option(help="Served context: audio + PAD seconds")] = 2.0,
+        bucket: Annotated[float, typer.Option(help="... rounded up to BUCKET seconds")] = 2.0,
+        target_layer: Annotated[list[int] | None, typer.Option(help="Intermediate layers to regress (1-based)")] = None,
+        extra_teacher: Annotated[list[str] | None, typer.Option(help="Further teachers, e.g. whisper-tiny.en-hf")] = None,
+        store: StoreOption = None,
+    ) -> None:
+        """Teach the student's encoder the short context (L1 + cosine + contrastive to the teacher's 30 s states)."""
+        from k2d_train.stages.s4_distill_encoder import EncoderDistillOptions, distill_encoder
+        from k2d_train.store.operations import hf_name
+
+        registry = Registry(store or default_store())
+        options = EncoderDistillOptions(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                                        serve_pad_s=pad, serve_bucket_s=bucket, target_layers=target_layer or [],
+                                        extra_teachers=extra_teacher or [])
+        student_dir = registry.path_of(hf_name(student) if not student.endswith("-hf") else student)
+        report = guarded(lambda: distill_encoder(registry.path_of(hf_name(teacher)), student_dir, kept, out, options,
+                                                 student_dir, registry.store))
+        say(json.dumps(report["last"]))
+
+    @app.command("compare")
+    def compare_command(
+        model: Annotated[list[str], typer.Option(help="LABEL=MODEL[@CONTEXT], first is the baseline; CONTEXT: full "
+                                                      "or PAD/BUCKET seconds (e.g. teacher=whisper-base-int8)")],
+        manifest: Annotated[list[str], typer.Option(help="NAME=PATH of a labelled manifest (e.g. test_ood=...)")],
+        language: str | None = None,
+        beam_size: int = 5,
+        no_fallback: Annotated[bool, typer.Option(help="Students do not fall back to their teacher")] = False,
+        out: Annotated[Path | None, typer.Option(help="Folder for compare.json and README.md")] = None,
+        store: StoreOption = None,
+    ) -> None:
+        """Models side by side through the serving path: MER, loops, fallbacks, encoder and end-to-end time."""
+        import sys
+
+        from k2d_train.compare import Contender, compare, markdown
+        from k2d_train.stages.s7_evaluate import EvaluateOptions
+
+        def contender(spec: str) -> Contender:
+            label, _, rest = spec.partition("=")
+            name, _, context = (rest or label).partition("@")
+            return Contender(label, name, context or None, not no_fallback)
+
+        sets = {name: Path(path) for name, _, path in (m.partition("=") for m in manifest)}
+        options = EvaluateOptions(language=language, beam_size=beam_size)
+        rows = guarded(lambda: compare([contender(m) for m in model], sets, options, store or default_store(), say))
+        text = markdown(rows, "k2d " + " ".join(sys.argv[1:]))
+        say(text)
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "compare.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+            (out / "README.md").write_text(text)
 
     @app.command("distill")
     def distill_command(
@@ -171,6 +241,6 @@ def register(app: typer.Typer, guarded, say) -> None:
             return loaded
 
         card = guarded(lambda: run_pipeline(load(), registry, say))
-        ev = card["evaluation"]
-        say(f"test MER teacher {ev['teacher']['mer']:.3f} vs student {ev['student']['mer']:.3f}; "
-            f"end-to-end speed-up {card['speed']['end_to_end_speedup']:.2f}×")
+        for row in card["evaluation"]:
+            say(f"{row['set']:>9} {row['model']:<30} MER {row['mer']:.3f}  loops {row['repetitions']}  "
+                f"fallbacks {row['fallbacks']}  speed-up p50 {row['speedup_p50']:.2f}×")

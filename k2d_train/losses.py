@@ -37,3 +37,24 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         kl = kl_divergence(student, teacher_logits[mask], weights.temperature)
     loss = weights.ce * ce + weights.kl * weights.temperature**2 * kl
     return {"loss": loss, "ce": ce.detach(), "kl": kl.detach()}
+
+
+def layer_regression(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DistilHuBERT's layer-wise loss: L1 plus -log σ(cosine) per frame (Wang et al. 2022 keep both)."""
+    l1 = (predicted.float() - target.float()).abs().mean()
+    cosine = F.cosine_similarity(predicted.float(), target.float(), dim=-1)
+    return {"l1": l1, "cos": -F.logsigmoid(cosine).mean()}
+
+
+def frame_contrastive(predicted: torch.Tensor, target: torch.Tensor, temperature: float = 0.1,
+                      max_frames: int = 256, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The discriminative term: each predicted frame must pick its own target among other frames'
+    (InfoNCE). Regression alone lets a student blur neighbouring frames into an average; the
+    decoder's cross-attention needs them distinguishable."""
+    pred = F.normalize(predicted.float().reshape(-1, predicted.shape[-1]), dim=-1)
+    gold = F.normalize(target.float().reshape(-1, target.shape[-1]), dim=-1)
+    if pred.shape[0] > max_frames:
+        pick = torch.randperm(pred.shape[0], generator=generator)[:max_frames].to(pred.device)
+        pred, gold = pred[pick], gold[pick]
+    logits = pred @ gold.T / temperature
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))

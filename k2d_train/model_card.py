@@ -1,5 +1,5 @@
 """The model card written next to every exported student: what it is, how it was made, how good
-and how fast it measured — so a served model can always be traced back to its run."""
+and how fast it measured in and out of domain — so a served model can always be traced back to its run."""
 
 from __future__ import annotations
 
@@ -8,36 +8,44 @@ import json
 from pathlib import Path
 
 
+def _evaluation_table(rows: list[dict]) -> list[str]:
+    lines = ["| set | model | context | MER | loops | fallbacks | latency p50 ms | speed-up p50 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r['mer']:.3f} | {r['repetitions']} | "
+                     f"{r['fallbacks']} | {r['latency_ms_p50']:.0f} | {r['speedup_p50']:.2f}× |")
+    return lines
+
+
 def render(card: dict) -> str:
-    ev, speed = card.get("evaluation", {}), card.get("speed", {})
-    teacher, student = ev.get("teacher", {}), ev.get("student", {})
     lines = [
         f"# {card['name']}",
         "",
         f"K²D student of **{card['teacher']}** ({card['decoder_layers_kept']} decoder layers kept: "
-        f"{card['kept_layers']}), validated with **{card['validator']}**, built {card['date']}.",
+        f"{card['kept_layers']}; encoder {card.get('student_shape') or 'as the teacher'}), validated with "
+        f"**{card['validator']}**, built {card['date']}. Encoder context: **{card.get('context', '30 s')}**.",
         "",
-        "| | teacher | student |",
-        "|---|---|---|",
-        f"| parameters | {card['teacher_parameters']:,} | {card['student_parameters']:,} |",
-    ]
-    for metric in ("mer", "cer_zh", "wer_en", "repetitions"):
-        if metric in teacher:
-            lines.append(f"| {metric} (test) | {teacher[metric]} | {student.get(metric)} |")
-    lines += [
+        f"Parameters: teacher {card['teacher_parameters']:,}, student {card['student_parameters']:,}.",
+        "",
+        "Measured through the serving path (`test` = in-domain: training voices, unseen sentences; "
+        "`test_ood` = voices and sentences never in training):",
+        "",
+        *_evaluation_table(card.get("evaluation", [])),
         "",
         f"- Filtering rule **{card['rule']}** (α = {card['alpha']}): kept {card['kept_percent']:.1f}% of the "
-        f"pseudo-labelled audio ({card['kept_chunks']} chunks).",
-        f"- Distillation: {card['steps']} steps on {card['examples']} examples.",
+        f"pseudo-labelled audio ({card['kept_chunks']} training chunks).",
+        f"- Decoder distillation: {card['steps']} steps on {card['examples']} examples; kept checkpoint "
+        f"{card.get('best_dev') or 'last'} (best out-of-domain dev MER).",
     ]
-    if speed:
-        lines.append(f"- Speed ({speed.get('device', 'cpu')}, {speed.get('compute_type')}): end-to-end "
-                     f"{speed.get('end_to_end_speedup', 0):.2f}× the teacher on the test set; forced-length "
-                     f"decode {speed.get('decode_ratio', 0):.2f}×, encode {speed.get('encode_ratio', 0):.2f}×.")
-    if "ablation" in card:
-        lines += ["", "Filtering ablation (same steps, test MER):", ""]
-        lines += [f"- rule `{rule}`: MER {result['mer']}" for rule, result in card["ablation"].items()]
-    lines += ["", f"Test manifest: `{card.get('test_manifest')}`. Config: `{card.get('config')}`."]
+    if card.get("encoder_distillation"):
+        lines.append(f"- Encoder distillation: {card['encoder_distillation']['steps']} steps on "
+                     f"{card['encoder_distillation']['chunks']} chunks.")
+    if card.get("ablation"):
+        lines += ["", "Filtering ablation (same steps):", ""]
+        for rule, result in card["ablation"].items():
+            mers = ", ".join(f"{name} MER {s['mer']}" for name, s in result["scores"].items())
+            lines.append(f"- rule `{rule}` ({result['kept_chunks']} chunks): {mers}")
+    lines += ["", f"Config: `{card.get('config')}`. Compute: {card.get('device')}, {card.get('compute_type')}."]
     return "\n".join(lines) + "\n"
 
 

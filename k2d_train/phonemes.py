@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from k2d_train.text import edit_counts, is_han, units
+from k2d.scoring import edit_counts, is_han, units
 
 _STRESS = {"ˈ", "ˌ", "ː"}
 

@@ -1,10 +1,11 @@
 """``k2d run CONFIG.yaml``: every K²D stage in order, each stage's output reused when present.
 
-Stages (icefall-style numbered, but importable functions): 1 corpus, 2 pseudo-label, 3 validate,
-4 student, 5 distill, 6 export, 7 evaluate (+ optional filtering ablation), 8 model card. A stage
-records its result in ``<run>/stages/<n>-<name>.json`` when it finishes; a rerun skips finished
-stages, and an interrupted stage resumes from its own partial outputs (per-file pseudo labels,
-encoder cache, distillation checkpoints).
+Stages (icefall-style numbered, importable functions in ``k2d_train.stages``): 1 corpus,
+2 pseudo-label, 3 validate, 4 student, 5 distill-encoder (optional: short context and/or a smaller
+encoder), 6 distill (K²D decoder), 7 export, 8 evaluate in and out of domain (+ optional
+ablations), then the model card. A stage records its result in ``<run>/stages/<n>-<name>.json``
+when it finishes; a rerun skips finished stages, and an interrupted stage resumes from its own
+partial outputs (per-file pseudo labels, encoder caches, checkpoints).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import yaml
 from k2d.registry import Registry
 from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions
 from k2d_train.stages.s2_validate import ValidateOptions
+from k2d_train.stages.s4_distill_encoder import EncoderDistillOptions
 from k2d_train.stages.s5_distill import DistillOptions
 from k2d_train.stages.s7_evaluate import EvaluateOptions
 
 Say = Callable[[str], None]
+SETS = ("test", "test_ood", "dev", "dev_ood")
 
 
 def _options(cls, section: dict | None, where: str):
@@ -34,6 +37,13 @@ def _options(cls, section: dict | None, where: str):
     if unknown:
         raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
     return cls(**section)
+
+
+@dataclass
+class StudentShape:
+    decoder_layers: int = 2
+    encoder_layers: int | None = None  # fewer encoder layers (needs distill_encoder)
+    encoder_ffn_ratio: float = 1.0  # thinner encoder FFN (needs distill_encoder)
 
 
 @dataclass
@@ -47,20 +57,27 @@ class RunConfig:
     validate: ValidateOptions
     distill: DistillOptions
     evaluate: EvaluateOptions
-    decoder_layers: int = 2
+    student: StudentShape = field(default_factory=StudentShape)
+    distill_encoder: EncoderDistillOptions | None = None
     quantization: str = "int8"
     ablation_rules: list[str] = field(default_factory=list)
+    ablation_contexts: bool = False  # also measure the untrained short-context rows of the ablation table
     source: Path | None = None
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.student.decoder_layers
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         allowed = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
-                   "distill", "export", "evaluate", "ablation_rules"}
+                   "distill_encoder", "distill", "export", "evaluate", "ablation_rules", "ablation_contexts"}
         unknown = sorted(set(raw) - allowed)
         if unknown:
             raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(allowed)}")
         base = path.parent
+        encoder = raw.get("distill_encoder")
         return cls(
             name=raw.get("name", "k2d-student"),
             run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
@@ -71,9 +88,11 @@ class RunConfig:
             validate=_options(ValidateOptions, raw.get("validate"), "validate"),
             distill=_options(DistillOptions, raw.get("distill"), "distill"),
             evaluate=_options(EvaluateOptions, raw.get("evaluate"), "evaluate"),
-            decoder_layers=int((raw.get("student") or {}).get("decoder_layers", 2)),
+            student=_options(StudentShape, raw.get("student"), "student"),
+            distill_encoder=_options(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
             quantization=(raw.get("export") or {}).get("quantization", "int8"),
             ablation_rules=list(raw.get("ablation_rules") or []),
+            ablation_contexts=bool(raw.get("ablation_contexts", False)),
             source=path.resolve(),
         )
 
@@ -99,12 +118,21 @@ class Stages:
 
 
 def corpus_paths(config: RunConfig) -> dict[str, Path]:
-    """The unlabelled audio and the dev/test manifests, synthesised or given in the config."""
+    """The unlabelled audio and the labelled sets: in-domain and out-of-domain dev and test."""
     if "synth" in config.corpus:
         root = config.run_dir / "corpus"
-        return {"root": root, "audio": root / "lectures.jsonl", "dev": root / "dev.jsonl", "test": root / "test.jsonl"}
+        return {"root": root, "audio": root / "lectures.jsonl", **{s: root / f"{s}.jsonl" for s in SETS}}
     base = config.source.parent if config.source else Path.cwd()
-    return {key: (base / config.corpus[key]).resolve() for key in ("audio", "dev", "test")}
+    paths = {}
+    for key in ("audio", "dataset", *SETS):
+        value = config.corpus.get(key)
+        if value is not None:
+            paths[key] = Path(value) if key == "dataset" and not (base / value).exists() else (base / value).resolve()
+    missing = [key for key in ("test", "test_ood") if key not in paths]
+    if missing or not ({"audio", "dataset"} & set(paths)):
+        raise ValueError(f"config [corpus] needs audio (or dataset) and {', '.join(('test', 'test_ood'))}: an "
+                         "out-of-domain test set (voices and sentences never in training) is required")
+    return paths
 
 
 def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
@@ -116,15 +144,15 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
     stages.run(2, "pseudo-label", lambda: st.pseudo_labels(config, paths, registry))
     validated = stages.run(3, "validate", lambda: st.validation(config, registry))
     student = stages.run(4, "student", lambda: st.student_init(config, registry))
-    trained = stages.run(5, "distill", lambda: st.distillation(config, paths, registry, config.validate.rule))
-    stages.run(6, "export", lambda: st.export_models(config, registry))
-    evaluation = stages.run(7, "evaluate", lambda: st.evaluation(config, paths, registry))
+    encoder = stages.run(5, "distill-encoder", lambda: st.encoder_distillation(config, registry)) \
+        if config.distill_encoder is not None else None
+    trained = stages.run(6, "distill", lambda: st.distillation(config, paths, registry, config.validate.rule))
+    stages.run(7, "export", lambda: st.export_models(config, registry))
+    evaluation = stages.run(8, "evaluate", lambda: st.evaluation(config, paths, registry))
     for rule in config.ablation_rules:
-        stages.run(7, f"ablation-{rule}", lambda rule=rule: st.ablation(config, paths, registry, rule))
-    ablation = {rule: json.loads((stages.folder / f"7-ablation-{rule}.json").read_text())
+        stages.run(8, f"ablation-{rule}", lambda rule=rule: st.ablation(config, paths, registry, rule))
+    ablation = {rule: json.loads((stages.folder / f"8-ablation-{rule}.json").read_text())
                 for rule in config.ablation_rules}
-    card = st.model_card(config, registry, validated, student, trained, evaluation, ablation, paths)
+    card = st.model_card(config, registry, validated, student, encoder, trained, evaluation, ablation, paths)
     say(f"student {config.name} registered (role student): {registry.path_of(config.name)}")
     return card
-
-

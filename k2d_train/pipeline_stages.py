@@ -18,7 +18,7 @@ def corpus(config: RunConfig, paths: dict[str, Path]) -> dict:
         options = SynthOptions(**(config.corpus["synth"] or {}))
         build_corpus(paths["root"], options)
         return {"synth": options.__dict__}
-    missing = [str(p) for key, p in paths.items() if key != "root" and not p.exists()]
+    missing = [str(p) for key, p in paths.items() if key not in ("root", "dataset") and not p.exists()]
     if missing:
         raise FileNotFoundError(f"corpus paths do not exist: {missing}")
     return {key: str(p) for key, p in paths.items()}
@@ -27,7 +27,8 @@ def corpus(config: RunConfig, paths: dict[str, Path]) -> dict:
 def pseudo_labels(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
     from k2d_train.stages.s1_pseudo_label import pseudo_label
 
-    return pseudo_label(config.teacher, paths["audio"], config.run_dir / "pseudo", config.pseudo_label, registry.store)
+    source = paths.get("audio") or str(paths["dataset"])  # audio files / manifest, or a Hugging Face dataset
+    return pseudo_label(config.teacher, source, config.run_dir / "pseudo", config.pseudo_label, registry.store)
 
 
 def validation(config: RunConfig, registry: Registry) -> dict:
@@ -42,20 +43,41 @@ def student_init(config: RunConfig, registry: Registry) -> dict:
     from k2d_train.stages.s3_student import build_student
 
     teacher_dir = registry.path_of(hf_name(config.teacher))
+    shape = config.student
+    if (shape.encoder_layers or shape.encoder_ffn_ratio < 1) and config.distill_encoder is None:
+        raise ValueError("config [student]: a smaller encoder must be trained: add a [distill_encoder] section")
     kept, teacher_params, student_params = build_student(teacher_dir, config.run_dir / "student-init",
-                                                         config.decoder_layers)
-    return {"kept_layers": kept, "teacher_parameters": teacher_params, "student_parameters": student_params}
+                                                         shape.decoder_layers, shape.encoder_layers,
+                                                         shape.encoder_ffn_ratio)
+    return {"kept_layers": kept, "teacher_parameters": teacher_params, "student_parameters": student_params,
+            "shape": shape.__dict__}
+
+
+def encoder_distillation(config: RunConfig, registry: Registry) -> dict:
+    from k2d_train.stages.s4_distill_encoder import distill_encoder
+
+    return distill_encoder(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init",
+                           config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-encoder",
+                           config.distill_encoder, config.run_dir / "student-encoder", registry.store,
+                           teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
+
+
+def student_start(config: RunConfig) -> Path:
+    """The decoder stage starts from the distilled encoder when there is one."""
+    trained = config.run_dir / "student-encoder"
+    return trained if config.distill_encoder is not None and trained.is_dir() else config.run_dir / "student-init"
 
 
 def kept_for_rule(config: RunConfig, rule: str) -> Path:
     """``kept.jsonl`` of the configured rule, or a re-filtered copy for an ablation rule."""
+    from k2d_train.stages.s2_validate import kept_chunks
+
     if rule == config.validate.rule:
         return config.run_dir / "validate" / "kept.jsonl"
     out = config.run_dir / f"ablation-{rule}" / "kept.jsonl"
-    validated = config.run_dir / "validate" / "validated.jsonl"
+    validated = [{"audio": r.audio, **r.extra} for r in read_manifest(config.run_dir / "validate" / "validated.jsonl")]
     # validate/ and ablation-<rule>/ are siblings, so the relative audio paths stay valid
-    rows = [r.to_json() for r in read_manifest(validated) if r.extra["delta"][rule] <= config.validate.alpha]
-    write_manifest(out, rows)
+    write_manifest(out, kept_chunks(validated, rule, config.validate.alpha))
     return out
 
 
@@ -65,9 +87,12 @@ def distillation(config: RunConfig, paths: dict[str, Path], registry: Registry, 
     main = rule == config.validate.rule
     folder = config.run_dir if main else config.run_dir / f"ablation-{rule}"
     final = registry.store / config.name / "hf" if main else folder / "final"
-    run = folder / "distill"
-    report = distill(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init", kept_for_rule(config, rule),
-                     run, config.distill, dev=paths["dev"], resume=True, final_dir=final)
+    dev = paths.get("dev_ood") or paths.get("dev")  # the kept checkpoint is the best on voices never heard
+    report_dev = [paths["dev"]] if paths.get("dev_ood") and paths.get("dev") else []
+    start = student_start(config)
+    report = distill(registry.path_of(hf_name(config.teacher)), start, kept_for_rule(config, rule),
+                     folder / "distill", config.distill, dev=dev, resume=True, final_dir=final, report_dev=report_dev,
+                     teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
     if main:
         from k2d_train.stages.s3_student import register_student
 
@@ -89,67 +114,63 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
 
 
 def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
-    from k2d_train.bench import end_to_end, interleaved_forced_timings
-    from k2d_train.stages.s7_evaluate import load_whisper, score
+    """Teacher and student side by side through the serving path, in and out of domain."""
+    from k2d_train.compare import Contender, compare
 
-    exported = json.loads((config.run_dir / "stages" / "6-export.json").read_text())
-    teacher = load_whisper(exported["teacher"], config.evaluate, registry.store)
-    student = load_whisper(exported["student"], config.evaluate, registry.store)
-    e2e = end_to_end(teacher, student, paths["test"], config.evaluate.language, config.evaluate.beam_size)
-    refs = [row.text or "" for row in read_manifest(paths["test"])]
-    timings = interleaved_forced_timings({"teacher": teacher, "student": student}, batch_size=1, tokens=100, repeats=3)
-    forced = {name: timing.__dict__ for name, timing in timings.items()}
-    for name in ("teacher", "student"):
-        write_manifest(config.run_dir / "evaluate" / f"{name}.jsonl",
-                       [{"audio": r.audio, "reference": r.text, "text": t}
-                        for r, t in zip(read_manifest(paths["test"]), e2e.texts[name], strict=True)])
-    return {
-        "teacher": {**score(refs, e2e.texts["teacher"]), "seconds": round(e2e.teacher_seconds, 2)},
-        "student": {**score(refs, e2e.texts["student"]), "seconds": round(e2e.student_seconds, 2)},
-        "audio_seconds": round(e2e.audio_seconds, 2),
-        "end_to_end_speedup": round(e2e.speedup, 3),
-        "forced_length": forced,
-        "decode_ratio": round(forced["teacher"]["decode_s"] / forced["student"]["decode_s"], 3),
-        "encode_ratio": round(forced["teacher"]["encode_s"] / forced["student"]["encode_s"], 3),
-        "compute_type": config.evaluate.compute_type, "device": config.evaluate.device,
-    }
+    exported = json.loads((config.run_dir / "stages" / "7-export.json").read_text())
+    contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
+    if config.ablation_contexts:
+        contenders += [Contender("teacher, short context", exported["teacher"], "2/2"),
+                       Contender("student, no teacher fallback", exported["student"], fallback=False)]
+    sets = {name: paths[name] for name in ("test", "test_ood") if name in paths}
+    rows = compare(contenders, sets, config.evaluate, registry.store)
+    (config.run_dir / "evaluate").mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "evaluate" / "compare.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
+    return {"rows": rows, "compute_type": config.evaluate.compute_type, "device": config.evaluate.device}
 
 
 def ablation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
-    """Same training on the chunks another rule keeps, then test MER: what filtering buys."""
-    from k2d_train.stages.s7_evaluate import CT2Transcriber, transcribe_manifest
+    """Same training on the chunks another rule keeps, then test MER in and out of domain: what filtering buys."""
+    from k2d_train.stages.s7_evaluate import transcribe_manifest
     from k2d_train.store.convert import transformers_to_ct2
 
     report = distillation(config, paths, registry, rule)
     folder = config.run_dir / f"ablation-{rule}"
     transformers_to_ct2(folder / "final", folder / "ct2", config.quantization)
-    options = config.evaluate
-    summary = transcribe_manifest(str(folder / "ct2"), paths["test"], folder / "hypotheses.jsonl", options,
-                                  registry.store, CT2Transcriber(str(folder / "ct2"), options, registry.store))
+    scores = {}
+    for name in ("test", "test_ood"):
+        if name in paths:
+            summary = transcribe_manifest(str(folder / "ct2"), paths[name], folder / f"{name}-hypotheses.jsonl",
+                                          config.evaluate, registry.store)
+            scores[name] = summary.scores
     kept = sum(1 for _ in read_manifest(folder / "kept.jsonl"))
-    return {**summary.scores, "kept_chunks": kept, "steps": report["steps"]}
+    return {"scores": scores, "kept_chunks": kept, "steps": report["steps"]}
 
 
-def model_card(config: RunConfig, registry: Registry, validated: dict, student: dict, trained: dict, evaluation: dict,
-               ablation: dict, paths: dict[str, Path]) -> dict:
+def model_card(config: RunConfig, registry: Registry, validated: dict, student: dict, encoder: dict | None,
+               trained: dict, evaluation: dict, ablation: dict, paths: dict[str, Path]) -> dict:
+    from k2d.context import ContextPolicy
     from k2d_train.model_card import write_card
 
     rule = config.validate.rule
+    policy = ContextPolicy.of_model(registry.path_of(config.name))
     card = {
         "name": config.name, "teacher": config.teacher, "validator": config.validator,
         "decoder_layers_kept": len(student["kept_layers"]), "kept_layers": student["kept_layers"],
+        "student_shape": student.get("shape", {}),
         "teacher_parameters": student["teacher_parameters"], "student_parameters": student["student_parameters"],
         "rule": rule, "alpha": config.validate.alpha, "kept_percent": validated["rules"][rule]["percent"],
         "kept_chunks": validated["rules"][rule]["chunks"], "kept_per_rule": validated["rules"],
-        "steps": trained["steps"], "examples": trained["examples"],
-        "evaluation": {"teacher": evaluation["teacher"], "student": evaluation["student"]},
-        "speed": {k: evaluation[k] for k in ("end_to_end_speedup", "decode_ratio", "encode_ratio", "compute_type",
-                                             "device")},
-        "test_manifest": str(paths["test"]), "config": str(config.source),
-        "language": config.pseudo_label.language,
+        "encoder_distillation": {"steps": encoder["steps"], "chunks": encoder["chunks"]} if encoder else None,
+        "context": policy.describe(),
+        "steps": trained["steps"], "examples": trained["examples"], "best_dev": trained.get("best"),
+        "evaluation": [r for r in evaluation["rows"] if "set" in r],
+        "compute_type": evaluation["compute_type"], "device": evaluation["device"],
+        "test_manifests": {name: str(paths[name]) for name in ("test", "test_ood") if name in paths},
+        "config": str(config.source), "language": config.pseudo_label.language,
     }
     if ablation:
-        card["ablation"] = {rule: {"mer": evaluation["student"]["mer"]}, **ablation}
+        card["ablation"] = ablation
     write_card(registry.path_of(config.name), card)
     entry = registry.get(config.name)
     entry.extra = {**entry.extra, "card": card, "default_language": config.pseudo_label.language}

@@ -50,8 +50,22 @@ def summarize(samples, wall: dict, models: list[str], levels: list[int]) -> list
                               "max": round(max(latencies), 4) if latencies else math.nan},
                 "requests_per_s": round(len(ok) / seconds, 3),
                 "audio_s_per_s": round(sum(s.audio_s for s in ok) / seconds, 3),
+                **accuracy(ok),
             })
     return results
+
+
+def accuracy(ok) -> dict:
+    """MER over the answers whose clip has a reference (each answer counts), and answers that loop."""
+    scored = [s for s in ok if getattr(s, "reference", None) is not None and s.text is not None]
+    if not scored:
+        return {}
+    from k2d.scoring import ErrorCounts, mer_counts, repeated_ngram
+
+    total = ErrorCounts()
+    for sample in scored:
+        total = total + mer_counts(sample.reference, sample.text)
+    return {"mer": round(total.rate, 4), "loops": sum(repeated_ngram(s.text) for s in scored), "scored": len(scored)}
 
 
 def speedups(results: list[dict], student: str, teacher: str) -> list[dict]:
@@ -63,6 +77,7 @@ def speedups(results: list[dict], student: str, teacher: str) -> list[dict]:
         other = by[(teacher, level)]
         out.append({"concurrency": level, "student": student, "teacher": teacher,
                     "p50_latency_ratio": round(other["latency_s"]["p50"] / row["latency_s"]["p50"], 3),
+                    "mean_latency_ratio": round(other["latency_s"]["mean"] / row["latency_s"]["mean"], 3),
                     "throughput_ratio": round(row["requests_per_s"] / other["requests_per_s"], 3)})
     return out
 
@@ -71,17 +86,20 @@ def markdown(summary: dict) -> str:
     lines = [f"# Load test: {', '.join(summary['models'])}", "",
              f"{summary['started']} · {summary['hardware']} · target {summary['url']} · "
              f"{summary['duration_s']:.0f} s{' (stopped early)' if summary['stopped_early'] else ''}", "",
-             "| model | concurrency | ok/requests | p50 s | p90 s | p95 s | p99 s | req/s | RTFx | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | concurrency | ok/requests | mean s | p50 s | p90 s | p95 s | p99 s | req/s | RTFx | MER | loops | "
+             "errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["results"]:
         lat = r["latency_s"]
-        lines.append(f"| {r['model']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {lat['p50']:.3f} | "
-                     f"{lat['p90']:.3f} | {lat['p95']:.3f} | {lat['p99']:.3f} | {r['requests_per_s']:.2f} | "
-                     f"{r['audio_s_per_s']:.2f} | {r['errors'] or ''} |")
+        lines.append(f"| {r['model']} | {r['concurrency']} | {r['ok']}/{r['requests']} | {lat['mean']:.3f} | "
+                     f"{lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p95']:.3f} | {lat['p99']:.3f} | "
+                     f"{r['requests_per_s']:.2f} | {r['audio_s_per_s']:.2f} | {r.get('mer', '')} | {r.get('loops', '')} | "
+                     f"{r['errors'] or ''} |")
     if summary["speedup"]:
-        lines += ["", "| concurrency | student / teacher throughput | teacher / student p50 latency |", "|---|---|---|"]
-        lines += [f"| {s['concurrency']} | {s['throughput_ratio']:.2f}× | {s['p50_latency_ratio']:.2f}× |"
-                  for s in summary["speedup"]]
+        lines += ["", "| concurrency | student / teacher throughput | teacher / student latency p50 | … mean |",
+                  "|---|---|---|---|"]
+        lines += [f"| {s['concurrency']} | {s['throughput_ratio']:.2f}× | {s['p50_latency_ratio']:.2f}× | "
+                  f"{s.get('mean_latency_ratio', float('nan')):.2f}× |" for s in summary["speedup"]]
     lines += ["", "![latency CDF](latency_cdf.png) ![throughput](throughput.png) ![speed-up](speedup.png)", ""]
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ class Clip:
     name: str
     data: bytes
     seconds: float
+    reference: str | None = None  # the manifest's text: MER through the server, as users get it
 
 
 @dataclass
@@ -39,6 +40,9 @@ class Sample:
     latency_s: float
     audio_s: float
     round: int
+    clip: str = ""
+    text: str | None = None
+    reference: str | None = None
 
 
 def check_target(url: str, allow_remote: bool) -> None:
@@ -58,7 +62,7 @@ def load_clips(manifest: Path) -> list[Clip]:
         if line.strip():
             row = json.loads(line)
             path = manifest.parent / row["audio"]
-            clips.append(Clip(row["audio"], path.read_bytes(), float(row.get("duration", 0.0))))
+            clips.append(Clip(row["audio"], path.read_bytes(), float(row.get("duration", 0.0)), row.get("text")))
     return clips
 
 
@@ -68,13 +72,16 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, clip: Clip, lang
     if language:
         data["language"] = language
     start = time.perf_counter()
+    text = None
     try:
         response = await client.post(url + "/transcribe", files={"file": (clip.name, clip.data)}, data=data)
         status = response.status_code
-        audio_s = response.json().get("duration", clip.seconds) if status == 200 else clip.seconds
+        body = response.json() if status == 200 else {}
+        audio_s, text = body.get("duration", clip.seconds), body.get("text")
     except httpx.HTTPError:
         status, audio_s = 0, clip.seconds
-    return Sample(model, concurrency, status, time.perf_counter() - start, audio_s, round_index)
+    return Sample(model, concurrency, status, time.perf_counter() - start, audio_s, round_index, clip.name, text,
+                  clip.reference)
 
 
 async def _round(client, url: str, model: str, clips: list[Clip], count: int, offset: int, concurrency: int,

@@ -23,8 +23,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# gcin-voice: human Mandarin syllable recordings for the synthetic code-switching corpus.
-if [ "$EXTRAS" != serve ] && command -v dpkg >/dev/null; then apt_install gcin-voice; fi
+# The synthetic code-switching corpus's offline voices: gcin-voice (human Mandarin syllable recordings),
+# espeak-ng and flite (Mandarin/English and English synthesisers; k2d_train/data/voices.py).
+if [ "$EXTRAS" != serve ] && command -v dpkg >/dev/null; then apt_install gcin-voice espeak-ng flite; fi
 
 if [ "$VENV" = system ]; then
   PY="$PYTHON"

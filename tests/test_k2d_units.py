@@ -5,21 +5,32 @@ from __future__ import annotations
 import pytest
 import torch
 
+from k2d.scoring import cer_zh_counts, mer, normalize, repeated_ngram, units, wer_en_counts
 from k2d_train.chunking import Segment, merge_segments, timestamp
 from k2d_train.losses import LossWeights, distillation_loss, kl_divergence
 from k2d_train.stages.s2_validate import distances
 from k2d_train.stages.s3_student import remap_alignment_heads, spaced_layers
-from k2d_train.text import cer_zh_counts, mer, normalize, repeated_ngram, units, wer_en_counts
 
 
 def test_segments_merge_greedily_up_to_30_seconds():
     segments = [Segment(0, 10, "a"), Segment(10.5, 20, "b"), Segment(21, 29.9, "c"), Segment(30, 35, "d"),
                 Segment(36, 70, "too long")]
-    chunks = merge_segments(segments)
-    assert [[s.text for s in c.segments] for c in chunks] == [["a", "b", "c"], ["d"], ["too long"]]
+    chunks, dropped = merge_segments(segments)
+    assert [[s.text for s in c.segments] for c in chunks] == [["a", "b", "c"], ["d"]]
+    assert dropped == 1  # a segment Whisper cannot see whole is left out, never clipped under its full text
     assert all(c.duration <= 30 for c in chunks)
     assert chunks[0].label() == "<|0.00|>a<|10.00|><|10.50|>b<|20.00|><|21.00|>c<|29.90|>"
     assert chunks[1].label() == "<|0.00|>d<|5.00|>"
+
+
+def test_chunks_vary_in_length_and_get_margins_that_never_overlap():
+    segments = [Segment(i * 3.0, i * 3.0 + 2.5, f"s{i}") for i in range(40)]
+    chunks, _ = merge_segments(segments, 30.0, min_chunk_s=6.0, seed=1, edge_s=0.2, audio_s=120.0)
+    lengths = {round(c.duration) for c in chunks}
+    assert len(lengths) > 2 and all(c.duration <= 30 for c in chunks)
+    assert chunks[0].start == 0.0 and chunks[1].start == chunks[1].segments[0].start - 0.2
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    assert [s.text for c in chunks for s in c.segments] == [s.text for s in segments]  # nothing lost
 
 
 def test_timestamps_round_to_whisper_steps_and_clip():
@@ -27,7 +38,7 @@ def test_timestamps_round_to_whisper_steps_and_clip():
 
 
 def test_empty_and_backwards_segments_are_dropped():
-    assert merge_segments([Segment(5, 5, "x"), Segment(6, 4, "y")]) == []
+    assert merge_segments([Segment(5, 5, "x"), Segment(6, 4, "y")]) == ([], 0)
 
 
 def test_ngram_flag_catches_loops_only():

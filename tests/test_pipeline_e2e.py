@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from k2d.context import ContextPolicy
 from k2d.registry import ModelEntry, Registry
 from k2d_cli.main import app
 
@@ -16,10 +17,12 @@ run_dir: run
 teacher: whisper-base
 validator: whisper-base
 corpus:
-  synth: {seed: 3, lectures: 1, lecture_minutes: 0.6, test_utterances: 3, dev_utterances: 2}
+  synth: {seed: 3, lectures: 1, lecture_minutes: 0.6, test_utterances: 3, dev_utterances: 2, ood_test_utterances: 3,
+          ood_dev_utterances: 2}
 pseudo_label: {language: zh, beam_size: 2, nbest: 2}
 validate: {rule: none, alpha: 0.4}
 student: {decoder_layers: 2}
+distill_encoder: {max_steps: 2, batch_size: 2, save_every: 2}
 distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 2, dev_limit: 2, use_nbest: true}
 export: {quantization: int8}
 evaluate: {beam_size: 1, language: zh}
@@ -50,17 +53,21 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     assert registry.get("whisper-base-int8").role == "teacher"
     card = json.loads((registry.path_of("tiny-student") / "k2d_card.json").read_text())
     assert card["kept_layers"] == [0, 5] and card["student_parameters"] < card["teacher_parameters"]
-    assert set(card["kept_per_rule"]) == {"none", "ngram", "mer", "per", "comp"}
+    assert set(card["kept_per_rule"]) >= {"none", "ngram", "mer", "per", "comp"}
     assert card["kept_per_rule"]["none"]["percent"] == 100.0
-    assert card["evaluation"]["teacher"]["mer"] >= 0 and card["evaluation"]["teacher"]["utterances"] == 3
-    assert "comp" in card["ablation"] and card["steps"] == 2
+    rows = {(r["set"], r["model"]): r for r in card["evaluation"]}
+    assert set(rows) == {(s, m) for s in ("test", "test_ood") for m in ("teacher", "student")}  # in and out of domain
+    assert all(r["utterances"] == 3 and r["mer"] >= 0 and "repetitions" in r for r in rows.values())
+    assert card["context"] == "audio + 2 s, rounded up to 2 s" and card["encoder_distillation"]["steps"] == 2
+    assert ContextPolicy.of_model(registry.path_of("tiny-student")) == ContextPolicy(2.0, 2.0)  # served as trained
+    assert "comp" in card["ablation"] and card["steps"] == 2 and card["best_dev"]["step"] == 2
     assert (registry.path_of("tiny-student") / "MODEL_CARD.md").read_text().startswith("# tiny-student")
     chunks = [json.loads(line) for line in (tmp_path / "run" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
     assert chunks and all(c["end"] - c["start"] <= 30 and c["teacher_label"].startswith("<|") for c in chunks)
-    assert all(len(c["nbest"]) == 2 for c in chunks)
+    assert all(len(c["nbest"]) == 2 and c["segments"][0]["tokens"] for c in chunks)
 
     again = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
-    assert again.exit_code == 0 and again.output.count("done before, reusing") == 8, again.output
+    assert again.exit_code == 0 and again.output.count("done before, reusing") == 9, again.output
 
 
 def test_a_config_with_a_typo_is_refused(store, tmp_path):

@@ -3,39 +3,48 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
-from app.dependencies import get_metrics, get_models, get_settings, require_api_key
+from app import service
+from app.dependencies import get_models, require_api_key
+from app.errors import responses
 from app.formats import ResponseFormat
-from app.routers.transcribe import render
-from app.service import handle
+from app.routers.transcribe import MAX_PROMPT_CHARS, PROMPT_HELP, STREAM_HELP, render, transcription_responses
+from app.transcription import TranscribeRequest
 from k2d.engine import DecodeOptions
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 OPENAI_DEFAULT = "whisper-1"  # what OpenAI clients send by default: served by our default model
 
 
-@router.post("/audio/transcriptions", summary="OpenAI-compatible transcription")
+@router.post("/audio/transcriptions", summary="OpenAI-compatible transcription", response_model=None,
+             responses=transcription_responses())
 async def transcriptions(
+    http: Request,
     file: Annotated[UploadFile, File()],
-    model: Annotated[str, Form()] = OPENAI_DEFAULT,
+    model: Annotated[str, Form(description="`whisper-1` (the default model), a served model, `student` or `teacher`")]
+        = OPENAI_DEFAULT,
     language: Annotated[str | None, Form()] = None,
-    prompt: Annotated[str | None, Form(description="Accepted for compatibility; not used")] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS, description=PROMPT_HELP)] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
-    timestamp_granularities: Annotated[list[str] | None, Form(alias="timestamp_granularities[]")] = None,
-    models=Depends(get_models), settings=Depends(get_settings), metrics=Depends(get_metrics),
+    timestamp_granularities: Annotated[list[Literal["word", "segment"]] | None,
+                                       Form(alias="timestamp_granularities[]")] = None,
+    stream: Annotated[bool, Form(description=STREAM_HELP)] = False,
 ) -> Response:
-    options = DecodeOptions(beam_size=5, temperature=temperature, word_timestamps="word" in (timestamp_granularities or []))
+    words = "word" in (timestamp_granularities or [])
+    options = DecodeOptions(beam_size=5, temperature=temperature, word_timestamps=words, prompt=prompt or None)
     name = None if model == OPENAI_DEFAULT else model
-    result = await handle(file, name, language or None, options, True, models, settings, metrics)
-    return render(result, response_format, verbose_keys=False)
+    job = await service.start(http, file, name, TranscribeRequest(language or None, options, True))
+    if stream:
+        return service.event_stream(http, job)
+    return render(await service.finish(http, job), response_format, verbose_keys=False)
 
 
-@router.get("/models", summary="Served models (OpenAI shape)")
+@router.get("/models", summary="Served models (OpenAI shape)", responses=responses(401))
 async def list_models(models=Depends(get_models)) -> dict:
     created = int(time.time())
     return {"object": "list", "data": [

@@ -1,9 +1,16 @@
-"""Lecture-style Mandarin-English sentences for the synthetic code-switching corpus.
+"""Mandarin-English sentences for the synthetic code-switching corpus: in-domain and out-of-domain.
 
-Taiwanese university lectures (the paper's COOLTEST/NTUML setting) speak Mandarin with English
-technical terms. Each frame below is a sentence a lecturer says, with one slot for a term; the
-bank pairs frames and terms deterministically so every sentence is distinct, and adds sentences
+In-domain: Taiwanese university lectures (the paper's COOLTEST/NTUML setting) speak Mandarin with
+English machine-learning terms. Each frame is a sentence a lecturer says, with one slot for a term;
+the bank pairs frames and terms deterministically so every sentence is distinct, and adds sentences
 with no slot (pure Mandarin, or two terms). Characters are traditional, as Whisper writes them.
+
+Out-of-domain (``OOD_*``): office, software-team and daily-life talk with its own frames, its own
+English terms and its own plain sentences, sharing no frame, no term and no English word with the
+in-domain bank, so the OOD sets test language the student never trained on. Every OOD syllable was
+recorded by gcin-voice speaker 5 (who lacks 42 syllables: 星/行/性 xing, 運/雲 yun, 女, 綠, 弄, 則 ...),
+so that held-out voice reads them without borrowing a training speaker's recordings; only the
+neutral-tone 嗎 and 們 take speaker 5's full-tone ma/men.
 """
 
 from __future__ import annotations
@@ -83,19 +90,8 @@ PAIRS = [
 
 
 def sentence_bank(seed: int = 0) -> list[str]:
-    """All distinct sentences, in a deterministic order (≥ 300)."""
-    rng = random.Random(seed)
-    sentences = list(PLAIN)
-    terms = list(TERMS)
-    for i, frame in enumerate(FRAMES):
-        rng.shuffle(terms)
-        sentences += [frame.format(t=t) for t in terms[: 8 + i % 3]]
-    for frame in PAIRS:
-        for a, b in zip(TERMS[0::2], TERMS[1::2], strict=True):
-            sentences.append(frame.format(a=a, b=b))
-    unique = list(dict.fromkeys(sentences))
-    rng.shuffle(unique)
-    return unique
+    """All distinct in-domain sentences, in a deterministic order (≥ 300)."""
+    return _bank(PLAIN, FRAMES, PAIRS, TERMS, seed)
 
 
 def split_bank(seed: int, test: int, dev: int) -> tuple[list[str], list[str], list[str]]:
@@ -104,3 +100,92 @@ def split_bank(seed: int, test: int, dev: int) -> tuple[list[str], list[str], li
     if test + dev >= len(bank):
         raise ValueError(f"the bank has {len(bank)} sentences; test + dev must leave some for lectures")
     return bank[:test], bank[test : test + dev], bank[test + dev :]
+
+
+OOD_TERMS = [
+    "pull request", "code review", "commit", "merge conflict", "bug", "deadline", "meeting", "email",
+    "server", "database", "deploy", "release", "API", "spreadsheet", "slides", "weekend", "coffee",
+    "lunch", "party", "budget", "report", "customer", "manager", "interview", "offer", "password",
+    "laptop", "update", "shopping", "delivery", "menu", "online", "schedule", "project", "demo",
+    "feedback", "startup", "app", "cloud", "login", "dashboard", "sprint", "invoice", "parking",
+]
+
+OOD_FRAMES = [
+    "明天的{t}改到下午三點",
+    "你可以幫我看一下這個{t}嗎",
+    "老闆說{t}一定要今天做完",
+    "我剛剛把{t}寄給你了",
+    "這個{t}到底是誰在管的",
+    "我們晚上再聊{t}吧",
+    "不好意思我忘記{t}了",
+    "你那邊的{t}好了沒有",
+    "等一下開會的時候記得帶{t}",
+    "我覺得這個{t}有點奇怪",
+    "先把{t}處理好再說",
+    "昨天的{t}大家都看過了嗎",
+    "他每天都在抱怨{t}",
+    "我的{t}好像壞掉了",
+    "麻煩你把{t}改一下",
+    "我們公司最近換了新的{t}",
+    "這禮拜的{t}比較多",
+    "你有收到我的{t}嗎",
+    "下班以前要把{t}交出去",
+    "客戶對這個{t}不太滿意",
+    "那個{t}我等一下再回你",
+    "可以先跟我說{t}在哪裡嗎",
+    "我今天沒空處理{t}",
+    "你們那邊的{t}順利嗎",
+    "幫我確認一下{t}對不對",
+    "因為{t}的關係我們晚了一個小時",
+    "早上的{t}取消了",
+    "我媽媽也開始用{t}了",
+]
+
+OOD_PLAIN = [
+    "你吃過午餐了嗎",
+    "我們明天早上九點見",
+    "今天外面好冷喔",
+    "我先去買一杯咖啡",
+    "麻煩你把門關起來",
+    "這家餐廳的東西很好吃",
+    "我等一下要去接小孩",
+    "今天的工作終於做完了",
+    "你覺得這個價錢合理嗎",
+    "我們改天再約吧",
+    "路上開車小心",
+    "這個週末我想在家休息",
+]
+
+OOD_PAIRS = [
+    "{a}和{b}哪一個比較急",
+    "你先處理{a}然後再看{b}",
+    "{a}做完了可是{b}還沒",
+]
+
+
+def _bank(plain: list[str], frames: list[str], pairs: list[str], terms: list[str], seed: int) -> list[str]:
+    rng = random.Random(seed)
+    sentences = list(plain)
+    pool = list(terms)
+    for i, frame in enumerate(frames):
+        rng.shuffle(pool)
+        sentences += [frame.format(t=t) for t in pool[: 8 + i % 3]]
+    for frame in pairs:
+        for a, b in zip(terms[0::2], terms[1::2], strict=True):
+            sentences.append(frame.format(a=a, b=b))
+    unique = list(dict.fromkeys(sentences))
+    rng.shuffle(unique)
+    return unique
+
+
+def ood_sentence_bank(seed: int = 0) -> list[str]:
+    """All distinct out-of-domain sentences, in a deterministic order (≥ 250)."""
+    return _bank(OOD_PLAIN, OOD_FRAMES, OOD_PAIRS, OOD_TERMS, seed)
+
+
+def split_ood_bank(seed: int, test: int, dev: int) -> tuple[list[str], list[str]]:
+    """Disjoint (test, dev) out-of-domain sentence lists."""
+    bank = ood_sentence_bank(seed)
+    if test + dev > len(bank):
+        raise ValueError(f"the OOD bank has {len(bank)} sentences; test + dev = {test + dev}")
+    return bank[:test], bank[test : test + dev]

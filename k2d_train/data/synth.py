@@ -1,15 +1,28 @@
-"""``k2d data synth``: a deterministic synthetic code-switching corpus.
+"""``k2d data synth``: a deterministic synthetic code-switching corpus with in-domain and out-of-domain sets.
 
-Produces (a) unlabelled long-form "lectures" — sentences with natural pauses, several minutes
-each, the input of pseudo-labelling — and (b) labelled short-utterance dev and test manifests
-whose sentences never occur in a lecture. The lecture transcripts are written to a separate
-``lectures_reference.jsonl`` for analysis only; no stage of training reads it.
+Produces
+
+- ``lectures.jsonl``: unlabelled long-form "lectures" (the input of pseudo-labelling), each one
+  lecturer = one TRAINING voice pair (Mandarin + English), several lectures per pair, in-domain
+  sentences, and (``augment``) one random room, microphone, noise floor, pitch and tempo per lecture.
+  Their transcripts go to ``lectures_reference.jsonl`` for analysis only; no training stage reads it.
+- ``test.jsonl`` / ``dev.jsonl``: in-domain utterances (the lectures' voice pairs, lecture sentence
+  frames and terms, training acoustic conditions) whose sentences are never spoken in a lecture.
+- ``test_ood.jsonl`` / ``dev_ood.jsonl``: out-of-domain utterances: HELD-OUT voices of both languages
+  and OOD sentences (other frames, other terms), under different, milder acoustic conditions.
+- ``voices.json`` (which voices were used where) and ``conditions.json`` (each file's acoustic condition).
+
+Every item draws from its own generator seeded by (seed, split, index), so the corpus is a pure
+function of :class:`SynthOptions`; ``corpus.json`` records them and a matching corpus is reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,8 +31,13 @@ from tqdm import tqdm
 
 from k2d.audio import SAMPLE_RATE, write_audio
 from k2d.manifest import write_manifest
-from k2d_train.data.sentences import split_bank
-from k2d_train.data.voices import EnglishVoice, MandarinVoice, speak_mixed
+from k2d_train.data import augment
+from k2d_train.data.sentences import ood_sentence_bank, sentence_bank
+from k2d_train.data.voices import VOICES, VoiceSpec, speak_mixed, voices
+
+CORPUS_VERSION = 2  # bump when the same options would give different audio
+_SPLITS = {"lectures": 1, "test": 2, "dev": 3, "test_ood": 4, "dev_ood": 5}
+_PAD_S = 0.25
 
 
 @dataclass
@@ -29,80 +47,177 @@ class SynthOptions:
     lecture_minutes: float = 2.5
     test_utterances: int = 40
     dev_utterances: int = 20
-    noise_db: float = -60.0  # background noise (dBFS); at -50 dB Whisper base starts to hallucinate loops
+    noise_db: float = -60.0  # constant white noise floor (dBFS) under everything, augmented or not
+    ood_test_utterances: int = 40
+    ood_dev_utterances: int = 20
+    augment: bool = True  # training conditions for lectures + in-domain sets, OOD conditions for OOD sets
+    min_utterance_s: float = 3.0  # dev/test utterance length bounds, 0.25 s silence each side included
+    max_utterance_s: float = 15.0
 
 
-class Speaker:
-    """One voice pair with a seeded speaking rate, so utterances differ like real speech does."""
+@dataclass(frozen=True)
+class Pair:
+    """One simulated speaker: a Mandarin voice and the English voice it code-switches into."""
 
-    def __init__(self, rng: random.Random):
-        self.rng = rng
-        self.mandarin = MandarinVoice(gap_s=0.04)
+    mandarin: VoiceSpec
+    english: VoiceSpec
 
-    def say(self, text: str) -> np.ndarray:
-        english = EnglishVoice(length_scale=round(self.rng.uniform(0.9, 1.15), 2))
-        self.mandarin.gap_s = round(self.rng.uniform(0.02, 0.07), 3)
-        audio = speak_mixed(text, self.mandarin, english, pause_s=self.rng.uniform(0.05, 0.15))
-        return 0.7 * audio / max(float(np.abs(audio).max()), 1e-6)
+    @property
+    def name(self) -> str:
+        return f"{self.mandarin.name}+{self.english.name}"
 
 
-def _noise(rng: np.random.Generator, samples: int, db: float) -> np.ndarray:
-    return (rng.standard_normal(samples) * 10 ** (db / 20)).astype(np.float32)
+def all_pairs(heldout: bool) -> list[Pair]:
+    return [Pair(zh, en) for zh in voices("zh", heldout) for en in voices("en", heldout)]
 
 
-def _utterances(split: str, sentences: list[str], out: Path, speaker: Speaker, noise: np.random.Generator,
-                options: SynthOptions) -> None:
+def lecture_pairs(lectures: int, rng: random.Random) -> list[Pair]:
+    """The lecturer of each lecture: ``lectures // 2`` distinct training pairs, each giving two or more lectures.
+
+    Pair k joins Mandarin voice k mod n_zh with English voice (k + k // lcm) mod n_en: as soon as there are
+    as many pairs as voices in the larger language every training voice lectures, and no pair repeats.
+    """
+    zh, en = voices("zh", False), voices("en", False)
+    count = max(1, min(lectures // 2, len(zh) * len(en)))
+    cycle = math.lcm(len(zh), len(en))
+    pairs = [Pair(zh[k % len(zh)], en[(k + k // cycle) % len(en)]) for k in range(count)]
+    rng.shuffle(pairs)
+    return [pairs[i % count] for i in range(lectures)]
+
+
+def _item_rng(options: SynthOptions, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([options.seed, _SPLITS[split], index])
+
+
+def _say(text: str, pair: Pair, condition: augment.Condition, rng: np.random.Generator) -> np.ndarray:
+    """One sentence by one speaker: a seeded speaking rate, level-normalised, then the speaker's pitch/tempo."""
+    rate = 0.92 + 0.04 * int(rng.integers(5))  # few distinct rates, so the TTS cache hits
+    audio = speak_mixed(text, pair.mandarin, pair.english, pause_s=float(rng.uniform(0.05, 0.15)), rate=rate)
+    audio = 0.7 * audio / max(float(np.abs(audio).max()), 1e-6)
+    return augment.perturb_sentence(audio, condition, rng) if condition != augment.CLEAN else audio
+
+
+def _record(audio: np.ndarray, condition: augment.Condition, options: SynthOptions, rng: np.random.Generator) -> np.ndarray:
+    """The microphone side: room, band-limit, noise (augmented) plus the constant floor, then clip-safe."""
+    out = augment.apply_channel(audio, condition) if condition != augment.CLEAN else audio
+    out = out + (rng.standard_normal(len(out)) * 10 ** (options.noise_db / 20)).astype(np.float32)
+    peak = float(np.abs(out).max())
+    return (out * (0.95 / peak) if peak > 0.95 else out).astype(np.float32)
+
+
+def _condition(options: SynthOptions, ood: bool, rng: np.random.Generator) -> augment.Condition:
+    if not options.augment:
+        return augment.CLEAN
+    return augment.draw_condition(rng, augment.OOD if ood else augment.TRAIN)
+
+
+def _utterance(sentences: Iterator[str], pair: Pair, condition: augment.Condition, options: SynthOptions,
+               rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Sentences joined (short pauses) until the padded length reaches ``min_utterance_s``, never past the max."""
+    pad = int(_PAD_S * SAMPLE_RATE)
+    texts, pieces, length = [], [], 2 * pad
+    while length < options.min_utterance_s * SAMPLE_RATE:
+        text = next(sentences, None)
+        if text is None:
+            raise ValueError("the sentence bank ran out: ask for fewer dev/test utterances")
+        audio = _say(text, pair, condition, rng)
+        gap = np.zeros(int(rng.uniform(0.3, 0.6) * SAMPLE_RATE) if pieces else 0, dtype=np.float32)
+        if texts and length + len(gap) + len(audio) > options.max_utterance_s * SAMPLE_RATE:
+            break
+        texts.append(text)
+        pieces += [gap, audio]
+        length += len(gap) + len(audio)
+    body = np.concatenate(pieces)
+    extra = max(0, int(options.min_utterance_s * SAMPLE_RATE) - len(body) - 2 * pad)
+    lead, tail = np.zeros(pad + extra // 2, np.float32), np.zeros(pad + extra - extra // 2, np.float32)
+    return texts, np.concatenate([lead, body, tail])
+
+
+def _utterances(split: str, count: int, sentences: Iterator[str], pairs: list[Pair], out: Path, options: SynthOptions,
+                conditions: dict) -> list[dict]:
+    """A labelled set; each utterance picks its speaker from ``pairs`` and its condition from its own generator."""
     rows = []
-    folder = out / split
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(tqdm(sentences, desc=f"synth {split}", unit="utt")):
-        lead = np.zeros(int(0.25 * SAMPLE_RATE), dtype=np.float32)
-        audio = np.concatenate([lead, speaker.say(text), lead])
+    (out / split).mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(count), desc=f"synth {split}", unit="utt"):
+        rng = _item_rng(options, split, i)
+        pair = pairs[int(rng.integers(len(pairs)))]
+        condition = _condition(options, split.endswith("_ood"), rng)
+        texts, audio = _utterance(sentences, pair, condition, options, rng)
         name = f"{split}/{split}_{i:04d}.flac"
-        write_audio(out / name, audio + _noise(noise, len(audio), options.noise_db))
-        rows.append({"audio": name, "text": text, "language": "zh"})
+        write_audio(out / name, _record(audio, condition, options, rng))
+        conditions[name] = condition.to_json()
+        rows.append({"audio": name, "text": "，".join(texts), "language": "zh", "voice": pair.name})
     write_manifest(out / f"{split}.jsonl", rows)
+    return rows
 
 
-def _lectures(sentences: list[str], out: Path, speaker: Speaker, rng: random.Random, noise: np.random.Generator,
-              options: SynthOptions) -> None:
-    folder = out / "lectures"
-    folder.mkdir(parents=True, exist_ok=True)
+def _lectures(sentences: list[str], pairs: list[Pair], out: Path, options: SynthOptions, conditions: dict) -> list[dict]:
+    (out / "lectures").mkdir(parents=True, exist_ok=True)
+    order = random.Random(options.seed)
     pool = list(sentences)
-    rng.shuffle(pool)
+    order.shuffle(pool)
     unlabelled, reference = [], []
     target = int(options.lecture_minutes * 60 * SAMPLE_RATE)
-    with tqdm(total=options.lectures * options.lecture_minutes * 60, desc="synth lectures", unit="s") as progress:
-        for lecture in range(options.lectures):
+    with tqdm(total=round(options.lectures * options.lecture_minutes * 60), desc="synth lectures", unit="s") as progress:
+        for lecture, pair in enumerate(pairs):
+            rng = _item_rng(options, "lectures", lecture)
+            condition = _condition(options, False, rng)
             pieces, spoken, length = [], [], 0
             while length < target:
-                text = pool.pop() if pool else rng.choice(sentences)
+                text = pool.pop() if pool else order.choice(sentences)
+                audio = _say(text, pair, condition, rng)
                 pause = np.zeros(int(rng.uniform(0.35, 1.1) * SAMPLE_RATE), dtype=np.float32)
-                audio = speaker.say(text)
                 spoken.append({"start": round(length / SAMPLE_RATE, 2), "text": text})
                 pieces += [audio, pause]
                 length += len(audio) + len(pause)
-                progress.update((len(audio) + len(pause)) / SAMPLE_RATE)
-            signal = np.concatenate(pieces)
+                progress.update(round((len(audio) + len(pause)) / SAMPLE_RATE))
             name = f"lectures/lecture_{lecture:03d}.flac"
-            write_audio(out / name, signal + _noise(noise, len(signal), options.noise_db))
-            unlabelled.append({"audio": name})
-            reference.append({"audio": name, "sentences": spoken})
+            write_audio(out / name, _record(np.concatenate(pieces), condition, options, rng))
+            conditions[name] = condition.to_json()
+            unlabelled.append({"audio": name, "voices": pair.name})
+            reference.append({"audio": name, "voices": pair.name, "sentences": spoken})
     write_manifest(out / "lectures.jsonl", unlabelled)
     write_manifest(out / "lectures_reference.jsonl", reference)
+    return unlabelled
+
+
+def _voices_report(sets: dict[str, list[dict]]) -> dict:
+    used = {split: sorted({r.get("voice") or r.get("voices") for r in rows}) for split, rows in sets.items()}
+    return {
+        "train": {lang: [v.describe() for v in voices(lang, False)] for lang in ("zh", "en")},
+        "heldout": {lang: [v.describe() for v in voices(lang, True)] for lang in ("zh", "en")},
+        "used": used,
+    }
+
+
+def _stamp(options: SynthOptions) -> dict:
+    """Options plus what else decides the audio: the code version and the voice registry (names, engines, roles)."""
+    registry = [[v.name, v.engine, list(v.params), v.heldout] for v in VOICES]
+    digest = hashlib.sha256(json.dumps(registry, sort_keys=True).encode()).hexdigest()[:16]
+    return {**asdict(options), "version": CORPUS_VERSION, "voices": digest}
 
 
 def build_corpus(out: Path, options: SynthOptions) -> bool:
     """Build the corpus unless one with the same options exists; return True if built."""
     stamp = out / "corpus.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == asdict(options):
+    if stamp.exists() and json.loads(stamp.read_text()) == _stamp(options):
         return False
-    rng = random.Random(options.seed)
-    noise = np.random.default_rng(options.seed)
-    test, dev, lecture = split_bank(options.seed, options.test_utterances, options.dev_utterances)
-    speaker = Speaker(rng)
-    _utterances("test", test, out, speaker, noise, options)
-    _utterances("dev", dev, out, speaker, noise, options)
-    _lectures(lecture, out, speaker, rng, noise, options)
-    stamp.write_text(json.dumps(asdict(options), indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    conditions: dict[str, dict] = {}
+    lecturers = lecture_pairs(options.lectures, random.Random(options.seed))
+    speakers = sorted(set(lecturers), key=lambda p: p.name)  # in-domain sets: exactly the lectures' speakers
+    bank = iter(sentence_bank(options.seed))
+    sets = {
+        "test": _utterances("test", options.test_utterances, bank, speakers, out, options, conditions),
+        "dev": _utterances("dev", options.dev_utterances, bank, speakers, out, options, conditions),
+    }
+    held_out_text = {text for rows in sets.values() for row in rows for text in row["text"].split("，")}
+    lecture_sentences = [s for s in sentence_bank(options.seed) if s not in held_out_text]
+    ood = iter(ood_sentence_bank(options.seed))
+    for split, count in (("test_ood", options.ood_test_utterances), ("dev_ood", options.ood_dev_utterances)):
+        sets[split] = _utterances(split, count, ood, all_pairs(True), out, options, conditions)
+    sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
+    (out / "voices.json").write_text(json.dumps(_voices_report(sets), ensure_ascii=False, indent=2) + "\n")
+    (out / "conditions.json").write_text(json.dumps(conditions, indent=1) + "\n")
+    stamp.write_text(json.dumps(_stamp(options), indent=2) + "\n")
     return True

@@ -1,15 +1,18 @@
 """``k2d pseudo-label``: the teacher transcribes unlabelled long-form audio into ≤ 30 s chunks.
 
 Fast path: CTranslate2 through faster-whisper's batched pipeline (VAD-cut windows decoded in
-batches). Each audio file's chunks are written to their own JSONL as soon as the file is done,
-so an interrupted run resumes where it stopped. ``nbest > 1`` adds N beam hypotheses per chunk
-for sequence-level KD (Mun'im et al., 2019).
+batches). Every chunk keeps the teacher's own segments — times, text and token ids — so the
+student learns exactly what the teacher emitted, not a re-tokenisation of stripped text. Each
+audio file's chunks are written to their own JSONL as soon as the file is done, so an
+interrupted run resumes where it stopped. ``nbest > 1`` adds N beam hypotheses per chunk for
+sequence-level KD (Mun'im et al., 2019).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.chunking import Segment, merge_segments
 from k2d_train.decoding import generate_texts
-from k2d_train.stages.s7_evaluate import EvaluateOptions, load_whisper
+from k2d_train.store.loading import load_whisper
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
 
@@ -32,6 +35,11 @@ class PseudoLabelOptions:
     batch_size: int = 8
     nbest: int = 1
     max_chunk_s: float = 30.0
+    min_chunk_s: float | None = 8.0  # each chunk draws its length limit from [min, max]: served windows vary too
+    edge_s: float = 0.2  # margin around each chunk so tight timestamps do not clip a phoneme
+    seed: int = 0
+    dataset_split: str = "train"  # for a Hugging Face dataset source
+    audio_column: str = "audio"
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
@@ -53,9 +61,9 @@ class Teacher:
         from faster_whisper import BatchedInferencePipeline
 
         self.options = options
-        self.whisper = load_whisper(model, EvaluateOptions(device=options.device, compute_type=options.compute_type,
-                                                           cpu_threads=options.cpu_threads), store)
+        self.whisper = load_whisper(model, store, options.device, options.compute_type, options.cpu_threads)
         self.pipeline = BatchedInferencePipeline(self.whisper)
+        self.timestamp_begin = self.whisper.hf_tokenizer.token_to_id("<|notimestamps|>") + 1
 
     def segments(self, audio: np.ndarray) -> tuple[list[Segment], str]:
         segments, info = self.pipeline.transcribe(
@@ -63,7 +71,8 @@ class Teacher:
             batch_size=self.options.batch_size, without_timestamps=False, temperature=0.0,
             condition_on_previous_text=False,
         )
-        return [Segment(s.start, s.end, s.text) for s in segments], info.language
+        kept = [Segment(s.start, s.end, s.text, [t for t in s.tokens if t < self.timestamp_begin]) for s in segments]
+        return kept, info.language
 
     def nbest(self, audio: np.ndarray, language: str) -> list[str]:
         """N beam hypotheses of one chunk, with timestamp tokens, best first."""
@@ -75,8 +84,13 @@ def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> f
     """Write the chunks of one file; return its duration. ``audio`` is relative to ``chunks.jsonl``."""
     audio = decode_audio(path)
     segments, language = teacher.segments(audio)
+    opts = teacher.options
+    chunks, too_long = merge_segments(segments, opts.max_chunk_s, opts.min_chunk_s, seed=hash_seed(opts.seed, audio_id),
+                                      edge_s=opts.edge_s, audio_s=len(audio) / SAMPLE_RATE)
+    if too_long:
+        tqdm.write(f"{audio_id}: {too_long} segment(s) longer than {opts.max_chunk_s:.0f} s left out (never clipped)")
     rows = []
-    for index, chunk in enumerate(merge_segments(segments, teacher.options.max_chunk_s)):
+    for index, chunk in enumerate(chunks):
         if not chunk.text:
             continue
         row = {
@@ -87,6 +101,7 @@ def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> f
             "language": language,
             "teacher_text": chunk.text,
             "teacher_label": chunk.label(),
+            "segments": [segment.to_json() for segment in chunk.segments],
         }
         if teacher.options.nbest > 1:
             piece = audio[int(chunk.start * SAMPLE_RATE) : int(chunk.end * SAMPLE_RATE)]
@@ -96,24 +111,56 @@ def _label_file(teacher: Teacher, audio_id: str, path: Path, out_dir: Path) -> f
     return len(audio) / SAMPLE_RATE
 
 
-def pseudo_label(model: str, source: Path, out: Path, options: PseudoLabelOptions, store: Path) -> dict:
-    """Label every file not labelled yet; merge all per-file results into ``out/chunks.jsonl``."""
-    files = list_audio(source)
+def is_dataset(source: str | Path) -> bool:
+    """A Hugging Face dataset (saved folder, Parquet, hub id) rather than audio files or a manifest."""
+    path = Path(source)
+    if path.is_dir():
+        return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    return path.suffix == ".parquet" or "*" in str(source) or (not path.exists() and "/" in str(source))
+
+
+def _sources(source: str | Path, out: Path, options: PseudoLabelOptions) -> Iterator[tuple[str, Path]]:
+    if is_dataset(source):
+        from k2d_train.datasets_input import materialise
+
+        yield from materialise(str(source), out / "audio", options.dataset_split, options.audio_column)
+        return
+    files = list_audio(Path(source))
     if not files:
         raise FileNotFoundError(f"{source}: no audio files")
+    yield from files
+
+
+def pseudo_label(model: str, source: str | Path, out: Path, options: PseudoLabelOptions, store: Path) -> dict:
+    """Label every file not labelled yet; merge all per-file results into ``out/chunks.jsonl``.
+
+    ``source``: a folder of audio files, a JSONL manifest, or a Hugging Face dataset (streamed)."""
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    todo = [(i, p) for i, p in files if not (parts / f"{i}.jsonl").exists()]
-    teacher = Teacher(model, options, store) if todo else None
-    audio_s, start = 0.0, time.perf_counter()
-    with tqdm(todo, desc=f"pseudo-label ({len(files) - len(todo)} done before)", unit="file") as progress:
-        for audio_id, path in progress:
+    teacher: Teacher | None = None
+    seen: list[str] = []
+    labelled_now, audio_s, start = 0, 0.0, time.perf_counter()
+    with tqdm(desc="pseudo-label", unit="file") as progress:
+        for audio_id, path in _sources(source, out, options):
+            seen.append(audio_id)
+            progress.update(1)
+            if (parts / f"{audio_id}.jsonl").exists():
+                continue
+            teacher = teacher or Teacher(model, options, store)
             audio_s += _label_file(teacher, audio_id, path, parts)
-            progress.set_postfix(rtfx=f"{audio_s / (time.perf_counter() - start):.1f}")
-    chunks = [row for audio_id, _ in files for row in _read_part(parts / f"{audio_id}.jsonl")]
+            labelled_now += 1
+            progress.set_postfix(rtfx=f"{audio_s / (time.perf_counter() - start):.1f}", new=labelled_now)
+    chunks = [row for audio_id in seen for row in _read_part(parts / f"{audio_id}.jsonl")]
     write_manifest(out / "chunks.jsonl", chunks)
     hours = sum(c["end"] - c["start"] for c in chunks) / 3600
-    return {"files": len(files), "labelled_now": len(todo), "chunks": len(chunks), "hours": hours}
+    return {"files": len(seen), "labelled_now": labelled_now, "chunks": len(chunks), "hours": hours}
+
+
+def hash_seed(seed: int, key: str) -> int:
+    """A per-file seed that does not depend on the order files are processed in (resume-safe)."""
+    import zlib
+
+    return seed * 1_000_003 + zlib.crc32(key.encode())
 
 
 def _read_part(path: Path) -> list[dict]:

@@ -43,20 +43,27 @@ class StudentReport:
     path: Path
 
 
-def build_student(teacher_dir: Path, out_dir: Path, decoder_layers: int = 2) -> tuple[list[int], int, int]:
-    """Write the student checkpoint; return kept layer indices and both parameter counts."""
+def build_student(teacher_dir: Path, out_dir: Path, decoder_layers: int = 2, encoder_layers: int | None = None,
+                  encoder_ffn_ratio: float = 1.0) -> tuple[list[int], int, int]:
+    """Write the student checkpoint; return kept decoder layer indices and both parameter counts.
+
+    ``encoder_layers`` (fewer, maximally spaced: shallow-and-wide) and ``encoder_ffn_ratio`` (< 1 keeps
+    the most important FFN neurons of every layer: deep-and-thin) give a smaller encoder that
+    ``k2d distill-encoder`` then trains; the defaults keep the teacher's encoder whole.
+    """
     from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperTokenizer
 
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir)
     kept = spaced_layers(teacher.config.decoder_layers, decoder_layers)
-    config = teacher.config.__class__.from_dict({**teacher.config.to_dict(), "decoder_layers": len(kept)})
+    kept_encoder = spaced_layers(teacher.config.encoder_layers, encoder_layers or teacher.config.encoder_layers)
+    ffn = int(round(teacher.config.encoder_ffn_dim * encoder_ffn_ratio))
+    config = teacher.config.__class__.from_dict({**teacher.config.to_dict(), "decoder_layers": len(kept),
+                                                 "encoder_layers": len(kept_encoder), "encoder_ffn_dim": ffn})
     student = WhisperForConditionalGeneration(config)
-    state = teacher.state_dict()
-    for new, old in enumerate(kept):
-        prefix_old, prefix_new = f"model.decoder.layers.{old}.", f"model.decoder.layers.{new}."
-        for key in [k for k in state if k.startswith(prefix_old)]:
-            state[prefix_new + key[len(prefix_old) :]] = state.pop(key) if new != old else state[key]
-    state = {k: v for k, v in state.items() if not _dropped_layer(k, len(kept))}
+    state = _keep_layers(teacher.state_dict(), "model.decoder.layers.", kept)
+    state = _keep_layers(state, "model.encoder.layers.", kept_encoder)
+    if ffn < teacher.config.encoder_ffn_dim:
+        _thin_ffn(state, len(kept_encoder), ffn)
     student.load_state_dict(state, strict=True)
     generation = GenerationConfig.from_pretrained(teacher_dir)
     generation.alignment_heads = remap_alignment_heads(
@@ -74,16 +81,33 @@ def build_student(teacher_dir: Path, out_dir: Path, decoder_layers: int = 2) -> 
     return kept, count, sum(p.numel() for p in student.parameters())
 
 
-def _dropped_layer(key: str, kept: int) -> bool:
-    prefix = "model.decoder.layers."
-    return key.startswith(prefix) and int(key[len(prefix) :].split(".")[0]) >= kept
+def _keep_layers(state: dict, prefix: str, kept: list[int]) -> dict:
+    """Renumber the kept layers 0..n-1 and drop the others."""
+    out = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    for new, old in enumerate(kept):
+        for key in [k for k in state if k.startswith(f"{prefix}{old}.")]:
+            out[f"{prefix}{new}." + key[len(f"{prefix}{old}.") :]] = state[key]
+    return out
 
 
-def create_student(registry: Registry, teacher: str, name: str, decoder_layers: int = 2) -> StudentReport:
+def _thin_ffn(state: dict, layers: int, width: int) -> None:
+    """Keep the ``width`` FFN neurons with the largest |fc1 row| · |fc2 column| in each encoder layer."""
+    for i in range(layers):
+        p = f"model.encoder.layers.{i}."
+        importance = state[p + "fc1.weight"].norm(dim=1) * state[p + "fc2.weight"].norm(dim=0)
+        keep = importance.topk(width).indices.sort().values
+        state[p + "fc1.weight"] = state[p + "fc1.weight"][keep].clone()
+        state[p + "fc1.bias"] = state[p + "fc1.bias"][keep].clone()
+        state[p + "fc2.weight"] = state[p + "fc2.weight"][:, keep].clone()
+
+
+def create_student(registry: Registry, teacher: str, name: str, decoder_layers: int = 2, encoder_layers: int | None = None,
+                   encoder_ffn_ratio: float = 1.0) -> StudentReport:
     """Build ``<name>/hf`` in the store from a registered teacher and register it (role student)."""
     teacher_entry = registry.get(teacher if registry.get(teacher).format == "transformers" else hf_name(teacher))
     out_dir = registry.store / name / "hf"
-    kept, teacher_params, student_params = build_student(registry.path_of(teacher_entry.name), out_dir, decoder_layers)
+    kept, teacher_params, student_params = build_student(registry.path_of(teacher_entry.name), out_dir, decoder_layers,
+                                                         encoder_layers, encoder_ffn_ratio)
     register_student(registry, name, out_dir, student_params, teacher_entry, f"student-of:{teacher_entry.family}", kept)
     return StudentReport(hf_name(name), kept, teacher_params, student_params, out_dir)
 

@@ -1,10 +1,13 @@
-"""``k2d distill``: train the student on the kept chunks with CE on pseudo labels + KL to the teacher.
+"""``k2d distill``: train the student's decoder on the kept chunks with CE on pseudo labels + KL to the teacher.
 
-The student's encoder is the teacher's, frozen, so one encoder pass per chunk serves both models
-and can be cached to disk (the CPU's biggest saving). Runs under Accelerate: ``accelerate launch
--m k2d_cli distill ...`` gives multi-GPU/multi-node with no code change. Checkpoints are whole
-directories renamed into place, and the data order is a function of (seed, epoch), so
-``--resume`` continues exactly where the last checkpoint stopped.
+The student's encoder is frozen here (the teacher's own, or the short-context encoder that
+``k2d distill-encoder`` trained), so its outputs are cached once per chunk; the teacher's decoder
+reads the teacher's own 30 s encoder states for the KL term. Labels are the teacher's own token
+ids per segment with timestamp tokens, in one script (``label_script``). The kept student is the
+checkpoint with the best dev MER on the *out-of-domain* dev set, not the last step. Runs under
+Accelerate (``accelerate launch -m k2d_cli distill ...``); checkpoints are whole directories
+renamed into place, and the data order is a function of (seed, epoch), so ``--resume`` continues
+exactly where the last checkpoint stopped.
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from k2d.audio import SAMPLE_RATE, decode_audio
+from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.manifest import read_manifest
+from k2d.scoring import ErrorCounts, mer_counts
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.decoding import whisper_prompt
-from k2d_train.features import whisper_features
+from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates
 from k2d_train.hf_decode import greedy_decode
+from k2d_train.labels import chunk_label_ids
 from k2d_train.losses import LossWeights, distillation_loss
-from k2d_train.text import ErrorCounts, mer_counts
 
 
 @dataclass
@@ -44,6 +47,7 @@ class DistillOptions:
     keep_checkpoints: int = 2
     seed: int = 0
     use_nbest: bool = False
+    label_script: str = "simplified"  # simplified | traditional | as_is (the teacher flips between scripts)
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
     cache_encoder: bool = True
     dev_limit: int = 40
@@ -60,88 +64,56 @@ class Example:
     prompt_len: int
 
 
-def build_examples(kept: Path, tokenizer, use_nbest: bool) -> list[Example]:
+def build_examples(kept: Path, tokenizer, use_nbest: bool, script: str = "simplified") -> list[Example]:
     """One example per kept chunk (its timestamped label), plus one per extra N-best hypothesis."""
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     examples = []
     for row in read_manifest(kept):
-        prompt = whisper_prompt(tokenizer, row.extra.get("language"))
-        labels = [row.extra["teacher_label"]] + (row.extra.get("nbest", [])[1:] if use_nbest else [])
+        prompt = whisper_prompt(tokenizer, row.extra.get("language") or "zh")
+        labels = [chunk_label_ids(row.extra, tokenizer, script)]
+        if use_nbest:
+            labels += [tokenizer.encode(text, add_special_tokens=False) for text in row.extra.get("nbest", [])[1:]]
         for label in labels:  # N-best hypotheses share the chunk's encoder output (same key)
-            tokens = prompt + tokenizer.encode(label, add_special_tokens=False) + [eot]
+            tokens = prompt + label + [eot]
             examples.append(Example(row.extra["id"], row.path(kept), row.extra["start"], row.extra["end"],
                                     tokens[:448], len(prompt)))
     return examples
 
 
-class EncoderCache:
-    """Encoder outputs of the frozen encoder, computed once per chunk (float16 .npy files)."""
-
-    def __init__(self, encoder, folder: Path | None, device: torch.device):
-        self.encoder, self.folder, self.device = encoder, folder, device
-        self._audio: tuple[Path, np.ndarray] | None = None
-
-    def _features(self, audio: Path, start: float, end: float) -> np.ndarray:
-        if self._audio is None or self._audio[0] != audio:
-            self._audio = (audio, decode_audio(audio))
-        return whisper_features(self._audio[1][int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
-
-    @torch.no_grad()
-    def encode(self, audio: Path, start: float, end: float, key: str) -> torch.Tensor:
-        path = self.folder / f"{key}.npy" if self.folder else None
-        if path is not None and path.exists():
-            return torch.from_numpy(np.load(path).astype(np.float32))
-        features = torch.from_numpy(self._features(audio, start, end))[None].to(self.device)
-        # Always the float16-rounded value, cached or not: a resumed run must see identical inputs.
-        hidden = self.encoder(features).last_hidden_state[0].float().cpu().numpy().astype(np.float16)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, hidden)
-            tmp.replace(path)
-        return torch.from_numpy(hidden.astype(np.float32))
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Shuffled batches whose order depends only on (seed, epoch): the basis of exact resume."""
-
-    def __init__(self, size: int, batch_size: int, seed: int):
-        self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        return iter([order[i : i + self.batch_size] for i in range(0, self.size, self.batch_size)])
-
-    def __len__(self) -> int:
-        return (self.size + self.batch_size - 1) // self.batch_size
-
-
-def collate(items: list[tuple[torch.Tensor, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
+def collate(items: list[tuple[torch.Tensor, torch.Tensor, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
     """Teacher-forcing tensors; the mask covers real label tokens only (not prompt, not padding)."""
-    longest = max(len(tokens) for _, tokens, _ in items)
+    longest = max(len(tokens) for _, _, tokens, _ in items)
     seqs = torch.full((len(items), longest), pad, dtype=torch.long)
     mask = torch.zeros((len(items), longest - 1), dtype=torch.bool)
-    for i, (_, tokens, prompt_len) in enumerate(items):
+    for i, (_, _, tokens, prompt_len) in enumerate(items):
         seqs[i, : len(tokens)] = torch.tensor(tokens)
         mask[i, prompt_len - 1 : len(tokens) - 1] = True
-    encoder = torch.stack([enc for enc, _, _ in items])
-    return {"encoder": encoder, "inputs": seqs[:, :-1], "labels": seqs[:, 1:], "mask": mask}
+    return {"student_encoder": torch.stack([s for s, _, _, _ in items]),
+            "teacher_encoder": torch.stack([t for _, t, _, _ in items]),
+            "inputs": seqs[:, :-1], "labels": seqs[:, 1:], "mask": mask}
 
 
-def dev_mer(student, cache: EncoderCache, dev: Path, tokenizer, limit: int, device) -> float:
+def dev_mer(student, states: EncoderStates, dev: Path, tokenizer, limit: int, device) -> float:
+    """Greedy MER of the student on a labelled dev manifest, through the student's own context.
+
+    Rows of one feature length decode as a batch, each with the serving guard's token budget, so a
+    looping early checkpoint costs what it would cost the server, not 448 tokens per row."""
+    from k2d.guard import GuardOptions
+
     rows = list(read_manifest(dev))[:limit]
-    prompt = whisper_prompt(tokenizer, rows[0].extra.get("language") if rows else None)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for index, row in enumerate(rows):
+        hidden = states.get(row.path(dev), 0.0, 1e9, f"dev-{dev.stem}-{index}")["final"]
+        groups.setdefault((hidden.shape[0], row.extra.get("language") or "zh"), []).append((index, hidden))
     total = ErrorCounts()
     student.eval()
-    for begin in range(0, len(rows), 8):
-        batch = rows[begin : begin + 8]
-        hidden = torch.stack([cache.encode(r.path(dev), 0.0, 1e9, f"dev-{begin + i}") for i, r in enumerate(batch)])
-        for row, ids in zip(batch, greedy_decode(student, hidden.to(device), prompt, eot), strict=True):
-            total = total + mer_counts(row.text or "", tokenizer.decode(ids, skip_special_tokens=True))
+    for (frames, language), members in groups.items():
+        budget = GuardOptions().budget(frames * 0.02)
+        hidden = torch.stack([h for _, h in members]).to(device)
+        decoded = greedy_decode(student, hidden, whisper_prompt(tokenizer, language), eot, max_new_tokens=budget)
+        for (index, _), ids in zip(members, decoded, strict=True):
+            total = total + mer_counts(rows[index].text or "", tokenizer.decode(ids, skip_special_tokens=True))
     student.train()
     return total.rate
 
@@ -152,9 +124,27 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def _encoder_states(teacher, student, run_dir: Path, options: DistillOptions, device, policy: ContextPolicy,
+                    teacher_cache: Path | None = None, teacher_ct2: Path | None = None):
+    """The teacher's 30 s states (by CTranslate2 when its export is given: same states, less CPU), and the
+    student's own (short-context or reshaped encoder) if they differ."""
+    folder = teacher_cache or run_dir / "encoder_cache"
+    encoder = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None else teacher.model.encoder
+    full = EncoderStates(encoder, folder if options.cache_encoder else None, device, lambda _: FULL_FRAMES)
+    same = policy.full and student.config.encoder_layers == teacher.config.encoder_layers and \
+        student.config.encoder_ffn_dim == teacher.config.encoder_ffn_dim
+    if same:
+        return full, full
+    own = EncoderStates(student.model.encoder, run_dir / "student_encoder_cache" if options.cache_encoder else None,
+                        device, policy.frames)
+    return full, own
+
+
 def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, options: DistillOptions,
-            dev: Path | None = None, resume: bool = False, final_dir: Path | None = None) -> dict:
-    """Train; write checkpoints under ``run_dir`` and the final student to ``final_dir``."""
+            dev: Path | None = None, resume: bool = False, final_dir: Path | None = None,
+            report_dev: list[Path] | None = None, teacher_cache: Path | None = None,
+            teacher_ct2: Path | None = None) -> dict:
+    """Train; write checkpoints under ``run_dir`` and the best (by ``dev`` MER) student to ``final_dir``."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer, get_linear_schedule_with_warmup
@@ -162,32 +152,41 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     accelerator = Accelerator(mixed_precision=_mixed_precision(options.mixed_precision),
                               gradient_accumulation_steps=options.grad_accum)
     set_seed(options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = WhisperTokenizer.from_pretrained(student_dir)
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).to(accelerator.device).eval()
     student = WhisperForConditionalGeneration.from_pretrained(student_dir)
     student.model.encoder.requires_grad_(False)
-    cache = EncoderCache(teacher.model.encoder, run_dir / "encoder_cache" if options.cache_encoder else None,
-                         accelerator.device)
-    examples = build_examples(kept, tokenizer, options.use_nbest)
+    policy = ContextPolicy.of_model(student_dir)
+    teacher_states, student_states = _encoder_states(teacher, student, run_dir, options, accelerator.device, policy,
+                                                     teacher_cache, teacher_ct2)
+    examples = build_examples(kept, tokenizer, options.use_nbest, options.label_script)
     if not examples:
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
-    hidden = {}
-    for ex in tqdm(examples, desc="encoder outputs", disable=not accelerator.is_main_process):
-        hidden.setdefault(ex.key, cache.encode(ex.audio, ex.start, ex.end, ex.key))
+    hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    with accelerator.main_process_first():  # the main process fills the cache; the others read it
+        for ex in tqdm(examples, desc="encoder outputs", disable=not accelerator.is_main_process):
+            if ex.key not in hidden:
+                t = teacher_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
+                s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
+                hidden[ex.key] = (s, t)
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sampler = EpochBatches(len(examples), options.batch_size, options.seed)
+    sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed)
     loader = torch.utils.data.DataLoader(
-        [(hidden[ex.key], ex.tokens, ex.prompt_len) for ex in examples], batch_sampler=sampler,
+        [(*hidden[ex.key], ex.tokens, ex.prompt_len) for ex in examples], batch_sampler=sampler,
         collate_fn=lambda b: collate(b, pad)
     )
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=options.learning_rate,
                                   weight_decay=options.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
+    # the scheduler is stepped once per optimizer step on every process: its horizon is max_steps either way
+    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
+                                                options.max_steps * accelerator.num_processes)
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
     step = checkpoints.restore(accelerator) if resume else 0
     weights = LossWeights(options.ce_weight, options.kl_weight, options.temperature)
-    log = (run_dir / "train_log.jsonl").open("a")
+    best = _Best(run_dir / "best", student_dir)
+    log = (run_dir / "train_log.jsonl").open("a") if accelerator.is_main_process else None
     progress = tqdm(total=options.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
     started, first_step, last = time.perf_counter(), step, {}
     student.train()
@@ -199,10 +198,10 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
         batches = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in batches:
             with accelerator.accumulate(student):
-                encoder_outputs = (batch["encoder"],)
                 with torch.no_grad():
-                    teacher_logits = teacher(encoder_outputs=encoder_outputs, decoder_input_ids=batch["inputs"]).logits
-                logits = student(encoder_outputs=encoder_outputs, decoder_input_ids=batch["inputs"]).logits
+                    teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
+                                             decoder_input_ids=batch["inputs"]).logits
+                logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
                 losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
@@ -218,32 +217,60 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             progress.update(1)
             rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
             progress.set_postfix(loss=last["loss"], steps_s=f"{rate:.2f}")
-            if dev is not None and options.eval_every and step % options.eval_every == 0 and accelerator.is_main_process:
-                last["dev_mer"] = round(dev_mer(accelerator.unwrap_model(student), cache, dev, tokenizer,
-                                                options.dev_limit, accelerator.device), 4)
-                progress.write(f"step {step}: dev MER {last['dev_mer']:.3f}")
-            log.write(json.dumps(last) + "\n")
-            log.flush()
+            evaluate_now = options.eval_every and (step % options.eval_every == 0 or step == options.max_steps)
+            if dev is not None and evaluate_now and accelerator.is_main_process:
+                model = accelerator.unwrap_model(student)
+                last["dev_mer"] = round(dev_mer(model, student_states, dev, tokenizer, options.dev_limit,
+                                                accelerator.device), 4)
+                for extra in report_dev or []:
+                    last[f"dev_mer_{extra.stem}"] = round(dev_mer(model, student_states, extra, tokenizer,
+                                                                  options.dev_limit, accelerator.device), 4)
+                best.offer(model, step, last["dev_mer"])
+                progress.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "dev" in k))
+            if log:
+                log.write(json.dumps(last) + "\n")
+                log.flush()
             if step % options.save_every == 0 or step == stop_at:
                 checkpoints.save(accelerator, step)
             if step >= stop_at:
                 break
     progress.close()
-    log.close()
+    if log:
+        log.close()
     report = {"steps": step, "examples": len(examples), "last": last, "options": asdict(options),
-              "seconds": round(time.perf_counter() - started, 1)}
+              "seconds": round(time.perf_counter() - started, 1), "best": best.summary(),
+              "context": policy.describe()}
     if final_dir is not None and accelerator.is_main_process and step >= options.max_steps:
-        _save_final(accelerator.unwrap_model(student), student_dir, final_dir)
-    (run_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
+        _save_final(accelerator.unwrap_model(student), student_dir, final_dir, best)
+    if accelerator.is_main_process:
+        (run_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _save_final(student, student_dir: Path, final_dir: Path) -> None:
-    from k2d_train.store.publish import partial_dir, publish
+class _Best:
+    """The weights of the step with the lowest dev MER so far (saved, not kept in memory)."""
 
-    staging = partial_dir(final_dir)
-    student.save_pretrained(staging)
-    for path in student_dir.iterdir():
-        if path.is_file() and not path.name.startswith("model") and path.name != "config.json":
-            (staging / path.name).write_bytes(path.read_bytes())
-    publish(staging, final_dir)
+    def __init__(self, folder: Path, student_dir: Path):
+        self.folder, self.student_dir = folder, student_dir
+        marker = folder / "k2d_best.json"
+        self.state = json.loads(marker.read_text()) if marker.exists() else None
+
+    def offer(self, model, step: int, mer: float) -> None:
+        if self.state is not None and mer >= self.state["dev_mer"]:
+            return
+        from k2d_train.store.publish import write_student
+
+        self.state = {"step": step, "dev_mer": mer}
+        write_student(model, self.student_dir, self.folder, extra={"k2d_best.json": json.dumps(self.state)})
+
+    def summary(self) -> dict | None:
+        return self.state
+
+
+def _save_final(student, student_dir: Path, final_dir: Path, best: _Best) -> None:
+    from k2d_train.store.publish import copy_dir, write_student
+
+    if best.state is not None:
+        copy_dir(best.folder, final_dir)
+    else:
+        write_student(student, student_dir, final_dir)

@@ -1,14 +1,17 @@
-"""``k2d evaluate``: transcribe a manifest (temperature 0) and score it against its references.
+"""``k2d evaluate`` / ``k2d compare``: transcribe labelled manifests the way the server does, and score.
 
-CTranslate2 models go through faster-whisper, exactly as the server runs them; transformers
-checkpoints (e.g. a student mid-training) go through the same features and a greedy decoder.
-Scores: MER (Mandarin characters + English words), Mandarin CER, English WER, the number of
-hypotheses with a repeated-n-gram loop, and RTFx (audio seconds per wall second).
+CTranslate2 models go through ``k2d.transcribe`` — the server's windows, engine, context policy,
+loop guard and teacher fallback — so a reported MER is the MER users get. A student's language
+defaults to its card's (``zh`` for a zh-en student); a multilingual model with no language given
+detects it. transformers checkpoints (a student mid-training) go through the same features and
+a greedy decoder. Scores: MER (Mandarin characters + English words), Mandarin CER, English WER,
+hypotheses with a repeated-n-gram loop, windows the guard flagged, teacher fallbacks, and time.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,9 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
+from k2d.context import ContextPolicy
+from k2d.engine import DecodeOptions, WhisperEngine
+from k2d.guard import GuardOptions
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
-from k2d.registry import resolve_model
-from k2d_train.text import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
+from k2d.registry import Registry, resolve_model, teacher_of
+from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
+from k2d.transcribe import Transcript, transcribe
 
 
 @dataclass
@@ -29,7 +36,11 @@ class EvaluateOptions:
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
-    use_manifest_language: bool = True  # a row's "language" wins over detection when --language is unset
+    use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
+    vad: bool = True
+    guard: bool = True
+    fallback: bool = True  # a student's flagged windows go to its teacher, as served
+    context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
 
 
 @dataclass
@@ -38,60 +49,85 @@ class EvaluateSummary:
     audio_seconds: float
     wall_seconds: float
     scores: dict = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def rtfx(self) -> float:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def load_whisper(model: str, options: EvaluateOptions, store: Path):
-    from faster_whisper import WhisperModel
+def parse_context(text: str | None) -> ContextPolicy | None:
+    """``full`` → Whisper's 30 s; ``2/2`` → audio + 2 s rounded up to 2 s; None → the model's own."""
+    if text is None:
+        return None
+    if text == "full":
+        return ContextPolicy()
+    pad, _, bucket = text.partition("/")
+    return ContextPolicy(float(pad), float(bucket or 2.0))
 
-    path, _ = resolve_model(model, store)
-    if not (path / "model.bin").exists():
-        raise ValueError(f"{model}: not a CTranslate2 model (export it first: k2d models export {model})")
-    return WhisperModel(str(path), device=options.device, compute_type=options.compute_type,
-                        cpu_threads=options.cpu_threads)
 
+class ServedTranscriber:
+    """A CTranslate2 model exactly as the server runs it (and its teacher, for fallback)."""
 
-class CT2Transcriber:
     def __init__(self, model: str, options: EvaluateOptions, store: Path):
-        self.whisper, self.options = load_whisper(model, options, store), options
+        path, entry = resolve_model(model, store)
+        guard = GuardOptions(enabled=options.guard)
+        self.engine = self._engine(path, options, guard, parse_context(options.context))
+        self.default_language = entry.extra.get("default_language") if entry else None
+        self.parameters = entry.parameters if entry else None
+        self.teacher = None
+        registry = Registry(store)
+        teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
+        if options.fallback and teacher:
+            self.teacher = self._engine(registry.path_of(teacher), options, guard, None)
+            self.engine.guard = GuardOptions(enabled=options.guard, temperatures=())  # cascade instead of sampling
+        self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
+        self.vad = options.vad
 
-    def __call__(self, audio: np.ndarray, language: str | None) -> str:
-        segments, _ = self.whisper.transcribe(audio, language=language, beam_size=self.options.beam_size,
-                                              temperature=0.0, condition_on_previous_text=False)
-        return "".join(segment.text for segment in segments).strip()
+    @staticmethod
+    def _engine(path: Path, options: EvaluateOptions, guard: GuardOptions, policy: ContextPolicy | None) -> WhisperEngine:
+        if not (path / "model.bin").exists():
+            raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
+        return WhisperEngine(path, options.device, [0], options.compute_type, cpu_threads=options.cpu_threads,
+                             guard=guard, policy=policy)
+
+    def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
+        return transcribe(self.engine, audio, language or self.default_language, self.options, self.vad,
+                          teacher=self.teacher)
 
 
 class HFTranscriber:
-    """Greedy decoding of a transformers checkpoint on faster-whisper's features."""
+    """Greedy decoding of a transformers checkpoint on the served features and context."""
 
     def __init__(self, path: Path):
         from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
         self.model = WhisperForConditionalGeneration.from_pretrained(path).eval()
         self.tokenizer = WhisperTokenizer.from_pretrained(path)
+        self.policy = ContextPolicy.of_model(path)
 
-    def __call__(self, audio: np.ndarray, language: str | None) -> str:
+    def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
         import torch
 
-        from k2d_train.decoding import whisper_prompt
-        from k2d_train.features import whisper_features
+        from k2d.features import log_mel
+        from k2d_train.decoding import detect_language, whisper_prompt
+        from k2d_train.encoder import encode
         from k2d_train.hf_decode import greedy_decode
 
-        prompt = whisper_prompt(self.tokenizer, language)
         with torch.no_grad():
-            features = torch.from_numpy(whisper_features(audio, num_mel_bins=self.model.config.num_mel_bins))[None]
-            hidden = self.model.model.encoder(features).last_hidden_state
+            features = torch.from_numpy(log_mel(audio, self.policy.frames(len(audio)),
+                                                num_mel_bins=self.model.config.num_mel_bins))[None]
+            hidden, _ = encode(self.model.model.encoder, features)
+        language = language or detect_language(self.model, self.tokenizer, hidden)
+        prompt = whisper_prompt(self.tokenizer, language)
         ids = greedy_decode(self.model, hidden, prompt, self.tokenizer.convert_tokens_to_ids("<|endoftext|>"))[0]
-        return strip_timestamps(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return Transcript(strip_timestamps(self.tokenizer.decode(ids, skip_special_tokens=True)))
 
 
 def transcriber_for(model: str, options: EvaluateOptions, store: Path):
-    path, entry = resolve_model(model, store)
+    path, _ = resolve_model(model, store)
     if (path / "model.bin").exists():
-        return CT2Transcriber(model, options, store)
+        return ServedTranscriber(model, options, store)
     if (path / "config.json").exists():
         return HFTranscriber(path)
     raise ValueError(f"{model}: neither a CTranslate2 nor a transformers model directory")
@@ -109,30 +145,44 @@ def score(references: list[str], hypotheses: list[str]) -> dict:
     return out
 
 
+def _row_language(row: ManifestRow, options: EvaluateOptions) -> str | None:
+    return options.language or (row.extra.get("language") if options.use_manifest_language else None)
+
+
 def transcribe_manifest(model: str, manifest: Path, out: Path | None, options: EvaluateOptions, store: Path,
                         transcriber=None) -> EvaluateSummary:
     """Transcribe every row; score when the manifest has references; write hypotheses if ``out``."""
     transcriber = transcriber or transcriber_for(model, options, store)
     rows = list(read_manifest(manifest))
     hypotheses: list[ManifestRow] = []
-    audio_seconds = wall = 0.0
-    with tqdm(rows, desc=f"evaluate {model}", unit="clip") as progress:
+    results: list[Transcript] = []
+    summary = EvaluateSummary(len(rows), 0.0, 0.0)
+    with tqdm(rows, desc=f"evaluate {Path(model).name}", unit="clip") as progress:
         for row in progress:
             audio = decode_audio(row.path(manifest))
-            language = options.language or (row.extra.get("language") if options.use_manifest_language else None)
             start = time.perf_counter()
-            text = transcriber(audio, language)
-            wall += time.perf_counter() - start
-            audio_seconds += duration(audio)
-            hypotheses.append(ManifestRow(audio=row.audio, text=text))
-            progress.set_postfix(rtfx=f"{audio_seconds / max(wall, 1e-9):.1f}")
+            result = transcriber(audio, _row_language(row, options))
+            elapsed = time.perf_counter() - start
+            summary.wall_seconds += elapsed
+            summary.latencies_ms.append(round(elapsed * 1000, 1))
+            summary.audio_seconds += duration(audio)
+            results.append(result)
+            hypotheses.append(ManifestRow(audio=row.audio, text=result.text))
+            progress.set_postfix(rtfx=f"{summary.rtfx:.1f}")
     if out is not None:
         write_manifest(out, hypotheses)
-    summary = EvaluateSummary(len(hypotheses), audio_seconds, wall)
     if all(row.text is not None for row in rows):
         summary.scores = score([row.text or "" for row in rows], [h.text or "" for h in hypotheses])
-        summary.scores["rtfx"] = round(summary.rtfx, 2)
+        summary.scores.update(flagged=sum(r.flagged for r in results), fallbacks=sum(r.fallbacks for r in results),
+                              rtfx=round(summary.rtfx, 2), **latency_stats(summary.latencies_ms))
     return summary
+
+
+def latency_stats(latencies_ms: list[float]) -> dict:
+    if not latencies_ms:
+        return {}
+    return {"latency_ms_mean": round(statistics.fmean(latencies_ms), 1),
+            "latency_ms_p50": round(statistics.median(latencies_ms), 1)}
 
 
 def write_report(summary: EvaluateSummary, path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from k2d.context import POLICY_FILE
 from k2d_train.store.ct2_format import CT2Model, ModelBinError, read_model_bin
 from k2d_train.store.ct2_to_hf import build_hf_model, hf_state_dict, whisper_shape
 from k2d_train.store.publish import partial_dir, publish
@@ -25,7 +26,8 @@ from k2d_train.store.whisper_assets import (
 
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "int8_bfloat16", "float16", "bfloat16", "float32")
 _BYTES_PER_WEIGHT = {q: 1 if q.startswith("int8") else 4 if q == "float32" else 2 for q in QUANTIZATIONS}
-COPIED_FILES = ("tokenizer.json", "preprocessor_config.json", "generation_config.json")
+# the context policy travels with the weights: the server must give the encoder what it was trained on
+COPIED_FILES = ("tokenizer.json", "preprocessor_config.json", "generation_config.json", POLICY_FILE)
 
 
 def ct2_parameter_count(model: CT2Model) -> int:

@@ -25,3 +25,23 @@ def publish(staging: Path, final: Path) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     staging.replace(final)
     return final
+
+
+def write_student(model, init_dir: Path, out_dir: Path, extra: dict[str, str] | None = None) -> Path:
+    """A transformers student's weights plus its init's tokenizer, feature and context files, published
+    atomically; ``extra`` adds small text files (e.g. the step it was chosen at)."""
+    staging = partial_dir(out_dir)
+    model.save_pretrained(staging)
+    for path in init_dir.iterdir():
+        if path.is_file() and not path.name.startswith("model") and path.name != "config.json":
+            (staging / path.name).write_bytes(path.read_bytes())
+    for name, text in (extra or {}).items():
+        (staging / name).write_text(text)
+    return publish(staging, out_dir)
+
+
+def copy_dir(source: Path, out_dir: Path) -> Path:
+    """Publish a copy of a finished model folder under a new name."""
+    staging = partial_dir(out_dir)
+    shutil.copytree(source, staging)
+    return publish(staging, out_dir)

@@ -10,39 +10,50 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
 import jiwer
 
-_HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_UNIT = re.compile(rf"[{_HAN}]|[a-z0-9]+(?:'[a-z]+)?")
+from k2d.textunits import has_repeated_ngram, is_han, raw_units
+
 _TIMESTAMP = re.compile(r"<\|\d+\.\d+\|>")
 _SPECIAL = re.compile(r"<\|[^|]*\|>")
 
 
-@lru_cache(maxsize=1)
-def _t2s():
+@lru_cache(maxsize=4)
+def _opencc(conversion: str):
     import opencc
 
-    return opencc.OpenCC("t2s")
+    return opencc.OpenCC(conversion)
+
+
+def _t2s():
+    return _opencc("t2s")
+
+
+SCRIPTS = ("simplified", "traditional", "as_is")
+
+
+def to_script(text: str, script: str) -> str:
+    """Labels in one script: Whisper base flips between Traditional and Simplified from chunk to
+    chunk, and a student trained on both learns a coin flip."""
+    if script == "as_is":
+        return text
+    if script not in SCRIPTS:
+        raise ValueError(f"unknown label_script {script!r}; choose one of {', '.join(SCRIPTS)}")
+    return _opencc("t2s" if script == "simplified" else "s2t").convert(text)
 
 
 def normalize(text: str) -> str:
     """Simplified characters, lower case, no punctuation/special tokens, single spaces."""
     text = _SPECIAL.sub(" ", text)
-    text = unicodedata.normalize("NFKC", _t2s().convert(text)).lower()
-    return " ".join(_UNIT.findall(text))
+    return " ".join(raw_units(unicodedata.normalize("NFKC", _t2s().convert(text))))
 
 
 def units(text: str) -> list[str]:
     """Mandarin characters and English words of the normalised text."""
     return normalize(text).split()
-
-
-def is_han(unit: str) -> bool:
-    return bool(re.fullmatch(rf"[{_HAN}]", unit))
 
 
 def strip_timestamps(text: str) -> str:
@@ -95,14 +106,5 @@ def wer_en_counts(reference: str, hypothesis: str) -> ErrorCounts:
 
 
 def repeated_ngram(text: str, n: int = 3, count: int = 3) -> bool:
-    """The hallucination flag h: some n-gram of units occurs at least ``count`` times.
-
-    Whisper's characteristic failure on long-form audio is a loop ("這個...這個...這個...");
-    a repeated n-gram catches it without a reference, which is why K²D uses it on both the
-    teacher's labels and the validator's output.
-    """
-    tokens = units(text)
-    if len(tokens) < n * count:
-        return False
-    grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-    return max(grams.values()) >= count
+    """The hallucination flag h on normalised units (see ``k2d.textunits.has_repeated_ngram``)."""
+    return has_repeated_ngram(units(text), n, count)

@@ -1,0 +1,125 @@
+"""A student served with its teacher behind it: fallback for flagged windows, shadow scoring, harvest.
+
+- **Fallback (cascade).** A student window the loop guard flags is re-decoded by the teacher
+  and the teacher's transcript is returned (``fallback: true`` on its segments). The student
+  pays for the teacher only on the windows it is unsure of.
+- **Shadow scoring.** A sampled share of the student's other windows is also decoded by the
+  teacher on the teacher's background lane (taken only when no foreground window waits), and
+  the MER between the two transcripts goes to ``k2d_shadow_disagreement``: a live signal of
+  whether the student still agrees with its teacher on *this* traffic.
+- **Harvest (opt-in).** Shadowed windows are written as audio + teacher transcript to a folder
+  that ``k2d run`` reads as a corpus: production traffic is exactly the realistic unlabelled
+  data K²D distils from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.batching import BatchScheduler, QueueFullError, ShuttingDownError
+from app.metrics import Metrics
+from k2d.engine import DecodeOptions, WindowResult
+
+log = logging.getLogger("k2d")
+Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference seconds
+
+
+class Cascade:
+    def __init__(self, student: str, teacher: str, student_queue: BatchScheduler, teacher_queue: BatchScheduler,
+                 metrics: Metrics, fallback: bool, shadow_fraction: float, harvest: Harvest | None):
+        self.student, self.teacher = student, teacher
+        self.student_queue, self.teacher_queue, self.metrics = student_queue, teacher_queue, metrics
+        self.fallback, self.shadow_fraction, self.harvest = fallback, shadow_fraction, harvest
+        self._random = random.Random(0)
+        self._shadows: set[asyncio.Task] = set()
+
+    def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
+               fallback: bool | None = None) -> list[asyncio.Future]:
+        futures = self.student_queue.submit(audios, language, options)
+        use_fallback = self.fallback if fallback is None else fallback
+        return [asyncio.ensure_future(self._window(f, a, options, use_fallback)) for f, a in zip(futures, audios, strict=True)]
+
+    async def _window(self, future: asyncio.Future, audio: np.ndarray, options: DecodeOptions, fallback: bool) -> Outcome:
+        result, queue_s, inference_s = await future
+        if result.flag and fallback:
+            return await self._fall_back(result, audio, options, queue_s, inference_s)
+        if self.shadow_fraction and self._random.random() < self.shadow_fraction:
+            task = asyncio.create_task(self._shadow(result, audio, options))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+        return result, queue_s, inference_s
+
+    async def _fall_back(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions, queue_s: float,
+                         inference_s: float) -> Outcome:
+        try:
+            (teacher_future,) = self.teacher_queue.submit([audio], result.language, options)
+        except (QueueFullError, ShuttingDownError):
+            return result, queue_s, inference_s  # the guarded student's (truncated) transcript beats an error
+        self.metrics.fallback.labels(self.student, self.teacher, result.flag or "flag").inc()
+        redone, teacher_queue_s, teacher_s = await teacher_future
+        redone.fallback, redone.triggered = True, result.triggered + redone.triggered
+        for segment in redone.segments:
+            segment.fallback = True
+        return redone, queue_s + teacher_queue_s, inference_s + teacher_s
+
+    async def _shadow(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions) -> None:
+        """Teacher decodes the same window in the background; never raises into a request."""
+        try:
+            (future,) = self.teacher_queue.submit([audio], result.language, options, background=True)
+            teacher, _, _ = await future
+        except (QueueFullError, ShuttingDownError, asyncio.CancelledError):
+            return
+        except Exception:  # noqa: BLE001 - shadow work must never affect serving
+            log.exception("shadow decode failed")
+            return
+        from k2d.scoring import mer
+
+        self.metrics.shadow.labels(self.student, self.teacher).observe(mer(teacher.text, result.text))
+        if self.harvest is not None:
+            await asyncio.to_thread(self.harvest.write, audio, teacher)
+            self.metrics.harvested.labels(self.student).inc()
+
+
+class Harvest:
+    """Shadowed windows as a ``k2d run`` corpus: ``harvest.jsonl`` rows {audio, text, language} + FLAC
+    files, capped in size (the oldest files are rotated out)."""
+
+    def __init__(self, folder: Path, max_mb: float):
+        self.folder, self.max_bytes = folder, int(max_mb * 1e6)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.manifest = self.folder / "harvest.jsonl"
+        self._count = 0
+
+    def write(self, audio: np.ndarray, teacher: WindowResult) -> None:
+        from k2d.audio import write_audio
+
+        self._count += 1
+        name = f"audio/{time.strftime('%Y%m%d-%H%M%S')}-{self._count:06d}.flac"
+        write_audio(self.folder / name, audio)
+        row = {"audio": name, "text": teacher.text, "language": teacher.language}
+        with self.manifest.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._rotate()
+
+    def _rotate(self) -> None:
+        files = sorted((self.folder / "audio").glob("*.flac"))
+        total = sum(f.stat().st_size for f in files)
+        removed = set()
+        while files and total > self.max_bytes:
+            oldest = files.pop(0)
+            total -= oldest.stat().st_size
+            oldest.unlink()
+            removed.add(f"audio/{oldest.name}")
+        if removed:
+            rows = [line for line in self.manifest.read_text(encoding="utf-8").splitlines()
+                    if json.loads(line)["audio"] not in removed]
+            tmp = self.manifest.with_suffix(".tmp")
+            tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+            tmp.replace(self.manifest)

@@ -1,0 +1,55 @@
+"""How much audio context a model's encoder sees: Whisper's fixed 30 s, or the clip plus a margin.
+
+Whisper's encoder always processes 30 s (3,000 log-mel frames), so a 4 s utterance pays for 26 s
+of padding. CTranslate2 accepts fewer frames (the positional table is cut), but only an encoder
+trained for it keeps its accuracy, so the policy is a property of the *model*: written next to
+its weights at export (``k2d_context.json``), read by the server and by evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+FULL_FRAMES = 3000  # 30 s of 10 ms mel frames
+FRAMES_PER_S = 100
+POLICY_FILE = "k2d_context.json"
+
+
+@dataclass(frozen=True)
+class ContextPolicy:
+    """``pad_s == 0``: Whisper's 30 s. Otherwise clip + ``pad_s`` rounded up to ``bucket_s``, so
+    windows of one bucket share a shape and batch together."""
+
+    pad_s: float = 0.0
+    bucket_s: float = 2.0
+
+    @property
+    def full(self) -> bool:
+        return self.pad_s <= 0
+
+    def frames(self, samples: int, sample_rate: int = 16000) -> int:
+        """Mel frames the encoder gets for a window of ``samples`` (even, ≤ 3,000)."""
+        if self.full:
+            return FULL_FRAMES
+        seconds = samples / sample_rate + self.pad_s
+        bucket = max(self.bucket_s, 0.02)
+        frames = int(math.ceil(seconds / bucket - 1e-9) * bucket * FRAMES_PER_S)
+        return min(FULL_FRAMES, frames + frames % 2)
+
+    def describe(self) -> str:
+        return "30 s (Whisper)" if self.full else f"audio + {self.pad_s:g} s, rounded up to {self.bucket_s:g} s"
+
+    def save(self, model_dir: Path) -> None:
+        (model_dir / POLICY_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def of_model(cls, model_dir: Path) -> ContextPolicy:
+        """The policy a model was trained for; models without the file are standard Whisper."""
+        path = Path(model_dir) / POLICY_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+
+FULL = ContextPolicy()

@@ -1,0 +1,57 @@
+"""The loop guard: decide, without a reference, whether a window's transcript can be trusted.
+
+A distilled student meets audio it is worse at, and Whisper-family decoders fail by looping
+("在三樓復復復復…") until the token limit, which also holds the whole cross-request batch. Four
+signals, each cheap: a token budget proportional to the window's duration (a loop runs into it),
+the gzip compression ratio and average log-probability Whisper itself uses for temperature
+fallback (2.4 and -1.0), and K²D's repeated-n-gram hallucination flag.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from k2d.textunits import has_repeated_ngram, raw_units
+
+REASONS = ("token_budget", "compression_ratio", "logprob", "repeated_ngram")
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    enabled: bool = True
+    tokens_per_s: float = 12.0  # speech rarely needs 8 tokens/s, timestamps included
+    min_tokens: int = 32
+    max_tokens: int = 440  # Whisper's decoder has 448 positions, the prompt included
+    compression_ratio: float | None = 2.4
+    logprob: float | None = -1.0
+    ngram_n: int = 4
+    ngram_count: int = 4
+    temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # re-decoding a flagged window by sampling
+
+    def budget(self, seconds: float) -> int:
+        """New tokens a window of ``seconds`` may generate before it counts as a loop."""
+        if not self.enabled:
+            return self.max_tokens
+        return int(min(self.max_tokens, max(self.min_tokens, self.tokens_per_s * seconds)))
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes over zlib-compressed bytes: repetitive text compresses far better than speech does."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def check(text: str, tokens: int, avg_logprob: float, budget: int, options: GuardOptions) -> str | None:
+    """The first reason this transcript looks like a loop or a hallucination, or None."""
+    if not options.enabled:
+        return None
+    if tokens >= budget:
+        return "token_budget"
+    if options.compression_ratio is not None and compression_ratio(text) > options.compression_ratio:
+        return "compression_ratio"
+    if has_repeated_ngram(raw_units(text), options.ngram_n, options.ngram_count):
+        return "repeated_ngram"
+    if options.logprob is not None and tokens and avg_logprob < options.logprob:
+        return "logprob"
+    return None

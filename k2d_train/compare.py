@@ -1,0 +1,111 @@
+"""Several models on the same manifests, side by side: MER, loops, guard and fallback counts, time.
+
+Models are interleaved utterance by utterance (alternating which goes first), so machine drift hits
+every model alike and the speed ratios are measured in one run, never across runs. Each model
+is a ``ServedTranscriber`` (the serving path) with an optional context-policy override, so the
+ablation "teacher with short context, untrained" is the teacher with ``context="2/2"``.
+Encoder time is measured separately per utterance (the encoder alone, on the policy's frames),
+so the table can split where the time goes.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from k2d.audio import decode_audio, duration
+from k2d.features import log_mel
+from k2d.manifest import read_manifest
+from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber, latency_stats, score
+
+
+@dataclass
+class Contender:
+    label: str
+    model: str
+    context: str | None = None  # None: the model's own policy
+    fallback: bool = True
+
+
+def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
+    """Encoder-only time for one utterance at the model's context (VAD off: the utterance is one window)."""
+    import ctranslate2
+
+    engine = transcriber.engine
+    features = log_mel(audio[: 30 * 16000], engine.frames(audio[: 30 * 16000]), num_mel_bins=engine.mels)
+    storage = ctranslate2.StorageView.from_array(features[None])
+    start = time.perf_counter()
+    engine.model.encode(storage, to_cpu=True)
+    return (time.perf_counter() - start) * 1000
+
+
+def compare(contenders: list[Contender], manifests: dict[str, Path], options: EvaluateOptions, store: Path,
+            say=print) -> list[dict]:
+    """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
+    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback), store)
+                    for c in contenders}
+    rows = []
+    for set_name, manifest in manifests.items():
+        items = [(row, decode_audio(row.path(manifest))) for row in read_manifest(manifest)]
+        texts = {c.label: [] for c in contenders}
+        latency = {c.label: [] for c in contenders}
+        encode = {c.label: [] for c in contenders}
+        counts = {c.label: {"flagged": 0, "fallbacks": 0} for c in contenders}
+        for i, (row, audio) in enumerate(tqdm(items, desc=f"compare on {set_name}", unit="utt")):
+            order = contenders if i % 2 == 0 else list(reversed(contenders))
+            for contender in order:
+                transcriber = transcribers[contender.label]
+                start = time.perf_counter()
+                result = transcriber(audio, options.language or row.extra.get("language"))
+                latency[contender.label].append((time.perf_counter() - start) * 1000)
+                encode[contender.label].append(encoder_ms(transcriber, audio))
+                texts[contender.label].append(result.text)
+                counts[contender.label]["flagged"] += result.flagged
+                counts[contender.label]["fallbacks"] += result.fallbacks
+        references = [row.text or "" for row, _ in items]
+        audio_s = sum(duration(a) for _, a in items)
+        for contender in contenders:
+            label = contender.label
+            row = {"set": set_name, "model": label, **score(references, texts[label]), **counts[label],
+                   **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
+                   "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
+                   "context": transcribers[label].engine.policy.describe(),
+                   "parameters": transcribers[label].parameters}
+            rows.append(row)
+            say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "
+                f"fallbacks {row['fallbacks']}  p50 {row['latency_ms_p50']:.0f} ms")
+        _add_speedups(rows, set_name, contenders[0].label)
+    rows.append({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    return rows
+
+
+def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
+    """Latency ratios against the first contender (the teacher), same set, same run."""
+    base = next(r for r in rows if r.get("set") == set_name and r["model"] == baseline)
+    for row in rows:
+        if row.get("set") == set_name:
+            row["speedup_p50"] = round(base["latency_ms_p50"] / row["latency_ms_p50"], 2)
+            row["speedup_mean"] = round(base["latency_ms_mean"] / row["latency_ms_mean"], 2)
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    lines = [f"`{command}`", "",
+             "| set | model | context | MER | CER zh | WER en | loops | flagged | fallbacks | encoder ms | "
+             "e2e ms mean / p50 | speed-up mean / p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "set" not in r:
+            continue
+        lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r['mer']:.3f} | {r['cer_zh']:.3f} | "
+                     f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r['fallbacks']} | "
+                     f"{r['encoder_ms_mean']:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
+                     f"{r['speedup_mean']:.2f}× / {r['speedup_p50']:.2f}× |")
+    rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)
+    if rss:
+        lines += ["", f"Peak RSS of the comparing process (all models loaded): {rss} MB."]
+    return "\n".join(lines) + "\n"

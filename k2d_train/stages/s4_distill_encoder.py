@@ -1,0 +1,240 @@
+"""``k2d distill-encoder``: teach the student's encoder to work on the clip plus a short margin.
+
+Whisper's encoder always processes 30 s; on a CPU that is most of a short utterance's cost. The
+student's encoder (the teacher's, or a shallower / thinner copy of it) sees the chunk followed by
+a short, random amount of padding, with SpecAugment masks, and learns to reproduce the teacher
+encoder's hidden states computed on the standard 30 s input at the same frames: L1 + cosine on
+the final output (what the decoder reads) and, through small prediction heads, on chosen
+intermediate layers (layer-wise regression, Wang et al., arXiv 2210.15631), plus a
+discriminative frame-contrastive term. Extra teachers (e.g. tiny.en) add their own heads: stage 1
+of multi-teacher distillation (Yang et al., arXiv 2303.10917). Unlabelled audio only: the
+pseudo-labelled chunks' audio, no text. Resumable (Accelerate checkpoints), progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from k2d.context import ContextPolicy
+from k2d.manifest import read_manifest
+from k2d_train.checkpoints import CheckpointStore
+from k2d_train.encoder import encode
+from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates
+from k2d_train.losses import frame_contrastive, layer_regression
+
+FRAME_S = 0.02  # one encoder frame
+BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
+
+
+@dataclass
+class EncoderDistillOptions:
+    max_steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 5e-5
+    warmup_steps: int = 20
+    pad_min_s: float = 0.5  # training margins cover the serving policy's range (pad .. pad + bucket)
+    pad_max_s: float = 4.5
+    serve_pad_s: float = 2.0
+    serve_bucket_s: float = 2.0
+    target_layers: list[int] = field(default_factory=list)  # 1-based student layers → same-depth teacher layers
+    l1_weight: float = 1.0
+    cos_weight: float = 1.0
+    contrastive_weight: float = 0.1
+    contrastive_temperature: float = 0.1
+    extra_teachers: list[str] = field(default_factory=list)  # transformers dirs or store names (e.g. whisper-tiny.en-hf)
+    extra_weight: float = 0.5
+    spec_augment: bool = True
+    max_crop_s: float | None = 12.0  # train on the first ≤ N s of each chunk: short inputs are the point, and cheaper
+    train_top_layers: int | None = None  # train only the top N encoder layers (the rest run without autograd)
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    cache: bool = True
+
+    @property
+    def policy(self) -> ContextPolicy:
+        return ContextPolicy(self.serve_pad_s, self.serve_bucket_s)
+
+
+@dataclass
+class Chunk:
+    key: str
+    audio: Path
+    start: float
+    end: float
+
+
+def _chunks(kept: Path) -> list[Chunk]:
+    return [Chunk(row.extra["id"], row.path(kept), row.extra["start"], row.extra["end"]) for row in read_manifest(kept)]
+
+
+def _mel_frames(seconds: float) -> int:
+    frames = min(3000, int(math.ceil(seconds * 100)))
+    return frames + frames % 2
+
+
+def spec_augment(features: torch.Tensor, generator: torch.Generator, masks: int = 2, max_time: int = 40,
+                 max_freq: int = 12) -> torch.Tensor:
+    """Time and frequency masks (Park et al. 2019) on the student's input only: the target stays clean."""
+    out = features.clone()
+    batch, mels, frames = out.shape
+    for b in range(batch):
+        for _ in range(masks):
+            width = int(torch.randint(0, max_freq + 1, (1,), generator=generator))
+            low = int(torch.randint(0, max(1, mels - width), (1,), generator=generator))
+            out[b, low : low + width] = 0
+            width = int(torch.randint(0, max_time + 1, (1,), generator=generator))
+            low = int(torch.randint(0, max(1, frames - width), (1,), generator=generator))
+            out[b, :, low : low + width] = 0
+    return out
+
+
+class Heads(torch.nn.Module):
+    """Small prediction heads: student layer i → teacher layer i, and final output → extra teachers."""
+
+    def __init__(self, width: int, layers: list[int], extra_widths: list[int]):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict({str(i): torch.nn.Linear(width, width) for i in layers})
+        self.extra = torch.nn.ModuleList([torch.nn.Linear(width, w) for w in extra_widths])
+
+
+def _load_encoder(name_or_dir: str, store: Path | None):
+    from transformers import WhisperForConditionalGeneration
+
+    from k2d.registry import resolve_model
+
+    path = Path(name_or_dir) if Path(name_or_dir).is_dir() else resolve_model(name_or_dir, store)[0]
+    return WhisperForConditionalGeneration.from_pretrained(path).model.encoder.eval()
+
+
+def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, options: EncoderDistillOptions,
+                    out_dir: Path, store: Path | None = None, resume: bool = True, teacher_cache: Path | None = None,
+                    teacher_ct2: Path | None = None) -> dict:
+    """Train the student encoder; write the whole student (new encoder, same decoder) to ``out_dir``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import WhisperForConditionalGeneration, get_linear_schedule_with_warmup
+
+    accelerator = Accelerator()
+    set_seed(options.seed)
+    device = accelerator.device
+    student = WhisperForConditionalGeneration.from_pretrained(student_dir)
+    encoder = student.model.encoder
+    teacher = _load_encoder(str(teacher_dir), store).to(device)
+    chunks = _chunks(kept)
+    if not chunks:
+        raise ValueError(f"{kept}: no chunks to learn from")
+    extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
+    # targets cover the longest span a batch can ask for: audio + largest margin + the batch's 4 s bucket width
+    keep = lambda samples: _mel_frames(samples / 16000 + options.pad_max_s + BUCKET_S + 2) // 2  # noqa: E731
+    depth = {i: round(i * len(teacher.layers) / len(encoder.layers)) for i in options.target_layers}
+    # the teacher's 30 s states: targets here, and the KL inputs of the decoder stage (a shared cache)
+    states_by = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None and not depth else teacher
+    caches = [EncoderStates(states_by, (teacher_cache or run_dir / "targets") if options.cache else None, device,
+                            lambda _: 3000, tuple(sorted(set(depth.values()))), keep)]
+    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: 3000, (), keep)
+               for n, t in enumerate(extra)]
+    targets: list[list[dict]] = [[], *([] for _ in extra)]
+    for chunk in tqdm(chunks, desc="teacher encoder states (30 s)", disable=not accelerator.is_main_process):
+        for cache, bucket in zip(caches, targets, strict=True):
+            bucket.append(cache.get(chunk.audio, chunk.start, chunk.end, chunk.key))
+    heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
+    if options.train_top_layers:  # the rest stays the teacher's: fewer parameters to move, cheaper steps
+        encoder.requires_grad_(False)
+        for layer in list(encoder.layers)[-options.train_top_layers:]:
+            layer.requires_grad_(True)
+        encoder.layer_norm.requires_grad_(True)
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=options.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
+    crop = options.max_crop_s or 1e9
+    sampler = BucketBatches([int(min(c.end - c.start, crop) // BUCKET_S) for c in chunks], options.batch_size, options.seed)
+    loader = torch.utils.data.DataLoader(list(range(len(chunks))), batch_sampler=sampler, collate_fn=lambda b: b)
+    encoder, heads, optimizer, scheduler, loader = accelerator.prepare(encoder, heads, optimizer, scheduler, loader)
+    checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
+    step = checkpoints.restore(accelerator) if resume else 0
+    generator = torch.Generator().manual_seed(options.seed + step)
+    log = (run_dir / "train_log.jsonl").open("a") if accelerator.is_main_process else None
+    progress = tqdm(total=options.max_steps, initial=step, desc="distill encoder", disable=not accelerator.is_main_process)
+    started, first, last = time.perf_counter(), step, {}
+    encoder.train()
+    audio = ClipReader()
+    while step < options.max_steps:
+        epoch, offset = divmod(step, len(loader))
+        sampler.set_epoch(epoch)
+        for batch in (accelerator.skip_first_batches(loader, offset) if offset else loader):
+            losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device)
+            accelerator.backward(losses["loss"])
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            last = {"step": step, **{k: round(float(v.detach()), 4) for k, v in losses.items()}}
+            progress.update(1)
+            progress.set_postfix(loss=last["loss"], steps_s=f"{(step - first) / max(time.perf_counter() - started, 1e-9):.2f}")
+            if log:
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+            if step % options.save_every == 0 or step >= options.max_steps:
+                checkpoints.save(accelerator, step)
+            if step >= options.max_steps:
+                break
+    progress.close()
+    if log:
+        log.close()
+    report = {"steps": step, "chunks": len(chunks), "last": last, "options": asdict(options),
+              "policy": asdict(options.policy), "seconds": round(time.perf_counter() - started, 1)}
+    if accelerator.is_main_process:
+        from k2d.context import POLICY_FILE
+        from k2d_train.store.publish import write_student
+
+        student.model.encoder = accelerator.unwrap_model(encoder)
+        write_student(student, student_dir, out_dir, extra={POLICY_FILE: json.dumps(asdict(options.policy), indent=2)})
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def wrapped_layers(encoder):
+    return getattr(encoder, "module", encoder).layers
+
+
+def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]], audio: ClipReader, encoder, heads,
+               depth: dict[int, int], options: EncoderDistillOptions, generator: torch.Generator, device) -> dict:
+    """One batch: the chunks padded with one random margin, the student's states against the targets."""
+    from k2d.features import log_mel
+
+    crop = options.max_crop_s or 1e9
+    clips = [audio.clip(chunks[i].audio, chunks[i].start, min(chunks[i].end, chunks[i].start + crop)) for i in batch]
+    pad = options.pad_min_s + float(torch.rand(1, generator=generator)) * (options.pad_max_s - options.pad_min_s)
+    frames = _mel_frames(max(len(c) for c in clips) / 16000 + pad)
+    features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in clips]).to(device)
+    if options.spec_augment:
+        features = spec_augment(features, generator)
+    wrapped = getattr(heads, "module", heads)
+    frozen = max(0, len(wrapped_layers(encoder)) - options.train_top_layers) if options.train_top_layers else 0
+    final, layers = encode(encoder, features, list(depth), frozen_below=frozen)
+    span = final.shape[1]
+
+    def gold(bucket: list[dict], name: str) -> torch.Tensor:
+        return torch.stack([bucket[i][name][:span] for i in batch]).to(device)
+
+    regression = layer_regression(final, gold(targets[0], "final"))
+    loss = options.l1_weight * regression["l1"] + options.cos_weight * regression["cos"]
+    contrastive = frame_contrastive(final, gold(targets[0], "final"), options.contrastive_temperature, generator=generator)
+    loss = loss + options.contrastive_weight * contrastive
+    for layer, teacher_layer in depth.items():
+        hint = layer_regression(wrapped.layers[str(layer)](layers[layer]), gold(targets[0], f"layer{teacher_layer}"))
+        loss = loss + 0.5 * (options.l1_weight * hint["l1"] + options.cos_weight * hint["cos"])
+    for n, head in enumerate(wrapped.extra):
+        extra = layer_regression(head(final), gold(targets[n + 1], "final"))
+        loss = loss + options.extra_weight * (options.l1_weight * extra["l1"] + options.cos_weight * extra["cos"])
+    return {"loss": loss, "l1": regression["l1"].detach(), "cos": regression["cos"].detach(),
+            "contrastive": contrastive.detach()}
