@@ -16,6 +16,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/setup.sh
 COPY k2d k2d
+COPY k2d_cli k2d_cli
 COPY app app
 COPY loadtest loadtest
 COPY k2d_train k2d_train

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import threading
 import time
@@ -21,9 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from app.errors import OverloadedError
+from app.dependencies import key_matches
+from app.errors import OverloadedError, error_body
+from app.lifecycle import DEADLINE_KEY
 from app.metrics import Metrics
-from app.model_manager import ServedModel
+from app.model_manager import ModelManager, ServedModel
 from app.settings import Settings
 from k2d.windows import MAX_WINDOW_S
 
@@ -131,3 +134,51 @@ class Admission:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class EarlyRefusal:
+    """ASGI middleware: while *every* served model is overloaded, answer a transcription request 429
+    without parsing its upload — whichever model it names would refuse it anyway. The body is still
+    read (and dropped), so a client sending a large file gets the answer, not a broken pipe."""
+
+    def __init__(self, app, admission: Admission, models: ModelManager, settings: Settings, paths: frozenset[str]):
+        self.app, self.admission, self.models, self.settings, self.paths = app, admission, models, settings, paths
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await _drain_body(receive)
+                return await _send_json(send, 429, error_body(429, str(refusal), "overloaded"),
+                                        {"Retry-After": str(refusal.retry_after)})
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope) -> OverloadedError | None:
+        """The mildest refusal if every model refuses, None if any would take the request (or auth fails)."""
+        headers = dict(scope["headers"])
+        if not self.models.models or not key_matches(headers.get(b"authorization", b"").decode("latin-1"),
+                                                     self.settings.api_key):
+            return None  # unauthenticated: the route answers 401, never a hint about the load
+        remaining = scope.get("state", {}).get(DEADLINE_KEY, time.monotonic() + 1) - time.monotonic()
+        refusals = []
+        for name, served in self.models.models.items():
+            try:
+                self.admission.precheck(name, served, remaining)
+            except OverloadedError as err:
+                refusals.append(err)
+            else:
+                return None
+        return min(refusals, key=lambda err: err.retry_after)
+
+
+async def _drain_body(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+async def _send_json(send, status: int, body: dict, headers: dict[str, str]) -> None:
+    raw = [(b"content-type", b"application/json")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})

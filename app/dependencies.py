@@ -29,10 +29,14 @@ def require_api_key(request: Request, authorization: str | None = Header(None, d
 
     Header values arrive as latin-1 text, so the comparison runs on their original bytes (a str with
     non-ASCII characters would make ``compare_digest`` raise)."""
-    expected = request.app.state.settings.api_key
+    if not key_matches(authorization, request.app.state.settings.api_key):
+        raise AuthError("missing or wrong API key (Authorization: Bearer <key>)")
+
+
+def key_matches(authorization: str | None, expected: str | None) -> bool:
+    """True when no key is configured, or the header is ``Bearer <the key>`` (compared in constant time)."""
     if not expected:
-        return
+        return True
     scheme, _, token = (authorization or "").partition(" ")
     presented = token.strip().encode("latin-1", errors="replace")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(presented, expected.encode("utf-8")):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <key>)")
+    return scheme.lower() == "bearer" and secrets.compare_digest(presented, expected.encode("utf-8"))

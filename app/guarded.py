@@ -93,7 +93,7 @@ class Harvest:
 
     def __init__(self, folder: Path, max_mb: float):
         self.folder, self.max_bytes = folder, int(max_mb * 1e6)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "audio").mkdir(parents=True, exist_ok=True)
         self.manifest = self.folder / "harvest.jsonl"
         self._count = 0
 

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app import errors
-from app.admission import Admission
+from app.admission import Admission, EarlyRefusal
 from app.lifecycle import DrainingServer, Lifecycle, RequestGuard
 from app.metrics import Metrics
 from app.model_manager import ModelManager
@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(transcribe.router)
     app.include_router(openai.router)
+    app.add_middleware(EarlyRefusal, admission=admission, models=models, settings=settings,
+                       paths=frozenset({"/transcribe", "/v1/audio/transcriptions"}))
     app.add_middleware(errors.UploadLimit, max_bytes=int(settings.max_upload_mb * 1e6))
     app.add_middleware(RequestGuard, lifecycle=app.state.lifecycle, metrics=metrics, timeout_s=settings.request_timeout_s)
     return app

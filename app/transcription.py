@@ -23,6 +23,7 @@ from app.errors import RequestTimeoutError, error_body, status_of
 from app.model_manager import ServedModel
 from app.upload import DecodeCancelledError, decode_upload
 from k2d.engine import DecodeOptions
+from k2d.textunits import join_texts
 from k2d.windows import Window, split
 
 SAMPLE_RATE = 16000
@@ -34,6 +35,7 @@ class TranscribeRequest:
     language: str | None
     options: DecodeOptions
     vad: bool
+    fallback: bool | None = None  # a student's flagged windows go to its teacher (None: the deployment's choice)
 
 
 @dataclass
@@ -80,7 +82,7 @@ def submit(served: ServedModel, name: str, prepared: Prepared, request: Transcri
     """Queue every window of the request at once (the scheduler takes all or none)."""
     language = request.language or served.default_language
     audios = [w.audio for w in prepared.windows]
-    futures = served.submit(audios, language, request.options) if audios else []
+    futures = served.submit(audios, language, request.options, request.fallback) if audios else []
     return Job(name, prepared, language, futures, arrived, time.monotonic(), request.options.word_timestamps)
 
 
@@ -101,7 +103,7 @@ def result(job: Job, outcomes: list[tuple]) -> dict:
         languages.append(window_result.language)
         segments.extend(_segments(window, window_result.segments, len(segments)))
     body = {
-        "text": _join([s["text"] for s in segments]),
+        "text": join_texts([s["text"] for s in segments]),
         "language": max(set(languages), key=languages.count) if languages else (job.language or "en"),
         "duration": round(job.prepared.duration, 3),
         "segments": segments,
@@ -120,7 +122,7 @@ def _segments(window: Window, found: list, first_id: int) -> list[dict]:
     for seg in found:
         start = _clamp(window.offset + seg.start, low, high)
         segment = {"id": first_id + len(out), "start": start, "end": _clamp(window.offset + seg.end, start, high),
-                   "text": seg.text, "tokens": seg.tokens}
+                   "text": seg.text, "tokens": seg.tokens, "fallback": seg.fallback}
         if seg.words is not None:
             segment["words"] = [_word(w, window.offset, low, high) for w in seg.words]
         out.append(segment)
@@ -166,7 +168,7 @@ async def stream_events(job: Job, deadline: float, timeout_s: float) -> AsyncIte
         for future in job.futures:
             window_result, _, _ = await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.001))
             texts.extend(s.text for s in window_result.segments if s.text)
-            full = _join(texts)
+            full = join_texts(texts)
             if len(full) > len(sent):
                 yield sse({"type": "transcript.text.delta", "delta": full[len(sent):]})
                 sent = full
@@ -182,19 +184,3 @@ async def stream_events(job: Job, deadline: float, timeout_s: float) -> AsyncIte
 
 def sse(event: dict) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
-
-
-def _join(texts: list[str]) -> str:
-    """Join segment texts; no space between two CJK ends (Mandarin has none), one otherwise."""
-    out = ""
-    for text in texts:
-        if not text:
-            continue
-        if out and not (_cjk(out[-1]) and _cjk(text[0])):
-            out += " "
-        out += text
-    return out
-
-
-def _cjk(char: str) -> bool:
-    return "\u3400" <= char <= "\u9fff" or "\u3000" <= char <= "\u303f" or "\uff00" <= char <= "\uffef"

@@ -12,6 +12,7 @@ threads run batches truly in parallel (on GPUs: one replica per device index).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -30,6 +31,8 @@ MAX_POSITIONS = 448
 # CTranslate2's Whisper.generate(max_length=N) yields at most N // 2 new tokens (measured, 4.8.5)
 GENERATE_LENGTH_FACTOR = 2
 NO_SPEECH_THRESHOLD = 0.6
+SAMPLING_SEED = 0
+_SAMPLING = threading.Lock()  # CTranslate2's random seed is process-wide
 LOGPROB_THRESHOLD = -1.0
 
 
@@ -141,22 +144,35 @@ class WhisperEngine:
             if self.multilingual and self.tokenizer.token_to_id(f"<|{lang}|>") is None:
                 raise ValueError(f"unknown language {lang!r}")
         out = self._generate(storage, windows, languages, options, options.temperature)
-        temperatures = [t for t in self.guard.temperatures if t > options.temperature]
-        for temperature in temperatures:
-            retry = [i for i, r in enumerate(out) if r.flag]
-            if not retry:
-                break
-            sub = ctranslate2.StorageView.from_array(features[retry])
-            again = self._generate(sub, [windows[i] for i in retry], [languages[i] for i in retry], options, temperature)
-            for i, result in zip(retry, again, strict=True):
-                result.triggered = out[i].triggered + result.triggered
-                if not result.flag or result.avg_logprob > out[i].avg_logprob:
-                    out[i] = result
+        for i in [i for i, r in enumerate(out) if r.flag]:
+            out[i] = self._fall_back(features[i : i + 1], windows[i], languages[i], options, out[i])
         if options.word_timestamps:
             for i, (window, lang) in enumerate(zip(windows, languages, strict=True)):
                 self.word_timings(features[i : i + 1], self._prompt(lang, replace(options, timestamps=True)),
                                   out[i].segments, len(window) // HOP_LENGTH)
         return out
+
+    def _fall_back(self, features: np.ndarray, window: np.ndarray, language: str, options: DecodeOptions,
+                   first: WindowResult) -> WindowResult:
+        """Whisper's temperature fallback for one flagged window: sample at rising temperatures until
+        the guard passes (else keep the most confident attempt). One window at a time from a fixed
+        seed, so the outcome does not depend on which requests shared its batch."""
+        import ctranslate2
+
+        best = first
+        for temperature in (t for t in self.guard.temperatures if t > options.temperature):
+            with _SAMPLING:
+                ctranslate2.set_random_seed(SAMPLING_SEED)
+                (result,) = self._generate(ctranslate2.StorageView.from_array(features), [window], [language], options,
+                                           temperature)
+            result.triggered = best.triggered + result.triggered
+            if not result.flag:
+                return result
+            if result.avg_logprob > best.avg_logprob:
+                best = result
+            else:
+                best.triggered = result.triggered
+        return best
 
     def _generate(self, storage, windows: list[np.ndarray], languages: list[str], options: DecodeOptions,
                   temperature: float) -> list[WindowResult]:

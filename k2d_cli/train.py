@@ -66,11 +66,15 @@ def register(app: typer.Typer, guarded, say) -> None:
         lecture_minutes: Annotated[float, typer.Option(min=0.2)] = 2.5,
         test: Annotated[int, typer.Option(min=1)] = 40,
         dev: Annotated[int, typer.Option(min=1)] = 20,
+        ood_test: Annotated[int, typer.Option(min=1, help="Held-out voices and sentences")] = 40,
+        ood_dev: Annotated[int, typer.Option(min=1)] = 20,
+        augment: Annotated[bool, typer.Option(help="Pitch, tempo, room and noise per lecture")] = True,
     ) -> None:
-        """Synthetic code-switching corpus: unlabelled lectures + labelled dev/test manifests."""
+        """Synthetic code-switching corpus: unlabelled lectures + in-domain and out-of-domain dev/test sets."""
         from k2d_train.data.synth import SynthOptions, build_corpus
 
-        options = SynthOptions(seed, lectures, lecture_minutes, test, dev)
+        options = SynthOptions(seed, lectures, lecture_minutes, test, dev, ood_test_utterances=ood_test,
+                               ood_dev_utterances=ood_dev, augment=augment)
         built = guarded(lambda: build_corpus(out, options))
         say(f"corpus {'written' if built else 'already present'} in {out}")
 

@@ -95,7 +95,9 @@ class BucketBatches(torch.utils.data.Sampler):
     def __init__(self, buckets: list[int], batch_size: int, seed: int):
         self.buckets, self.batch_size, self.seed, self.epoch = buckets, batch_size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
+        """Not named set_epoch on purpose: Accelerate would drive that with its own iteration count,
+        which restarts on resume and breaks the (seed, epoch) order."""
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:

@@ -75,8 +75,10 @@ def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
     assert straight_log == (root / "resumed" / "train_log.jsonl").read_text().splitlines()  # same losses, same lr
 
 
-def test_a_half_written_checkpoint_is_ignored(tiny_setup):
-    root, _ = tiny_setup
-    store = CheckpointStore(root / "resumed" / "checkpoints")
-    (root / "resumed" / "checkpoints" / "step-000006.partial").mkdir()
-    assert store.latest().name == "step-000004"
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / "step-000004").mkdir(parents=True)
+    (folder / "step-000004" / "k2d_state.json").write_text(json.dumps({"step": 4}))
+    (folder / "latest").write_text("step-000004")
+    (folder / "step-000006.partial").mkdir()  # a save that crashed half-way
+    assert CheckpointStore(folder).latest().name == "step-000004"

@@ -56,10 +56,12 @@ async def transcribe_endpoint(
     word_timestamps: Annotated[bool, Form(description="Per-word start/end in each segment and a top-level words")] = False,
     prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS, description=PROMPT_HELP)] = None,
     stream: Annotated[bool, Form(description=STREAM_HELP)] = False,
+    fallback: Annotated[bool | None, Form(description="A student's windows that fail the loop guard are re-decoded by "
+                                                      "its teacher (default: on when the teacher is served)")] = None,
 ) -> Response:
     options = DecodeOptions(task=task, beam_size=beam_size, temperature=temperature, word_timestamps=word_timestamps,
                             prompt=prompt or None)
-    job = await service.start(http, file, model or None, TranscribeRequest(language or None, options, vad))
+    job = await service.start(http, file, model or None, TranscribeRequest(language or None, options, vad, fallback))
     if stream:
         return service.event_stream(http, job)
     result = await service.finish(http, job)

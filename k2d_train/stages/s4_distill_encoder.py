@@ -168,7 +168,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     audio = ClipReader()
     while step < options.max_steps:
         epoch, offset = divmod(step, len(loader))
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         for batch in (accelerator.skip_first_batches(loader, offset) if offset else loader):
             losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device)
             accelerator.backward(losses["loss"])

@@ -194,7 +194,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     while step < stop_at:
         consumed = step * options.grad_accum
         epoch, offset = divmod(consumed, len(loader))
-        sampler.set_epoch(epoch)
+        sampler.use_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, offset) if offset else loader
         for batch in batches:
             with accelerator.accumulate(student):
