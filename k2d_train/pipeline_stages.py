@@ -110,6 +110,10 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
     teacher_name = f"{config.teacher}-{q.replace('_', '-')}"
     if teacher_name not in registry or not registry.path_of(teacher_name).is_dir():
         export(registry, config.teacher, q, teacher_name)
+    # served (and evaluated) as it will be: beside its teacher for fallback, in its own language
+    student.extra = {**student.extra, "teacher": registry.get(config.teacher).family or config.teacher,
+                     "default_language": config.pseudo_label.language}
+    registry.add(student)
     return {"student": student.name, "teacher": teacher_name}
 
 

@@ -124,6 +124,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
 
     accelerator = Accelerator()
     set_seed(options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = accelerator.device
     student = WhisperForConditionalGeneration.from_pretrained(student_dir)
     encoder = student.model.encoder
