@@ -21,7 +21,7 @@ import numpy as np
 from k2d.context import ContextPolicy
 from k2d.features import log_mel
 from k2d.guard import GuardOptions, check
-from k2d.textunits import is_han
+from k2d.textunits import is_han, join_texts
 
 TIME_PER_TIMESTAMP = 0.02
 HOP_LENGTH = 160  # samples per mel frame
@@ -75,7 +75,7 @@ class WindowResult:
 
     @property
     def text(self) -> str:
-        return "".join(s.text for s in self.segments)
+        return join_texts([s.text for s in self.segments])
 
 
 class WhisperEngine:
@@ -195,7 +195,7 @@ class WhisperEngine:
             silent = result.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOGPROB_THRESHOLD
             kept = [] if silent else ids[:budget]
             segments = self.segments(kept, len(window) / SAMPLE_RATE)
-            text = "".join(s.text for s in segments)
+            text = join_texts([s.text for s in segments])
             flag = None if silent else check(text, len(ids), avg_logprob, budget + 1, self.guard)
             out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], temperature, avg_logprob))
         return out
