@@ -64,10 +64,7 @@ class Cascade:
             return result, queue_s, inference_s  # the guarded student's (truncated) transcript beats an error
         self.metrics.fallback.labels(self.student, self.teacher, result.flag or "flag").inc()
         redone, teacher_queue_s, teacher_s = await teacher_future
-        redone.fallback, redone.triggered = True, result.triggered + redone.triggered
-        for segment in redone.segments:
-            segment.fallback = True
-        return redone, queue_s + teacher_queue_s, inference_s + teacher_s
+        return redone.as_fallback_for(result), queue_s + teacher_queue_s, inference_s + teacher_s
 
     async def _shadow(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions) -> None:
         """Teacher decodes the same window in the background; never raises into a request."""
@@ -96,26 +93,32 @@ class Harvest:
         (self.folder / "audio").mkdir(parents=True, exist_ok=True)
         self.manifest = self.folder / "harvest.jsonl"
         self._count = 0
+        # oldest first, with sizes: rotation needs no directory scan per write
+        self._files = [(f, f.stat().st_size) for f in sorted((self.folder / "audio").glob("*.flac"))]
+        self._bytes = sum(size for _, size in self._files)
 
     def write(self, audio: np.ndarray, teacher: WindowResult) -> None:
         from k2d.audio import write_audio
 
         self._count += 1
         name = f"audio/{time.strftime('%Y%m%d-%H%M%S')}-{self._count:06d}.flac"
-        write_audio(self.folder / name, audio)
+        path = write_audio(self.folder / name, audio)
         row = {"audio": name, "text": teacher.text, "language": teacher.language}
         with self.manifest.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        size = path.stat().st_size
+        self._files.append((path, size))
+        self._bytes += size
         self._rotate()
 
     def _rotate(self) -> None:
-        files = sorted((self.folder / "audio").glob("*.flac"))
-        total = sum(f.stat().st_size for f in files)
         removed = set()
-        while files and total > self.max_bytes:
-            oldest = files.pop(0)
-            total -= oldest.stat().st_size
-            oldest.unlink()
+        if self._bytes <= self.max_bytes:
+            return
+        while self._files and self._bytes > 0.9 * self.max_bytes:  # headroom: no manifest rewrite per write
+            oldest, size = self._files.pop(0)
+            self._bytes -= size
+            oldest.unlink(missing_ok=True)
             removed.add(f"audio/{oldest.name}")
         if removed:
             rows = [line for line in self.manifest.read_text(encoding="utf-8").splitlines()

@@ -100,17 +100,16 @@ class ModelManager:
     def _guard(self, entry: ModelEntry) -> GuardOptions:
         """Students beside their teacher cascade instead of sampling at higher temperatures."""
         cascades = self.settings.fallback and entry.role == "student" and teacher_of(self.registry, entry) is not None
-        return GuardOptions(enabled=self.settings.guard, tokens_per_s=self.settings.guard_tokens_per_s,
-                            compression_ratio=self.settings.guard_compression_ratio,
-                            logprob=self.settings.guard_logprob,
-                            temperatures=() if cascades else GuardOptions().temperatures)
+        return GuardOptions.for_model(cascades, enabled=self.settings.guard,
+                                      tokens_per_s=self.settings.guard_tokens_per_s,
+                                      compression_ratio=self.settings.guard_compression_ratio,
+                                      logprob=self.settings.guard_logprob)
 
     def _policy(self, entry: ModelEntry) -> ContextPolicy | None:
         """Each model's own context (a short-context student's is in its folder); the teacher gets
         Whisper's 30 s unless the operator opts in."""
         if entry.role != "student" and self.settings.teacher_context:
-            pad, _, bucket = self.settings.teacher_context.partition("/")
-            return ContextPolicy(float(pad), float(bucket or 2.0))
+            return ContextPolicy.parse(self.settings.teacher_context)
         return None
 
     def start(self) -> None:

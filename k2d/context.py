@@ -36,8 +36,15 @@ class ContextPolicy:
             return FULL_FRAMES
         seconds = samples / sample_rate + self.pad_s
         bucket = max(self.bucket_s, 0.02)
-        frames = int(math.ceil(seconds / bucket - 1e-9) * bucket * FRAMES_PER_S)
-        return min(FULL_FRAMES, frames + frames % 2)
+        return mel_frames(math.ceil(seconds / bucket - 1e-9) * bucket)
+
+    @classmethod
+    def parse(cls, text: str) -> ContextPolicy:
+        """``full`` → Whisper's 30 s; ``2/2`` → audio + 2 s rounded up to 2 s (operator and CLI syntax)."""
+        if text == "full":
+            return cls()
+        pad, _, bucket = text.partition("/")
+        return cls(float(pad), float(bucket or 2.0))
 
     def describe(self) -> str:
         return "30 s (Whisper)" if self.full else f"audio + {self.pad_s:g} s, rounded up to {self.bucket_s:g} s"
@@ -52,4 +59,8 @@ class ContextPolicy:
         return cls(**json.loads(path.read_text())) if path.exists() else cls()
 
 
-FULL = ContextPolicy()
+def mel_frames(seconds: float) -> int:
+    """Mel frames covering ``seconds`` (even: the encoder's stride-2 convolution halves them), ≤ 3,000."""
+    frames = min(FULL_FRAMES, int(math.ceil(seconds * FRAMES_PER_S - 1e-9)))
+    return frames + frames % 2
+

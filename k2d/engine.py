@@ -69,13 +69,19 @@ class WindowResult:
     tokens: int
     flag: str | None = None  # why the final transcript is still suspect (None: it passed the guard)
     triggered: list[str] = field(default_factory=list)  # every guard reason seen on the way
-    temperature: float = 0.0
     avg_logprob: float = 0.0
     fallback: bool = False
 
     @property
     def text(self) -> str:
         return join_texts([s.text for s in self.segments])
+
+    def as_fallback_for(self, flagged: WindowResult) -> WindowResult:
+        """This (teacher) result replaces a flagged student window: say so on it and its segments."""
+        self.fallback, self.triggered = True, flagged.triggered + self.triggered
+        for segment in self.segments:
+            segment.fallback = True
+        return self
 
 
 class WhisperEngine:
@@ -197,7 +203,7 @@ class WhisperEngine:
             segments = self.segments(kept, len(window) / SAMPLE_RATE)
             text = join_texts([s.text for s in segments])
             flag = None if silent else check(text, len(ids), avg_logprob, budget + 1, self.guard)
-            out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], temperature, avg_logprob))
+            out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], avg_logprob))
         return out
 
     def word_timings(self, features: np.ndarray, prompt: list[int], segments: list[Segment], num_frames: int) -> None:

@@ -29,6 +29,11 @@ class GuardOptions:
     ngram_count: int = 4
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # re-decoding a flagged window by sampling
 
+    @classmethod
+    def for_model(cls, cascades: bool, **thresholds) -> GuardOptions:
+        """A student that falls back to its teacher does not also sample at higher temperatures."""
+        return cls(**thresholds, **({"temperatures": ()} if cascades else {}))
+
     def budget(self, seconds: float) -> int:
         """New tokens a window of ``seconds`` may generate before it counts as a loop."""
         if not self.enabled:

@@ -57,10 +57,7 @@ def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: Whi
     # the student's language (given or detected) holds for the teacher too
     redone = decode_windows(teacher, [windows[i] for i in flagged], results[flagged[0]].language, options, batch_size)
     for i, result in zip(flagged, redone, strict=True):
-        result.fallback, result.triggered = True, results[i].triggered + result.triggered
-        for segment in result.segments:
-            segment.fallback = True
-        results[i] = result
+        results[i] = result.as_fallback_for(results[i])
     return results
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from k2d.context import FULL_FRAMES, mel_frames
 from k2d_train.decoding import whisper_prompt
 
 
@@ -107,7 +108,7 @@ def speed_benchmark(pairs: dict[str, tuple[Path, Path]], batches: list[int], com
             models = {role: WhisperModel(str(path), device=device, compute_type=compute_type, cpu_threads=threads)
                       for role, path in (("teacher", teacher_dir), ("student", student_dir))}
             for batch, context in [(b, c) for b in batches for c in contexts]:
-                frames = {"student": min(3000, int(context * 100)) if context else 3000}
+                frames = {"student": mel_frames(context) if context else FULL_FRAMES}
                 timing = interleaved_forced_timings(models, batch, tokens, repeats, frames)
                 t, s = timing["teacher"], timing["student"]
                 row = {"pair": pair, "compute_type": compute_type, "device": device, "batch": batch,

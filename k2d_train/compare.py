@@ -47,8 +47,9 @@ def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
 def compare(contenders: list[Contender], manifests: dict[str, Path], options: EvaluateOptions, store: Path,
             say=print) -> list[dict]:
     """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
-    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback), store)
-                    for c in contenders}
+    engines: dict = {}  # one load per (model, guard, context), however many contenders use it
+    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback), store,
+                                               engines) for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():
         items = [(row, decode_audio(row.path(manifest))) for row in read_manifest(manifest)]

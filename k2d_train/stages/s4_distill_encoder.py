@@ -14,7 +14,6 @@ pseudo-labelled chunks' audio, no text. Resumable (Accelerate checkpoints), prog
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,14 +21,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from k2d.context import ContextPolicy
+from k2d.context import FULL_FRAMES, ContextPolicy, mel_frames
 from k2d.manifest import read_manifest
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.encoder import encode
 from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates
 from k2d_train.losses import frame_contrastive, layer_regression
 
-FRAME_S = 0.02  # one encoder frame
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
 
 
@@ -73,11 +71,6 @@ class Chunk:
 
 def _chunks(kept: Path) -> list[Chunk]:
     return [Chunk(row.extra["id"], row.path(kept), row.extra["start"], row.extra["end"]) for row in read_manifest(kept)]
-
-
-def _mel_frames(seconds: float) -> int:
-    frames = min(3000, int(math.ceil(seconds * 100)))
-    return frames + frames % 2
 
 
 def spec_augment(features: torch.Tensor, generator: torch.Generator, masks: int = 2, max_time: int = 40,
@@ -128,19 +121,20 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     device = accelerator.device
     student = WhisperForConditionalGeneration.from_pretrained(student_dir)
     encoder = student.model.encoder
-    teacher = _load_encoder(str(teacher_dir), store).to(device)
+    # CTranslate2 computes the final states more cheaply; transformers only when intermediate layers are wanted
+    teacher = None if teacher_ct2 is not None and not options.target_layers else _load_encoder(str(teacher_dir), store).to(device)
     chunks = _chunks(kept)
     if not chunks:
         raise ValueError(f"{kept}: no chunks to learn from")
     extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
     # targets cover the longest span a batch can ask for: audio + largest margin + the batch's 4 s bucket width
-    keep = lambda samples: _mel_frames(samples / 16000 + options.pad_max_s + BUCKET_S + 2) // 2  # noqa: E731
+    keep = lambda samples: mel_frames(samples / 16000 + options.pad_max_s + BUCKET_S + 2) // 2  # noqa: E731
     depth = {i: round(i * len(teacher.layers) / len(encoder.layers)) for i in options.target_layers}
     # the teacher's 30 s states: targets here, and the KL inputs of the decoder stage (a shared cache)
     states_by = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None and not depth else teacher
     caches = [EncoderStates(states_by, (teacher_cache or run_dir / "targets") if options.cache else None, device,
-                            lambda _: 3000, tuple(sorted(set(depth.values()))), keep)]
-    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: 3000, (), keep)
+                            lambda _: FULL_FRAMES, tuple(sorted(set(depth.values()))), keep)]
+    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES, (), keep)
                for n, t in enumerate(extra)]
     targets: list[list[dict]] = [[], *([] for _ in extra)]
     for chunk in tqdm(chunks, desc="teacher encoder states (30 s)", disable=not accelerator.is_main_process):
@@ -215,7 +209,7 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
     crop = options.max_crop_s or 1e9
     clips = [audio.clip(chunks[i].audio, chunks[i].start, min(chunks[i].end, chunks[i].start + crop)) for i in batch]
     pad = options.pad_min_s + float(torch.rand(1, generator=generator)) * (options.pad_max_s - options.pad_min_s)
-    frames = _mel_frames(max(len(c) for c in clips) / 16000 + pad)
+    frames = mel_frames(max(len(c) for c in clips) / 16000 + pad)
     features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in clips]).to(device)
     if options.spec_augment:
         features = spec_augment(features, generator)

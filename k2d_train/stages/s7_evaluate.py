@@ -57,39 +57,39 @@ class EvaluateSummary:
 
 
 def parse_context(text: str | None) -> ContextPolicy | None:
-    """``full`` → Whisper's 30 s; ``2/2`` → audio + 2 s rounded up to 2 s; None → the model's own."""
-    if text is None:
-        return None
-    if text == "full":
-        return ContextPolicy()
-    pad, _, bucket = text.partition("/")
-    return ContextPolicy(float(pad), float(bucket or 2.0))
+    """None → the model's own policy; otherwise ``ContextPolicy.parse``."""
+    return None if text is None else ContextPolicy.parse(text)
 
 
 class ServedTranscriber:
     """A CTranslate2 model exactly as the server runs it (and its teacher, for fallback)."""
 
-    def __init__(self, model: str, options: EvaluateOptions, store: Path):
+    def __init__(self, model: str, options: EvaluateOptions, store: Path, engines: dict | None = None):
+        """``engines``: models already loaded, shared between transcribers (a teacher that is both a
+        contender and a student's fallback is loaded once)."""
         path, entry = resolve_model(model, store)
-        guard = GuardOptions(enabled=options.guard)
-        self.engine = self._engine(path, options, guard, parse_context(options.context))
-        self.default_language = entry.extra.get("default_language") if entry else None
-        self.parameters = entry.parameters if entry else None
-        self.teacher = None
+        self.engines = {} if engines is None else engines
         registry = Registry(store)
         teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
-        if options.fallback and teacher:
-            self.teacher = self._engine(registry.path_of(teacher), options, guard, None)
-            self.engine.guard = GuardOptions(enabled=options.guard, temperatures=())  # cascade instead of sampling
+        guard = GuardOptions(enabled=options.guard)
+        self.teacher = self._engine(registry.path_of(teacher), options, guard, None) \
+            if options.fallback and teacher else None
+        own_guard = GuardOptions.for_model(self.teacher is not None, enabled=options.guard)
+        self.engine = self._engine(path, options, own_guard, parse_context(options.context))
+        self.default_language = entry.extra.get("default_language") if entry else None
+        self.parameters = entry.parameters if entry else None
         self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
         self.vad = options.vad
 
-    @staticmethod
-    def _engine(path: Path, options: EvaluateOptions, guard: GuardOptions, policy: ContextPolicy | None) -> WhisperEngine:
+    def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
+                policy: ContextPolicy | None) -> WhisperEngine:
         if not (path / "model.bin").exists():
             raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
-        return WhisperEngine(path, options.device, [0], options.compute_type, cpu_threads=options.cpu_threads,
-                             guard=guard, policy=policy)
+        key = (path, guard, policy)
+        if key not in self.engines:
+            self.engines[key] = WhisperEngine(path, options.device, [0], options.compute_type,
+                                              cpu_threads=options.cpu_threads, guard=guard, policy=policy)
+        return self.engines[key]
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
         return transcribe(self.engine, audio, language or self.default_language, self.options, self.vad,
