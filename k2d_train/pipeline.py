@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,11 @@ class Stages:
             self.say(f"[stage {number}] {name}: done before, reusing")
             return json.loads(marker.read_text())
         self.say(f"[stage {number}] {name}")
+        started = time.perf_counter()
         result = action()
+        # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
+        result = {**result, "stage_seconds": round(time.perf_counter() - started, 1)}
+        self.say(f"[stage {number}] {name}: {result['stage_seconds']:.0f} s")
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
         os.replace(tmp, marker)
