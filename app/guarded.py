@@ -48,8 +48,10 @@ class Cascade:
 
     async def _window(self, future: asyncio.Future, audio: np.ndarray, options: DecodeOptions, fallback: bool) -> Outcome:
         result, queue_s, inference_s = await future
-        if result.flag and fallback:
-            return await self._fall_back(result, audio, options, queue_s, inference_s)
+        if result.escalate:
+            if fallback:
+                return await self._fall_back(result, audio, options, queue_s, inference_s)
+            self._trim(result)
         if self.shadow_fraction and self._random.random() < self.shadow_fraction:
             task = asyncio.create_task(self._shadow(result, audio, options))
             self._shadows.add(task)
@@ -61,10 +63,16 @@ class Cascade:
         try:
             (teacher_future,) = self.teacher_queue.submit([audio], result.language, options)
         except (QueueFullError, ShuttingDownError):
-            return result, queue_s, inference_s  # the guarded student's (truncated) transcript beats an error
+            self._trim(result)
+            return result, queue_s, inference_s  # the guarded student's trimmed transcript beats an error
         self.metrics.fallback.labels(self.student, self.teacher, result.flag or "flag").inc()
         redone, teacher_queue_s, teacher_s = await teacher_future
         return redone.as_fallback_for(result), queue_s + teacher_queue_s, inference_s + teacher_s
+
+    def _trim(self, result: WindowResult) -> None:
+        """A loop with no teacher to go to (this request opted out, or the teacher is full): cut it back."""
+        if result.trim_loop():
+            self.metrics.guard.labels(self.student, "trimmed").inc()
 
     async def _shadow(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions) -> None:
         """Teacher decodes the same window in the background; never raises into a request."""

@@ -100,7 +100,7 @@ class ModelManager:
     def _guard(self, entry: ModelEntry) -> GuardOptions:
         """Students beside their teacher cascade instead of sampling at higher temperatures."""
         cascades = self.settings.fallback and entry.role == "student" and teacher_of(self.registry, entry) is not None
-        return GuardOptions.for_model(cascades, enabled=self.settings.guard,
+        return GuardOptions.for_model(cascades, tuple(self.settings.guard_fallback_on), enabled=self.settings.guard,
                                       tokens_per_s=self.settings.guard_tokens_per_s,
                                       compression_ratio=self.settings.guard_compression_ratio,
                                       logprob=self.settings.guard_logprob)

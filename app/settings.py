@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from k2d.guard import LOOP_REASONS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="K2D_", env_file=".env", extra="ignore")
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     guard_logprob: float = Field(-1.0, description="Flag below this average log-probability")
     fallback: bool = Field(True, description="A student's flagged window is re-decoded by its teacher when served "
                            "beside it (else: temperature fallback)")
+    guard_fallback_on: list[str] = Field(list(LOOP_REASONS), description="Guard flags that send a student's window "
+                                         "to its teacher (JSON list; add \"logprob\" to also fall back on low "
+                                         "confidence)")
     teacher_context: str | None = Field(None, description="Operator opt-in: serve non-students with a short context "
                                         "('PAD/BUCKET' seconds, e.g. '2/2'); default Whisper's 30 s")
     shadow_fraction: float = Field(0.0, ge=0, le=1, description="Share of student windows also decoded by the teacher "

@@ -20,7 +20,7 @@ import numpy as np
 
 from k2d.context import ContextPolicy
 from k2d.features import log_mel
-from k2d.guard import GuardOptions, check
+from k2d.guard import LOOP_REASONS, GuardOptions, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
 
 TIME_PER_TIMESTAMP = 0.02
@@ -71,10 +71,30 @@ class WindowResult:
     triggered: list[str] = field(default_factory=list)  # every guard reason seen on the way
     avg_logprob: float = 0.0
     fallback: bool = False
+    escalate: bool = False  # flagged for a reason that sends a student's window to its teacher
 
     @property
     def text(self) -> str:
         return join_texts([s.text for s in self.segments])
+
+    def trim_loop(self) -> bool:
+        """Cut a loop that survived every fallback: repeated runs inside a segment collapse to one, and a
+        segment that repeats the previous one is dropped (words past the cut go with it). True if cut."""
+        before = self.text
+        kept: list[Segment] = []
+        for segment in self.segments:
+            text = collapse_repeats(segment.text)
+            if kept and text.strip() == kept[-1].text.strip():
+                continue
+            if text != segment.text and segment.words:
+                segment.words = _words_within(segment.words, text)
+            segment.text = text
+            kept.append(segment)
+        self.segments = kept
+        if self.text == before:
+            return False
+        self.triggered = [*self.triggered, "trimmed"]
+        return True
 
     def as_fallback_for(self, flagged: WindowResult) -> WindowResult:
         """This (teacher) result replaces a flagged student window: say so on it and its segments."""
@@ -82,6 +102,22 @@ class WindowResult:
         for segment in self.segments:
             segment.fallback = True
         return self
+
+
+def _rank(result: WindowResult) -> tuple[bool, float]:
+    """Among flagged attempts a loop never wins: a loop is confident (high log-probability) and wrong."""
+    return result.flag not in LOOP_REASONS, result.avg_logprob
+
+
+def _words_within(words: list[dict], text: str) -> list[dict]:
+    """The leading words whose concatenation still fits in ``text`` (what a trimmed segment says)."""
+    kept, said = [], ""
+    for word in words:
+        said += word["word"]
+        if not text.startswith(said.strip()) and not text.strip().startswith(said.strip()):
+            break
+        kept.append(word)
+    return kept
 
 
 class WhisperEngine:
@@ -150,18 +186,21 @@ class WhisperEngine:
             if self.multilingual and self.tokenizer.token_to_id(f"<|{lang}|>") is None:
                 raise ValueError(f"unknown language {lang!r}")
         out = self._generate(storage, windows, languages, options, options.temperature)
-        for i in [i for i, r in enumerate(out) if r.flag]:
+        for i in [i for i, r in enumerate(out) if r.flag and not r.escalate]:
             out[i] = self._fall_back(features[i : i + 1], windows[i], languages[i], options, out[i])
         if options.word_timestamps:
             for i, (window, lang) in enumerate(zip(windows, languages, strict=True)):
                 self.word_timings(features[i : i + 1], self._prompt(lang, replace(options, timestamps=True)),
                                   out[i].segments, len(window) // HOP_LENGTH)
+        for result in out:
+            if result.flag in LOOP_REASONS and not result.escalate:  # an escalated one goes to the teacher whole
+                result.trim_loop()
         return out
 
     def _fall_back(self, features: np.ndarray, window: np.ndarray, language: str, options: DecodeOptions,
                    first: WindowResult) -> WindowResult:
         """Whisper's temperature fallback for one flagged window: sample at rising temperatures until
-        the guard passes (else keep the most confident attempt). One window at a time from a fixed
+        the guard passes (else keep the most confident attempt that does not loop). One window at a time from a fixed
         seed, so the outcome does not depend on which requests shared its batch."""
         import ctranslate2
 
@@ -174,7 +213,7 @@ class WhisperEngine:
             result.triggered = best.triggered + result.triggered
             if not result.flag:
                 return result
-            if result.avg_logprob > best.avg_logprob:
+            if _rank(result) > _rank(best):
                 best = result
             else:
                 best.triggered = result.triggered
@@ -203,7 +242,8 @@ class WhisperEngine:
             segments = self.segments(kept, len(window) / SAMPLE_RATE)
             text = join_texts([s.text for s in segments])
             flag = None if silent else check(text, len(ids), avg_logprob, budget + 1, self.guard)
-            out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], avg_logprob))
+            out.append(WindowResult(lang, segments, len(ids), flag, [flag] if flag else [], avg_logprob,
+                                    escalate=self.guard.escalates(flag)))
         return out
 
     def word_timings(self, features: np.ndarray, prompt: list[int], segments: list[Segment], num_frames: int) -> None:

@@ -9,12 +9,20 @@ fallback (2.4 and -1.0), and K²D's repeated-n-gram hallucination flag.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 
 from k2d.textunits import has_repeated_ngram, raw_units
 
-REASONS = ("token_budget", "compression_ratio", "logprob", "repeated_ngram")
+# "trimmed": a window still looping after every fallback had its repeated run cut (see collapse_repeats)
+REASONS = ("token_budget", "compression_ratio", "logprob", "repeated_ngram", "trimmed")
+# Signals of a loop, as opposed to low confidence. Only these send a student's window to its teacher by
+# default: on hard audio a low log-probability is the normal state of a small model and re-decoding it
+# with the teacher bought nothing (docs/benchmarks/guard-cpu) while costing the student its speed.
+LOOP_REASONS = ("token_budget", "compression_ratio", "repeated_ngram")
+# 1-32 characters said at least three times in a row ("復復復", "【【【", "the model the model the model ")
+_RUN = re.compile(r"(.{1,32}?)\1{2,}", re.S)
 
 
 @dataclass(frozen=True)
@@ -28,17 +36,28 @@ class GuardOptions:
     ngram_n: int = 4
     ngram_count: int = 4
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # re-decoding a flagged window by sampling
+    fallback_on: tuple[str, ...] = ()  # flags that send this student's window to its teacher (none: no teacher)
 
     @classmethod
-    def for_model(cls, cascades: bool, **thresholds) -> GuardOptions:
-        """A student that falls back to its teacher does not also sample at higher temperatures."""
-        return cls(**thresholds, **({"temperatures": ()} if cascades else {}))
+    def for_model(cls, cascades: bool, fallback_on: tuple[str, ...] = LOOP_REASONS, **thresholds) -> GuardOptions:
+        """A student that falls back to its teacher (on ``fallback_on`` flags) does not also sample at
+        higher temperatures; any other model keeps Whisper's temperature fallback."""
+        if not cascades:
+            return cls(**thresholds)
+        unknown = set(fallback_on) - set(REASONS)
+        if unknown:
+            raise ValueError(f"unknown guard reasons {sorted(unknown)}; known: {list(REASONS)}")
+        return cls(**thresholds, temperatures=(), fallback_on=tuple(fallback_on))
 
     def budget(self, seconds: float) -> int:
         """New tokens a window of ``seconds`` may generate before it counts as a loop."""
         if not self.enabled:
             return self.max_tokens
         return int(min(self.max_tokens, max(self.min_tokens, self.tokens_per_s * seconds)))
+
+    def escalates(self, flag: str | None) -> bool:
+        """Whether a window with this flag goes to the teacher (when one is served behind the student)."""
+        return flag is not None and flag in self.fallback_on
 
 
 def compression_ratio(text: str) -> float:
@@ -60,3 +79,14 @@ def check(text: str, tokens: int, avg_logprob: float, budget: int, options: Guar
     if options.logprob is not None and tokens and avg_logprob < options.logprob:
         return "logprob"
     return None
+
+
+def collapse_repeats(text: str) -> str:
+    """A loop cut back to one occurrence of what it repeats: the last resort once a window has run out
+    of fallbacks, so no response carries ``復復復復…`` or ``【【【【…``. Digit runs ("1000") stay."""
+
+    def keep_one(match: re.Match) -> str:
+        unit = match.group(1)
+        return match.group(0) if unit.strip().isdigit() or not unit.strip() else unit
+
+    return _RUN.sub(keep_one, text)

@@ -29,6 +29,11 @@ class Transcript:
         return sum(1 for w in self.windows if w.flag)
 
     @property
+    def trimmed(self) -> int:
+        """Windows whose loop survived every fallback and was cut back (``WindowResult.trim_loop``)."""
+        return sum(1 for w in self.windows if "trimmed" in w.triggered)
+
+    @property
     def fallbacks(self) -> int:
         return sum(1 for w in self.windows if w.fallback)
 
@@ -51,7 +56,7 @@ def decode_windows(engine: WhisperEngine, windows: list[np.ndarray], language: s
 def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: WhisperEngine, options: DecodeOptions,
             batch_size: int = 8) -> list[WindowResult]:
     """Flagged student windows re-decoded by the teacher; its transcript replaces the student's."""
-    flagged = [i for i, r in enumerate(results) if r.flag]
+    flagged = [i for i, r in enumerate(results) if r.escalate]
     if not flagged:
         return results
     # the student's language (given or detected) holds for the teacher too
@@ -71,4 +76,7 @@ def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, o
     results = decode_windows(engine, audios, language, options)
     if teacher is not None:
         results = cascade(results, audios, teacher, options)
+    for result in results:
+        if result.escalate:  # meant for a teacher that is not there: cut the loop instead
+            result.trim_loop()
     return Transcript(join_texts([r.text for r in results]), results)

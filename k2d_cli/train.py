@@ -169,8 +169,10 @@ def register(app: typer.Typer, guarded, say) -> None:
 
     @app.command("compare")
     def compare_command(
-        model: Annotated[list[str], typer.Option(help="LABEL=MODEL[@CONTEXT], first is the baseline; CONTEXT: full "
-                                                      "or PAD/BUCKET seconds (e.g. teacher=whisper-base-int8)")],
+        model: Annotated[list[str], typer.Option(help="LABEL=MODEL[@CONTEXT][~FLAGS], first is the baseline; CONTEXT: "
+                                                      "full or PAD/BUCKET seconds; FLAGS: guard reasons that send a "
+                                                      "student's window to its teacher: none, loops (default), "
+                                                      "loops+logprob (e.g. student=k2d-student~none)")],
         manifest: Annotated[list[str], typer.Option(help="NAME=PATH of a labelled manifest (e.g. test_ood=...)")],
         language: str | None = None,
         beam_size: int = 5,
@@ -184,14 +186,10 @@ def register(app: typer.Typer, guarded, say) -> None:
         from k2d_train.compare import Contender, compare, markdown
         from k2d_train.stages.s7_evaluate import EvaluateOptions
 
-        def contender(spec: str) -> Contender:
-            label, _, rest = spec.partition("=")
-            name, _, context = (rest or label).partition("@")
-            return Contender(label, name, context or None, not no_fallback)
-
         sets = {name: Path(path) for name, _, path in (m.partition("=") for m in manifest)}
         options = EvaluateOptions(language=language, beam_size=beam_size)
-        rows = guarded(lambda: compare([contender(m) for m in model], sets, options, store or default_store(), say))
+        contenders = [Contender.parse(m, not no_fallback) for m in model]
+        rows = guarded(lambda: compare(contenders, sets, options, store or default_store(), say))
         text = markdown(rows, "k2d " + " ".join(sys.argv[1:]))
         say(text)
         if out:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
 from k2d.features import log_mel
+from k2d.guard import LOOP_REASONS
 from k2d.manifest import read_manifest
 from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber, latency_stats, score
 
@@ -30,6 +31,19 @@ class Contender:
     model: str
     context: str | None = None  # None: the model's own policy
     fallback: bool = True
+    fallback_on: tuple[str, ...] = LOOP_REASONS  # guard flags that send a student's window to its teacher
+
+    @classmethod
+    def parse(cls, spec: str, fallback: bool = True) -> Contender:
+        """``LABEL=MODEL[@CONTEXT][~FLAGS]``; FLAGS: ``none``, ``loops`` (default) or reasons joined by
+        ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence)."""
+        label, _, rest = spec.partition("=")
+        rest, _, flags = (rest or label).partition("~")
+        name, _, context = rest.partition("@")
+        reasons: list[str] = []
+        for flag in (flags or "loops").split("+"):
+            reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
+        return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS)
 
 
 def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
@@ -48,15 +62,16 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
             say=print) -> list[dict]:
     """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
     engines: dict = {}  # one load per (model, guard, context), however many contenders use it
-    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback), store,
-                                               engines) for c in contenders}
+    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback,
+                                                               fallback_on=c.fallback_on), store, engines)
+                    for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():
         items = [(row, decode_audio(row.path(manifest))) for row in read_manifest(manifest)]
         texts = {c.label: [] for c in contenders}
         latency = {c.label: [] for c in contenders}
         encode = {c.label: [] for c in contenders}
-        counts = {c.label: {"flagged": 0, "fallbacks": 0} for c in contenders}
+        counts = {c.label: {"flagged": 0, "fallbacks": 0, "trimmed": 0} for c in contenders}
         for i, (row, audio) in enumerate(tqdm(items, desc=f"compare on {set_name}", unit="utt")):
             order = contenders if i % 2 == 0 else list(reversed(contenders))
             for contender in order:
@@ -68,6 +83,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                 texts[contender.label].append(result.text)
                 counts[contender.label]["flagged"] += result.flagged
                 counts[contender.label]["fallbacks"] += result.fallbacks
+                counts[contender.label]["trimmed"] += result.trimmed
         references = [row.text or "" for row, _ in items]
         audio_s = sum(duration(a) for _, a in items)
         for contender in contenders:
@@ -96,14 +112,14 @@ def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [f"`{command}`", "",
-             "| set | model | context | MER | CER zh | WER en | loops | flagged | fallbacks | encoder ms | "
+             "| set | model | context | MER | CER zh | WER en | loops | flagged | trimmed | fallbacks | encoder ms | "
              "e2e ms mean / p50 | speed-up mean / p50 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "set" not in r:
             continue
         lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r['mer']:.3f} | {r['cer_zh']:.3f} | "
-                     f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r['fallbacks']} | "
+                     f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r.get('trimmed', 0)} | {r['fallbacks']} | "
                      f"{r['encoder_ms_mean']:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
                      f"{r['speedup_mean']:.2f}× / {r['speedup_p50']:.2f}× |")
     rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)

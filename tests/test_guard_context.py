@@ -8,8 +8,8 @@ import pytest
 from k2d.audio import decode_audio
 from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import GuardOptions, check, compression_ratio
-from k2d.textunits import join_texts
+from k2d.guard import LOOP_REASONS, GuardOptions, check, collapse_repeats, compression_ratio
+from k2d.textunits import join_texts, raw_units
 from k2d.transcribe import decode_windows, transcribe
 from tests.conftest import MANIFEST
 
@@ -38,6 +38,24 @@ def test_guard_reasons():
     assert check("anything", 500, -9.0, 60, GuardOptions(enabled=False)) is None
 
 
+def test_only_loop_flags_send_a_student_to_its_teacher():
+    student, alone = GuardOptions.for_model(True), GuardOptions.for_model(False)
+    assert student.escalates("token_budget") and student.escalates("repeated_ngram")
+    assert not student.escalates("logprob") and not student.escalates(None) and student.temperatures == ()
+    assert GuardOptions.for_model(True, ("logprob",)).escalates("logprob")
+    assert not alone.escalates("token_budget") and alone.temperatures  # no teacher: Whisper's sampling fallback
+    with pytest.raises(ValueError, match="unknown guard reasons"):
+        GuardOptions.for_model(True, ("typo",))
+
+
+def test_a_surviving_loop_is_cut_back_to_one_occurrence():
+    assert collapse_repeats("在三樓復復復復復復") == "在三樓復"
+    assert collapse_repeats("問題【【【【【【") == "問題【"
+    assert collapse_repeats("the model the model the model the model is") == "the model is"
+    for kept in ("一共 1000000 元", "我們今天要講的是 gradient descent", "哈哈"):
+        assert collapse_repeats(kept) == kept
+
+
 def test_joining_puts_no_space_between_cjk_ends():
     assert join_texts(["我們用", "gradient descent", "來訓練", "。", "OK"]) == "我們用 gradient descent 來訓練。 OK"
 
@@ -54,6 +72,17 @@ def test_a_looping_window_is_cut_at_its_budget_and_flagged(base):
     assert result.triggered and result.triggered[0] in ("token_budget", "compression_ratio")
     assert result.tokens <= base.guard.budget(30.0) + 1
     assert "\ufffd" not in result.text
+
+
+def test_a_loop_no_fallback_cures_is_cut_back(registry):
+    """tiny.en loops on Mandarin said three times over ("tien tien wa r man … tien tien tien…"); with no
+    sampling fallback configured, the response keeps the window's start and drops the repeated tail."""
+    engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8", guard=GuardOptions(temperatures=()))
+    clip = np.tile(decode_audio(DATA / "zh_lecture.flac"), 3)[: 16000 * 30]
+    result = engine.transcribe_batch([clip], ["en"], DecodeOptions(beam_size=1))[0]
+    assert result.flag in LOOP_REASONS and result.triggered[-1] == "trimmed"
+    assert result.text and collapse_repeats(result.text) == result.text
+    assert len(raw_units(result.text)) < 30  # the budget alone leaves ~100 tokens of loop
 
 
 def test_short_context_windows_batch_by_bucket_and_keep_their_order(base, manifest_rows):
@@ -84,7 +113,7 @@ def test_short_context_windows_batch_by_bucket_and_keep_their_order(base, manife
 def test_flagged_student_windows_fall_back_to_the_teacher(registry, base):
     """A student whose guard flags everything (a 2-token budget) returns the teacher's transcript."""
     student = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8",
-                            guard=GuardOptions(tokens_per_s=0.1, min_tokens=2, temperatures=()))
+                            guard=GuardOptions.for_model(True, tokens_per_s=0.1, min_tokens=2))
     audio = decode_audio(DATA / "en_lecture.flac")
     options = DecodeOptions(beam_size=1)
     alone = transcribe(student, audio, "en", options)

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
 from k2d.audio import write_audio
+from k2d.guard import collapse_repeats
 from k2d.manifest import read_manifest
 from tests.conftest import DATA, free_port, running_server
 
@@ -38,12 +39,22 @@ def _total(url: str, name: str, **labels: str) -> float:
                if sample == f"{name}_total" and set(labels.items()) <= set(got))
 
 
+def _looping_clip() -> bytes:
+    """The Mandarin clip said three times over: tiny.en (English only) loops on it ("tien tien tien…")."""
+    from k2d.audio import decode_audio
+
+    samples = np.tile(decode_audio(DATA / "zh_lecture.flac"), 3)[: 16000 * 30]
+    with tempfile.TemporaryDirectory() as folder:
+        return write_audio(Path(folder) / "loop.flac", samples).read_bytes()
+
+
 @pytest.mark.slow
-def test_a_flagged_student_window_falls_back_to_the_teacher(served_store):
-    """20 s of a tone with VAD off: tiny.en answers with low confidence (the guard's log-prob flag),
-    so the window is re-decoded by the teacher and the answer is the teacher's own."""
+def test_a_looping_student_window_falls_back_to_the_teacher(served_store):
+    """A window the student loops on is re-decoded by the teacher and the answer is the teacher's own;
+    a request that opts out gets the student's loop cut back instead; a merely unsure window (a tone:
+    low log-probability, no loop) stays with the student by default."""
     settings = Settings(models_dir=served_store.store, port=free_port())
-    files = {"file": ("tone.flac", _tone(20.0))}
+    files = {"file": ("loop.flac", _looping_clip())}
     data = {"vad": "false", "response_format": "verbose_json", "beam_size": "1", "language": "en"}
     with running_server(settings) as (url, _):
         body = httpx.post(url + "/transcribe", files=files, data={**data, "model": "whisper-tiny.en"}, timeout=180).json()
@@ -55,6 +66,12 @@ def test_a_flagged_student_window_falls_back_to_the_teacher(served_store):
                            data={**data, "model": "whisper-tiny.en", "fallback": "false"}).json()
         assert _total(url, "k2d_fallback", student="whisper-tiny.en") == 1  # this request opted out
         assert not any(s["fallback"] for s in alone["segments"])
+        assert _total(url, "k2d_guard_triggered", model="whisper-tiny.en", reason="trimmed") == 1
+        assert alone["text"] and collapse_repeats(alone["text"]) == alone["text"]
+        tone = httpx.post(url + "/transcribe", files={"file": ("tone.flac", _tone(20.0))}, timeout=180,
+                          data={**data, "model": "whisper-tiny.en"}).json()
+        assert not any(s["fallback"] for s in tone["segments"])
+        assert _total(url, "k2d_fallback", student="whisper-tiny.en") == 1
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import GuardOptions
+from k2d.guard import LOOP_REASONS, GuardOptions
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
 from k2d.registry import Registry, resolve_model, teacher_of
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
@@ -40,6 +40,7 @@ class EvaluateOptions:
     vad: bool = True
     guard: bool = True
     fallback: bool = True  # a student's flagged windows go to its teacher, as served
+    fallback_on: tuple[str, ...] = LOOP_REASONS  # which guard flags do (the server's default)
     context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
 
 
@@ -74,7 +75,7 @@ class ServedTranscriber:
         guard = GuardOptions(enabled=options.guard)
         self.teacher = self._engine(registry.path_of(teacher), options, guard, None) \
             if options.fallback and teacher else None
-        own_guard = GuardOptions.for_model(self.teacher is not None, enabled=options.guard)
+        own_guard = GuardOptions.for_model(self.teacher is not None, tuple(options.fallback_on), enabled=options.guard)
         self.engine = self._engine(path, options, own_guard, parse_context(options.context))
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
@@ -174,6 +175,7 @@ def transcribe_manifest(model: str, manifest: Path, out: Path | None, options: E
     if all(row.text is not None for row in rows):
         summary.scores = score([row.text or "" for row in rows], [h.text or "" for h in hypotheses])
         summary.scores.update(flagged=sum(r.flagged for r in results), fallbacks=sum(r.fallbacks for r in results),
+                              trimmed=sum(r.trimmed for r in results),
                               rtfx=round(summary.rtfx, 2), **latency_stats(summary.latencies_ms))
     return summary
 
