@@ -24,7 +24,7 @@ from app.model_manager import ServedModel
 from app.upload import DecodeCancelledError, decode_upload
 from k2d.engine import DecodeOptions
 from k2d.textunits import join_texts
-from k2d.windows import Window, split
+from k2d.windows import MAX_WINDOW_S, Window, split
 
 SAMPLE_RATE = 16000
 SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
@@ -63,14 +63,17 @@ class Job:
             future.cancel()
 
 
-def prepare(file: BinaryIO, max_seconds: float, vad: bool, min_silence_ms: int, stop: threading.Event) -> Prepared:
-    """Decode (bounded by ``max_seconds``) and cut into windows, dropping silent ones; runs in a worker thread."""
+def prepare(file: BinaryIO, max_seconds: float, vad: bool, min_silence_ms: int, stop: threading.Event,
+            max_window_s: float = MAX_WINDOW_S) -> Prepared:
+    """Decode (bounded by ``max_seconds``) and cut into windows no longer than the model was trained on,
+    dropping silent ones; runs in a worker thread."""
     started = time.monotonic()
     audio = decode_upload(file, max_seconds, stop)
     decoded = time.monotonic()
     if stop.is_set():
         raise DecodeCancelledError("request abandoned")
-    windows = [] if _silent(audio) else [w for w in split(audio, vad, min_silence_ms) if not _silent(w.audio)]
+    windows = [] if _silent(audio) else [w for w in split(audio, vad, min_silence_ms, max_window_s)
+                                               if not _silent(w.audio)]
     return Prepared(len(audio) / SAMPLE_RATE, windows, decoded - started, time.monotonic() - decoded)
 
 

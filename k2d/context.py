@@ -25,6 +25,9 @@ class ContextPolicy:
 
     pad_s: float = 0.0
     bucket_s: float = 2.0
+    # the longest window to serve: longer speech is cut (at pauses) into windows this long, for encoders
+    # trained only on shorter inputs (EncoderDistillOptions.serve_max_window_s)
+    max_window_s: float = 30.0
 
     @property
     def full(self) -> bool:
@@ -47,7 +50,10 @@ class ContextPolicy:
         return cls(float(pad), float(bucket or 2.0))
 
     def describe(self) -> str:
-        return "30 s (Whisper)" if self.full else f"audio + {self.pad_s:g} s, rounded up to {self.bucket_s:g} s"
+        if self.full:
+            return "30 s (Whisper)"
+        longest = f", windows ≤ {self.max_window_s:g} s" if self.max_window_s < 30 else ""
+        return f"audio + {self.pad_s:g} s, rounded up to {self.bucket_s:g} s{longest}"
 
     def save(self, model_dir: Path) -> None:
         (model_dir / POLICY_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")

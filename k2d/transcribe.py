@@ -69,7 +69,7 @@ def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: Whi
 def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, options: DecodeOptions,
                vad: bool = True, min_silence_ms: int = 500, teacher: WhisperEngine | None = None) -> Transcript:
     """Windows → guarded batches → optional teacher fallback → joined text."""
-    windows: list[Window] = split(audio, vad, min_silence_ms)
+    windows: list[Window] = split(audio, vad, min_silence_ms, engine.policy.max_window_s)
     if not windows:
         return Transcript("")
     audios = [w.audio for w in windows]

@@ -22,20 +22,21 @@ class Window:
     audio: np.ndarray
 
 
-def fixed_windows(audio: np.ndarray) -> list[Window]:
-    size = int(MAX_WINDOW_S * SAMPLE_RATE)
+def fixed_windows(audio: np.ndarray, max_window_s: float = MAX_WINDOW_S) -> list[Window]:
+    size = int(max_window_s * SAMPLE_RATE)
     return [Window(i / SAMPLE_RATE, audio[i : i + size]) for i in range(0, len(audio), size)]
 
 
-def speech_windows(audio: np.ndarray, min_silence_ms: int = 500) -> list[Window]:
-    """Speech regions merged greedily into windows ≤ 30 s; regions longer than that are split."""
+def speech_windows(audio: np.ndarray, min_silence_ms: int = 500, max_window_s: float = MAX_WINDOW_S) -> list[Window]:
+    """Speech regions merged greedily into windows ≤ ``max_window_s`` (the model's longest trained
+    input, 30 s for Whisper); regions longer than that are split."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    options = VadOptions(min_silence_duration_ms=min_silence_ms, max_speech_duration_s=MAX_WINDOW_S - 1,
+    options = VadOptions(min_silence_duration_ms=min_silence_ms, max_speech_duration_s=max(1.0, max_window_s - 1),
                          speech_pad_ms=200)
     regions = get_speech_timestamps(audio, options)
     windows: list[tuple[int, int]] = []
-    limit = int(MAX_WINDOW_S * SAMPLE_RATE)
+    limit = int(max_window_s * SAMPLE_RATE)
     for region in regions:
         start, end = region["start"], region["end"]
         if windows and end - windows[-1][0] <= limit:
@@ -45,6 +46,7 @@ def speech_windows(audio: np.ndarray, min_silence_ms: int = 500) -> list[Window]
     return [Window(start / SAMPLE_RATE, audio[start:end]) for start, end in windows]
 
 
-def split(audio: np.ndarray, vad: bool, min_silence_ms: int = 500) -> list[Window]:
-    return speech_windows(audio, min_silence_ms) if vad else fixed_windows(audio)
+def split(audio: np.ndarray, vad: bool, min_silence_ms: int = 500, max_window_s: float = MAX_WINDOW_S) -> list[Window]:
+    max_window_s = min(max_window_s, MAX_WINDOW_S)
+    return speech_windows(audio, min_silence_ms, max_window_s) if vad else fixed_windows(audio, max_window_s)
 

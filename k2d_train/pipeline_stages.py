@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def validation(config: RunConfig, registry: Registry) -> dict:
     from k2d_train.stages.s2_validate import validate
 
     chunks = config.run_dir / "pseudo" / "chunks.jsonl"
-    stats = validate(config.validator, chunks, config.run_dir / "validate", config.validate, registry.store)
+    options = dataclasses.replace(config.validate, also_rules=tuple(config.ablation_rules))
+    stats = validate(config.validator, chunks, config.run_dir / "validate", options, registry.store)
     return {"rules": stats, "total_chunks": sum(1 for _ in read_manifest(chunks))}
 
 

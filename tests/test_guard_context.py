@@ -25,6 +25,21 @@ def test_context_policy_rounds_audio_plus_margin_up_to_buckets(tmp_path):
     assert ContextPolicy.of_model(tmp_path) == policy and ContextPolicy.of_model(tmp_path / "none").full
 
 
+def test_a_short_context_model_gets_windows_no_longer_than_it_was_trained_on(tmp_path):
+    """Long speech is cut at pauses into windows of the policy's longest trained input, not 30 s."""
+    from k2d.windows import split
+
+    policy = ContextPolicy(2.0, 2.0, max_window_s=12.0)
+    policy.save(tmp_path)
+    assert ContextPolicy.of_model(tmp_path).max_window_s == 12.0 and "≤ 12 s" in policy.describe()
+    clips = [decode_audio(DATA / name) for name in ("zh_lecture.flac", "en_lecture.flac", "mixed_gradient.flac")]
+    speech = np.concatenate([np.concatenate([c, np.zeros(8000, np.float32)]) for c in clips * 4])  # ~50 s, pauses
+    for vad in (True, False):
+        long, short = split(speech, vad), split(speech, vad, max_window_s=policy.max_window_s)
+        assert len(short) > len(long) and max(len(w.audio) for w in short) <= 12 * 16000
+        assert max(len(w.audio) for w in long) > 12 * 16000
+
+
 def test_guard_reasons():
     options = GuardOptions()
     assert options.budget(1.0) == 32 and options.budget(10.0) == 120 and options.budget(60.0) == 440

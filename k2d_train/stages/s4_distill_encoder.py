@@ -41,6 +41,9 @@ class EncoderDistillOptions:
     pad_max_s: float = 4.5
     serve_pad_s: float = 2.0
     serve_bucket_s: float = 2.0
+    # longest served window; 30 s by default: cutting long speech into ≤ 12 s windows made the demo student
+    # worse on minute-long out-of-domain audio (MER 0.550 vs 0.414, docs/benchmarks/long-audio-cpu)
+    serve_max_window_s: float = 30.0
     target_layers: list[int] = field(default_factory=list)  # 1-based student layers → same-depth teacher layers
     l1_weight: float = 1.0
     cos_weight: float = 1.0
@@ -58,7 +61,8 @@ class EncoderDistillOptions:
 
     @property
     def policy(self) -> ContextPolicy:
-        return ContextPolicy(self.serve_pad_s, self.serve_bucket_s)
+        """What serving must honour: the trained margin (and, if set, a shorter longest window)."""
+        return ContextPolicy(self.serve_pad_s, self.serve_bucket_s, self.serve_max_window_s)
 
 
 @dataclass
