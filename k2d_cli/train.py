@@ -92,16 +92,22 @@ def register(app: typer.Typer, guarded, say) -> None:
         audio_column: Annotated[str, typer.Option(help="Dataset audio column")] = "audio",
         device: str = "cpu",
         compute_type: str = "int8",
+        cpu_threads: Annotated[int, typer.Option(help="CTranslate2 threads per process (0: its default, which "
+                                                      "follows OMP_NUM_THREADS)")] = 0,
         store: StoreOption = None,
     ) -> None:
-        """The teacher transcribes long-form audio into ≤ 30 s chunks with timestamp labels."""
+        """The teacher transcribes long-form audio into ≤ 30 s chunks with timestamp labels.
+
+        Several processes: ``accelerate launch --multi_gpu --num_processes N -m k2d_cli pseudo-label ...``
+        (on GPUs or CPUs; docs/scaling.md); file i goes to process i % N, the main process merges."""
         from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
 
         options = PseudoLabelOptions(language=language, beam_size=beam_size, batch_size=batch_size, nbest=nbest,
                                      device=device, compute_type=compute_type, dataset_split=split,
-                                     audio_column=audio_column)
+                                     audio_column=audio_column, cpu_threads=cpu_threads)
         result = guarded(lambda: pseudo_label(teacher, source, out, options, store or default_store()))
-        say(json.dumps(result))
+        if "process" not in result:  # the main process (or the only one) reports; the others stay quiet
+            say(json.dumps(result))
 
     @app.command("validate")
     def validate_command(
@@ -112,14 +118,23 @@ def register(app: typer.Typer, guarded, say) -> None:
         alpha: float = 0.4,
         ngram_n: int = 3,
         ngram_count: int = 3,
+        beam_size: int = 1,
+        batch_size: int = 8,
+        device: str = "cpu",
+        compute_type: str = "int8",
         store: StoreOption = None,
     ) -> None:
-        """Re-transcribe every segment with the validator and keep those with δ ≤ α (dropped.md: the audit table)."""
+        """Re-transcribe every segment with the validator and keep those with δ ≤ α (dropped.md: the audit table).
+
+        Several processes: ``accelerate launch --multi_gpu --num_processes N -m k2d_cli validate ...``."""
+        from k2d_train.sharding import Processes
         from k2d_train.stages.s2_validate import ValidateOptions, summary_table, validate
 
-        options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count)
+        options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count,
+                                  beam_size=beam_size, batch_size=batch_size, device=device, compute_type=compute_type)
         stats = guarded(lambda: validate(validator, chunks, out, options, store or default_store()))
-        Console().print(summary_table(stats, alpha))
+        if Processes.current().is_main:
+            Console().print(summary_table(stats, alpha))
 
     @app.command("student")
     def student_command(

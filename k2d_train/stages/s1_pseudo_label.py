@@ -10,9 +10,10 @@ sequence-level KD (Mun'im et al., 2019).
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.chunking import Segment, merge_segments
 from k2d_train.decoding import generate_texts
-from k2d_train.store.loading import load_whisper
+from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here, merge_order, wait_for_files
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
 
@@ -57,11 +58,13 @@ def list_audio(source: Path) -> list[tuple[str, Path]]:
 class Teacher:
     """The teacher model behind the pseudo-labeller: long-form transcription and N-best."""
 
-    def __init__(self, model: str, options: PseudoLabelOptions, store: Path):
+    def __init__(self, model: str, options: PseudoLabelOptions, store: Path, processes: Processes | None = None):
+        """``processes``: under ``accelerate launch``, each process loads onto the GPU of its local rank."""
         from faster_whisper import BatchedInferencePipeline
 
         self.options = options
-        self.whisper = load_whisper(model, store, options.device, options.compute_type, options.cpu_threads)
+        self.whisper = load_whisper_here(model, store, options.device, options.compute_type, options.cpu_threads,
+                                         processes)
         self.pipeline = BatchedInferencePipeline(self.whisper)
         self.timestamp_begin = self.whisper.hf_tokenizer.token_to_id("<|notimestamps|>") + 1
 
@@ -134,26 +137,96 @@ def _sources(source: str | Path, out: Path, options: PseudoLabelOptions) -> Iter
 def pseudo_label(model: str, source: str | Path, out: Path, options: PseudoLabelOptions, store: Path) -> dict:
     """Label every file not labelled yet; merge all per-file results into ``out/chunks.jsonl``.
 
-    ``source``: a folder of audio files, a JSONL manifest, or a Hugging Face dataset (streamed)."""
+    ``source``: a folder of audio files, a JSONL manifest, or a Hugging Face dataset (streamed).
+    Under ``accelerate launch`` with N processes, file i of the sorted list is labelled by process
+    i % N and the main process merges every file's chunks in list order, so ``chunks.jsonl`` is
+    the one a single process writes (``k2d_train/sharding.py`` says why it is built this way)."""
+    processes = Processes.current()
+    if processes.distributed:
+        return _pseudo_label_sharded(model, source, out, options, store, processes)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    teacher: Teacher | None = None
     seen: list[str] = []
+    labelled_now, audio_s, _ = _label_files(model, enumerate(_sources(source, out, options)), parts, options, store,
+                                            seen)
+    chunks = _merge(parts, seen, out)
+    hours = sum(c["end"] - c["start"] for c in chunks) / 3600
+    return {"files": len(seen), "labelled_now": labelled_now, "chunks": len(chunks), "hours": hours}
+
+
+def _label_files(model: str, items: Iterable[tuple[int, tuple[str, Path]]], parts: Path, options: PseudoLabelOptions,
+                 store: Path, seen: list[str], processes: Processes | None = None) -> tuple[int, float, float]:
+    """Label each item whose part is missing (the teacher loads on the first one); return (files
+    labelled now, their audio seconds, labelling seconds). ``seen`` collects every id, done or not."""
+    processes = processes or Processes()
+    teacher: Teacher | None = None
     labelled_now, audio_s, start = 0, 0.0, time.perf_counter()
-    with tqdm(desc="pseudo-label", unit="file") as progress:
-        for audio_id, path in _sources(source, out, options):
+    with tqdm(desc="pseudo-label" + processes.tag(), unit="file", position=processes.index) as progress:
+        for _, (audio_id, path) in items:
             seen.append(audio_id)
             progress.update(1)
             if (parts / f"{audio_id}.jsonl").exists():
                 continue
-            teacher = teacher or Teacher(model, options, store)
+            teacher = teacher or Teacher(model, options, store, processes)
             audio_s += _label_file(teacher, audio_id, path, parts)
             labelled_now += 1
             progress.set_postfix(rtfx=f"{audio_s / (time.perf_counter() - start):.1f}", new=labelled_now)
-    chunks = [row for audio_id in seen for row in _read_part(parts / f"{audio_id}.jsonl")]
+    return labelled_now, audio_s, time.perf_counter() - start
+
+
+def _merge(parts: Path, ids: list[str], out: Path) -> list[dict]:
+    chunks = [row for audio_id in ids for row in _read_part(parts / f"{audio_id}.jsonl")]
     write_manifest(out / "chunks.jsonl", chunks)
-    hours = sum(c["end"] - c["start"] for c in chunks) / 3600
-    return {"files": len(seen), "labelled_now": labelled_now, "chunks": len(chunks), "hours": hours}
+    return chunks
+
+
+def _listing(source: str | Path, out: Path, options: PseudoLabelOptions, processes: Processes) -> list[tuple[str, Path]]:
+    """The full ordered corpus, the same in every process. Files and manifests: each process lists
+    them itself (sorted). A dataset is streamed once, by the main process, which writes every
+    example's audio (I/O only) and the listing; the others wait for the listing."""
+    if not is_dataset(source):
+        return list(_sources(source, out, options))
+    listing = out / "shards" / "listing.json"
+    if processes.is_main:
+        items = [(audio_id, str(path)) for audio_id, path in _sources(source, out, options)]
+        tmp = listing.with_name(".listing.json.tmp")
+        tmp.write_text(json.dumps(items) + "\n")
+        tmp.replace(listing)
+    else:
+        wait_for_files([listing])
+    return [(audio_id, Path(path)) for audio_id, path in json.loads(listing.read_text())]
+
+
+def _pseudo_label_sharded(model: str, source: str | Path, out: Path, options: PseudoLabelOptions, store: Path,
+                          processes: Processes) -> dict:
+    """This process's shard, then (main process) the merge in single-process order."""
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    markers = ShardMarkers(out / "shards", processes)
+    if processes.is_main:
+        (out / "shards" / "listing.json").unlink(missing_ok=True)
+    markers.reset()
+    listing = _listing(source, out, options, processes)
+    ids = [audio_id for audio_id, _ in listing]
+    mine = processes.mine(listing)
+    seen: list[str] = []
+    labelled_now, audio_s, seconds = _label_files(model, mine, parts, options, store, seen, processes)
+    shard = {"index": processes.index, "count": processes.count, "fingerprint": fingerprint(ids),
+             "items": [[position, audio_id] for position, (audio_id, _) in mine], "labelled_now": labelled_now,
+             "audio_s": round(audio_s, 3), "seconds": round(seconds, 3),
+             "rtfx": round(audio_s / seconds, 2) if audio_s and seconds else None}
+    markers.write(shard)
+    shards = markers.wait_all()
+    result = {"process": processes.index, "processes": processes.count, "files": len(mine),
+              "labelled_now": labelled_now}
+    if processes.is_main:
+        chunks = _merge(parts, merge_order(shards, ids), out)
+        result = {"files": len(ids), "labelled_now": sum(s["labelled_now"] for s in shards), "chunks": len(chunks),
+                  "hours": sum(c["end"] - c["start"] for c in chunks) / 3600, "processes": processes.count,
+                  "shards": [{k: s[k] for k in ("index", "labelled_now", "audio_s", "seconds", "rtfx")} | {
+                      "files": len(s["items"])} for s in shards]}
+    processes.barrier()  # nobody returns before chunks.jsonl is complete
+    return result
 
 
 def hash_seed(seed: int, key: str) -> int:

@@ -26,9 +26,11 @@ from k2d_train.chunking import Chunk, Segment
 from k2d_train.decoding import generate_texts
 from k2d_train.encoder_states import ClipReader
 from k2d_train.phonemes import per
+from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here
 from k2d_train.store.loading import load_whisper
 
 RULES = ("none", "ngram", "mer", "per", "comp")
+TEACHER_ONLY = ("none", "ngram")  # rules that judge the teacher's text alone: no validator decoding
 
 
 @dataclass
@@ -42,11 +44,19 @@ class ValidateOptions:
     edge_s: float = 0.15  # margin around each segment for the validator
     device: str = "cpu"
     compute_type: str = "int8"
+    also_rules: tuple[str, ...] = ()  # rules to measure besides ``rule`` (ablations): they may need the validator
+
+    @property
+    def needs_validator(self) -> bool:
+        return bool({self.rule, *self.also_rules} - set(TEACHER_ONLY))
 
 
-def distances(teacher: str, validator: str, n: int = 3, count: int = 3) -> dict[str, float]:
-    """δ of every rule for one segment (teacher text is the reference)."""
+def distances(teacher: str, validator: str | None, n: int = 3, count: int = 3) -> dict[str, float]:
+    """δ of every rule for one segment (teacher text is the reference); without a validator transcript,
+    only the teacher-only rules."""
     h_teacher = float(repeated_ngram(teacher, n, count))
+    if validator is None:
+        return {"none": 0.0, "ngram": h_teacher}
     h_validator = float(repeated_ngram(validator, n, count))
     phoneme_distance = per(teacher, validator)
     return {
@@ -65,34 +75,72 @@ def _segments(row: dict) -> list[dict]:
 
 def validate(validator: str, chunks: Path, out: Path, options: ValidateOptions, store: Path) -> dict[str, dict]:
     """Write ``validated.jsonl`` (every chunk, δ per segment), ``kept.jsonl`` (training chunks of the
-    chosen rule) and ``dropped.md``; return the share of audio each rule keeps."""
+    chosen rule) and ``dropped.md``; return the share of audio each rule keeps.
+
+    Under ``accelerate launch`` with N processes, batch b of the single-process schedule is decoded by
+    process b % N — whole batches, so every segment is decoded in the same company as by one process
+    and the outputs are the same — and the main process writes the files."""
     if options.rule not in RULES:
         raise ValueError(f"unknown rule {options.rule!r}; choose one of {', '.join(RULES)}")
+    processes = Processes.current()
+    markers = ShardMarkers(out / "shards", processes)
+    if processes.distributed:
+        markers.reset()
     rows = [{"audio": r.audio, **r.extra, "_path": r.path(chunks)} for r in read_manifest(chunks)]
-    whisper = load_whisper(validator, store, options.device, options.compute_type)
+    needs_validator = options.needs_validator
+    whisper = None
+    if needs_validator:
+        whisper = load_whisper_here(validator, store, options.device, options.compute_type, processes=processes) \
+            if processes.distributed else load_whisper(validator, store, options.device, options.compute_type)
     jobs = [(row, segment) for row in rows for segment in _segments(row)]
     # similar lengths share a batch (the budget follows the longest); file order is kept inside a length class
     jobs.sort(key=lambda job: int(job[1]["end"] - job[1]["start"]) // 3)
+    batches = [jobs[begin : begin + options.batch_size] for begin in range(0, len(jobs), options.batch_size)] \
+        if needs_validator else []
     reader = ClipReader()
-    for begin in tqdm(range(0, len(jobs), options.batch_size), desc=f"validate segments with {validator}", unit="batch"):
-        batch = jobs[begin : begin + options.batch_size]
+    texts: dict[int, list[str]] = {}
+    for number, batch in tqdm(processes.mine(batches), desc=f"validate segments with {validator}{processes.tag()}",
+                              unit="batch", position=processes.index):
         clips = [reader.clip(row["_path"], max(row["start"], seg["start"] - options.edge_s),
                              min(row["end"], seg["end"] + options.edge_s)) for row, seg in batch]
-        texts = generate_texts(whisper, clips, batch[0][0].get("language"), options.beam_size, len(batch))
-        for (_, segment), (text,) in zip(batch, texts, strict=True):
+        texts[number] = [text for (text,) in generate_texts(whisper, clips, batch[0][0].get("language"),
+                                                            options.beam_size, len(batch))]
+    if processes.distributed:
+        texts = _gather_texts(markers, texts, [f"{row['id']}@{seg['start']}" for row, seg in jobs], len(batches))
+    for number, batch in enumerate(batches):
+        for (_, segment), text in zip(batch, texts[number], strict=True):
             segment.update(validator_text=text, delta=distances(segment["text"], text, options.ngram_n,
                                                                 options.ngram_count))
-    out.mkdir(parents=True, exist_ok=True)
+    if not needs_validator:
+        for _, segment in jobs:
+            segment.update(delta=distances(segment["text"], None, options.ngram_n, options.ngram_count))
     validated = []
     for row in rows:
         row["segments"] = _segments(row)
         row.pop("_path")
         row["audio"] = os.path.relpath((chunks.parent / row["audio"]).resolve(), out.resolve())
         validated.append(row)
-    write_manifest(out / "validated.jsonl", validated)
-    write_manifest(out / "kept.jsonl", kept_chunks(validated, options.rule, options.alpha))
-    write_dropped(out / "dropped.md", validated, options.rule, options.alpha)
+    if processes.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_manifest(out / "validated.jsonl", validated)
+        write_manifest(out / "kept.jsonl", kept_chunks(validated, options.rule, options.alpha))
+        write_dropped(out / "dropped.md", validated, options.rule, options.alpha)
+    processes.barrier()  # nobody returns before the files are complete
     return summary(validated, options.alpha)
+
+
+def _gather_texts(markers: ShardMarkers, texts: dict[int, list[str]], job_keys: list[str], batches: int) -> dict[int, list[str]]:
+    """Every process's validator texts, by batch number; refuses shards of a different job list."""
+    markers.write({"index": markers.processes.index, "fingerprint": fingerprint(job_keys),
+                   "items": [[number, batch_texts] for number, batch_texts in sorted(texts.items())]})
+    merged: dict[int, list[str]] = {}
+    for shard in markers.wait_all():
+        if shard["fingerprint"] != fingerprint(job_keys):
+            raise RuntimeError(f"process {shard['index']} validated a different chunk list")
+        merged.update((number, batch_texts) for number, batch_texts in shard["items"])
+    if sorted(merged) != list(range(batches)):
+        raise RuntimeError(f"shards cover {len(merged)} batch(es) of {batches}")
+    return merged
 
 
 def kept_chunks(validated: list[dict], rule: str, alpha: float, edge_s: float = 0.2) -> list[dict]:
@@ -121,7 +169,7 @@ def summary(validated: list[dict], alpha: float) -> dict[str, dict]:
     segments = [s for row in validated for s in row["segments"]]
     total_s = sum(s["end"] - s["start"] for s in segments) or 1.0
     out = {}
-    for rule in RULES:
+    for rule in (r for r in RULES if all(r in s["delta"] for s in segments)):  # the rules that were measured
         kept = [s for s in segments if s["delta"][rule] <= alpha]
         seconds = sum(s["end"] - s["start"] for s in kept)
         out[rule] = {"segments": len(kept), "chunks": len(kept_chunks(validated, rule, alpha)), "hours": seconds / 3600,
@@ -147,7 +195,7 @@ def summary_table(stats: dict[str, dict], alpha: float) -> Table:
     table = Table("rule", "segments kept", "training chunks", "hours kept", "% of audio kept",
                   title=f"kept per rule (α = {alpha})")
     total = stats.get("total_segments", 0)
-    for rule in RULES:
+    for rule in (r for r in RULES if r in stats):
         row = stats[rule]
         table.add_row(rule, f"{row['segments']}/{total}", str(row["chunks"]), f"{row['hours']:.3f}", f"{row['percent']:.1f}")
     return table
