@@ -1,16 +1,25 @@
 """Batching across concurrent requests: one queue of windows per model, shared by every request.
 
-A dispatcher task takes the oldest window, waits at most ``max_wait_ms`` for more, and sends up
-to ``max_batch_size`` windows *with the same decoding options* to a worker thread as one
-``generate`` call; windows with other options wait for their own batch. Results go back to each
-window's future, so requests reassemble independently. An engine error fails only the windows of
-that batch. The queue is bounded: a full queue rejects new work (HTTP 429) instead of letting
+A dispatcher task takes the window of the request served longest ago, waits at most ``max_wait_ms``
+for more, and sends windows *with the same decoding options* to a worker thread as one ``generate``
+call, taking them round-robin across requests: a 10-minute upload gets one window per batch like
+everyone else, so short requests queued after it are not starved. Windows with other options wait for
+their own batch. Results go back to each window's future, so requests reassemble independently. An
+engine error fails only the windows of that batch.
+
+**Bounded work per call.** A ``generate`` call cannot be interrupted, so a batch is cut to what fits in
+``max_batch_s`` at the model's measured cost (:class:`CostModel`: engine seconds per window, weighted by
+beam width and encoder input length), never below one window and never above ``max_batch_size``. When
+a client leaves, its queued windows are dropped at once (their futures are cancelled, and cancelled
+windows never enter a batch), so what is left of an abandoned request is at most the one short call
+already running. The queue is bounded too: a full queue rejects new work (HTTP 429) instead of letting
 latency grow without limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.metrics import Metrics
+from app.settings import DEFAULT_MAX_BATCH_S
+from k2d.context import FULL_FRAMES
 from k2d.engine import DecodeOptions, WhisperEngine
+
+COST_WEIGHT = 0.5  # weight of the newest batch in the cost estimate
 
 
 class QueueFullError(RuntimeError):
@@ -41,17 +54,56 @@ class WindowJob:
     options: DecodeOptions
     future: asyncio.Future
     frames: int  # the model's context policy: windows of one bucket share a batch (same feature shape)
+    request: int = 0  # windows submitted together share this id (round-robin across requests)
     enqueued: float = field(default_factory=time.monotonic)
 
     def key(self) -> tuple:
         return (*self.options.key(), self.frames)
 
+    @property
+    def units(self) -> float:
+        """Relative engine cost: beam width × the share of a full 30 s encoder input the window gets."""
+        return max(1, self.options.beam_size) * self.frames / FULL_FRAMES
+
+    @property
+    def live(self) -> bool:
+        return not self.future.done()
+
+
+class CostModel:
+    """Engine seconds per cost unit (see :attr:`WindowJob.units`), weighted toward recent batches.
+
+    Measured on the batches actually run, so it includes what batching saves: on a GPU, where a batch
+    costs little more than one window, the per-unit cost falls as batches grow, and the batch limit
+    rises with it until a call takes about ``max_batch_s``."""
+
+    def __init__(self) -> None:
+        self.unit_s: float | None = None
+        self.units_per_window = 1.0
+
+    def observe(self, units: float, windows: int, seconds: float) -> None:
+        if units <= 0 or windows <= 0:
+            return
+        per_unit = seconds / units
+        if self.unit_s is None:
+            self.unit_s, self.units_per_window = per_unit, units / windows
+            return
+        self.unit_s += COST_WEIGHT * (per_unit - self.unit_s)
+        self.units_per_window += COST_WEIGHT * (units / windows - self.units_per_window)
+
+    @property
+    def seconds_per_window(self) -> float:
+        """Engine seconds of an average window of the traffic so far (0 while nothing has run)."""
+        return (self.unit_s or 0.0) * self.units_per_window
+
 
 class BatchScheduler:
     def __init__(self, name: str, engine: WhisperEngine, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int):
+                 max_queue: int, max_batch_s: float = DEFAULT_MAX_BATCH_S):
         self.name, self.engine, self.metrics = name, engine, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.max_batch_s = max_batch_s
+        self.cost = CostModel()
         self.pending: deque[WindowJob] = deque()
         self.background: deque[WindowJob] = deque()  # shadow work: runs only when no foreground window waits
         self._wakeup = asyncio.Event()
@@ -59,15 +111,46 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix=f"k2d-{name}")
         self._running: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
+        self._requests = itertools.count(1)
+        self._clock = itertools.count()
+        self._turn: dict[int, int] = {}  # request -> when it arrived or last got a window (smallest goes first)
+        self._swept = False
         self.accepting = True
 
     def start(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch(), name=f"dispatch-{self.name}")
 
     @property
+    def queued_windows(self) -> int:
+        """Windows waiting whose request still wants them (a cancelled window is not work)."""
+        return sum(1 for job in self.pending if job.live)
+
+    @property
     def queued_audio_s(self) -> float:
         """Seconds of audio waiting in the queue: what admission control weighs, not the window count."""
-        return sum(len(job.audio) for job in self.pending) / 16000
+        return sum(len(job.audio) for job in self.pending if job.live) / 16000
+
+    @property
+    def seconds_per_window(self) -> float:
+        """Measured engine seconds per window (0 until a batch has run)."""
+        return self.cost.seconds_per_window
+
+    def backlog_s(self, extra_windows: int = 0) -> float:
+        """Expected seconds until every queued window (and ``extra_windows`` average ones) has run."""
+        if self.cost.unit_s is None:
+            return 0.0
+        units = sum(job.units for job in self.pending if job.live) + extra_windows * self.cost.units_per_window
+        return units * self.cost.unit_s / self.engine.workers
+
+    def batch_limit(self, lead: WindowJob) -> int:
+        """Windows like ``lead`` that one call may take: what fits in ``max_batch_s`` at the measured cost;
+        one while the cost is unknown (that first call measures it)."""
+        if self.max_batch_s <= 0:
+            return self.max_batch
+        if self.cost.unit_s is None:
+            return 1
+        fits = int(self.max_batch_s / max(self.cost.unit_s * lead.units, 1e-9))
+        return max(1, min(self.max_batch, fits))
 
     @property
     def alive(self) -> bool:
@@ -82,14 +165,44 @@ class BatchScheduler:
         if not self.accepting:
             raise ShuttingDownError("the service is shutting down")
         lane = self.background if background else self.pending
-        if len(lane) + len(windows) > self.max_queue:
-            raise QueueFullError(f"model {self.name!r} has {len(lane)} windows queued (limit {self.max_queue})")
+        queued = sum(1 for job in lane if job.live)
+        if queued + len(windows) > self.max_queue:
+            raise QueueFullError(f"model {self.name!r} has {queued} windows queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w)) for w in windows]
+        request = next(self._requests)
+        self._turn[request] = next(self._clock)
+        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w), request) for w in windows]
+        for job in jobs:
+            job.future.add_done_callback(self._on_done)
         lane.extend(jobs)
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
         self._wakeup.set()
         return [job.future for job in jobs]
+
+    def _on_done(self, future: asyncio.Future) -> None:
+        """A cancelled window leaves the queue at once: the first cancellation of a loop turn sweeps every
+        window cancelled so far (a whole abandoned request in one pass), later ones in the turn skip."""
+        if future.cancelled() and not self._swept:
+            self._swept = True
+            self._purge()
+            asyncio.get_running_loop().call_soon(self._end_sweep)
+
+    def _end_sweep(self) -> None:
+        self._swept = False
+
+    def _purge(self) -> None:
+        for lane in (self.pending, self.background):
+            if any(not job.live for job in lane):
+                kept = [job for job in lane if job.live]
+                lane.clear()
+                lane.extend(kept)
+        self._forget_idle_requests()
+        self.metrics.queue_depth.labels(self.name).set(len(self.pending))
+
+    def _forget_idle_requests(self) -> None:
+        waiting = {job.request for lane in (self.pending, self.background) for job in lane}
+        for request in [r for r in self._turn if r not in waiting]:
+            del self._turn[request]
 
     async def _dispatch(self) -> None:
         while True:
@@ -102,14 +215,15 @@ class BatchScheduler:
                 await self._wakeup.wait()
                 continue
             deadline = self.pending[0].enqueued + self.max_wait
-            while len(self.pending) < self.max_batch and (delay := deadline - time.monotonic()) > 0:
+            while (self.pending and len(self.pending) < self.batch_limit(self.pending[0])
+                   and (delay := deadline - time.monotonic()) > 0):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), delay)
                 except TimeoutError:
                     break
             await self._slots.acquire()
-            self._launch(self._take_batch(self.pending))
+            self._launch(self._take_batch(self.pending))  # formed now: windows cancelled while waiting stay out
 
     def _launch(self, batch: list[WindowJob]) -> None:
         task = asyncio.create_task(self._run(batch))
@@ -117,19 +231,33 @@ class BatchScheduler:
         task.add_done_callback(self._running.discard)
 
     def _take_batch(self, lane: deque[WindowJob]) -> list[WindowJob]:
-        """The oldest window's options and bucket decide; compatible windows join in arrival order."""
-        while lane and lane[0].future.cancelled():
-            lane.popleft()
-        if not lane:
+        """The request served longest ago leads: its oldest window's options and bucket decide the batch.
+        Compatible windows join one per request in turn (in the same order), up to :meth:`batch_limit`;
+        every request that got a window goes to the back of the line."""
+        live = [job for job in lane if job.live]
+        if not live:
+            lane.clear()
+            self._forget_idle_requests()
             return []
-        key = lane[0].key()
-        batch, rest = [], deque()
-        while lane:
-            job = lane.popleft()
-            if job.future.cancelled():
-                continue
-            (batch if job.key() == key and len(batch) < self.max_batch else rest).append(job)
-        lane.extend(rest)
+        lead = min(live, key=lambda job: self._turn.get(job.request, -1))
+        key, limit = lead.key(), self.batch_limit(lead)
+        by_request: dict[int, deque[WindowJob]] = {}
+        for job in live:
+            if job.key() == key:
+                by_request.setdefault(job.request, deque()).append(job)
+        turns = deque(sorted(by_request, key=lambda request: self._turn.get(request, -1)))
+        batch: list[WindowJob] = []
+        while turns and len(batch) < limit:
+            request = turns.popleft()
+            batch.append(by_request[request].popleft())
+            if by_request[request]:
+                turns.append(request)
+        for request in dict.fromkeys(job.request for job in batch):
+            self._turn[request] = next(self._clock)
+        taken = {id(job) for job in batch}
+        lane.clear()
+        lane.extend(job for job in live if id(job) not in taken)
+        self._forget_idle_requests()
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
         return batch
 
@@ -152,6 +280,7 @@ class BatchScheduler:
                         job.future.set_exception(EngineError(f"inference failed: {err}"))
                 return
             elapsed = time.monotonic() - started
+            self.cost.observe(sum(j.units for j in batch), len(batch), elapsed)
             audio_s = sum(len(j.audio) for j in batch) / 16000
             self.metrics.record_batch(self.name, len(batch), audio_s, elapsed, sum(r.tokens for r in results))
             for result in results:
@@ -173,4 +302,3 @@ class BatchScheduler:
         if self._dispatcher:
             self._dispatcher.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-

@@ -33,6 +33,7 @@ from app.metrics import Metrics
 log = logging.getLogger("k2d")
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 DEADLINE_KEY, MODEL_KEY = "k2d_deadline", "k2d_model"
+CLOSE = {"Connection": "close"}  # the connection ends with this answer (draining, or an upload that stalled)
 CLIENT_CLOSED = 499  # nginx's convention: the client closed the connection before the response was complete
 
 
@@ -114,7 +115,7 @@ class _Exchange:
     async def refuse(self, status: int, message: str, kind: str) -> None:
         """Answer for the route (it may still be running) and drop whatever it sends later."""
         self.status, self.refused, self.complete = status, True, True
-        await _send_error(self._send, status, message, kind)
+        await send_error(self._send, status, message, kind, CLOSE)
 
     async def _watch(self) -> None:
         """Wait for the client to leave; if it leaves before the answer is complete, cancel the route."""
@@ -135,11 +136,13 @@ class _Exchange:
         return self.status or 500
 
 
-async def _send_error(send, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
-    raw = [(b"content-type", b"application/json"), (b"connection", b"close")]
+async def send_error(send, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+    """A complete JSON error answer (the common error shape, Content-Length framed) from ASGI middleware."""
+    body = json.dumps(error_body(status, message, kind)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": json.dumps(error_body(status, message, kind)).encode()})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGuard:
@@ -155,7 +158,7 @@ class RequestGuard:
         state = scope.setdefault("state", {})
         state[DEADLINE_KEY] = started + self.timeout_s
         if self.lifecycle.draining:
-            await _send_error(send, 503, "the service is shutting down", "shutting_down", {"Retry-After": "1"})
+            await send_error(send, 503, "the service is shutting down", "shutting_down", {"Retry-After": "1", **CLOSE})
             return self._record(state, 503, started)
         exchange = _Exchange(receive, send, started, state[DEADLINE_KEY])
         self.lifecycle.in_flight += 1

@@ -83,7 +83,8 @@ class ModelManager:
                 self._policy(entry),
             )
             scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
-                                       self.settings.max_wait_ms, self.settings.max_queue_windows)
+                                       self.settings.max_wait_ms, self.settings.max_queue_windows,
+                                       self.settings.max_batch_s)
             language = entry.extra.get("default_language") or (None if entry.multilingual else "en")
             self.models[name] = ServedModel(entry, scheduler, language)
         self.metrics.pairs = [

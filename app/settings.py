@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from k2d.guard import LOOP_REASONS
 
+DEFAULT_MAX_BATCH_S = 2.0  # engine seconds per generate() call (app.batching bounds each call's work with it)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="K2D_", env_file=".env", extra="ignore")
@@ -33,6 +35,10 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(8, ge=1, description="Windows per generate() call, across requests")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits for more windows after the first")
+    max_batch_s: float = Field(DEFAULT_MAX_BATCH_S, ge=0, description="Engine seconds one generate() call may take "
+                               "at the model's measured cost per window (beam and context included): batches are cut "
+                               "to fit, never below one window, so an abandoned request's call in flight ends soon; "
+                               "0 = max_batch_size alone")
     max_queue_windows: int = Field(256, ge=1, description="Per-model queue bound; beyond it requests get 429")
     max_queue_audio_s: float = Field(1200.0, gt=0, description="Per-model queue bound in audio seconds (admission: 429 "
                                      "before decoding); sized to drain well within the request timeout")

@@ -18,6 +18,7 @@ from k2d.audio import (
     AudioTooLongError,
     DecodeCancelledError,
     InvalidSamplesError,
+    _check_declared,
     declared_seconds,
     decode_audio,
 )
@@ -36,15 +37,14 @@ def probe(file: BinaryIO, max_seconds: float) -> float | None:
         with av.open(file, mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
                 raise AudioDecodeError("cannot decode audio: the file has no audio stream")
+            _check_declared(container, max_seconds)  # the decoder's own rule: 413 on the header's claim alone
             declared = declared_seconds(container)
     except (av.error.FFmpegError, ValueError, IndexError) as err:
-        if isinstance(err, AudioDecodeError):
+        if isinstance(err, AudioDecodeError | AudioTooLongError):
             raise
         raise AudioDecodeError(f"cannot decode audio: {err}") from err
     finally:
         file.seek(0)
-    if declared is not None and declared > max_seconds + 1:
-        raise AudioTooLongError(f"audio is {declared:.0f} s; the limit is {max_seconds:.0f} s")
     return declared
 
 

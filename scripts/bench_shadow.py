@@ -42,6 +42,19 @@ def shadow_stats(url: str) -> dict:
     return {"windows": int(count), "mean_mer": round(total / count, 3) if count else None}
 
 
+def settled_shadow_stats(url: str, fraction: float, patience_s: float = 120.0) -> dict:
+    """The shadow lane runs only while no foreground window waits, so under steady load it catches up
+    after the sweep: wait until its count stops growing (or ``patience_s``) before reading it."""
+    stats, deadline = shadow_stats(url), time.monotonic() + patience_s
+    while fraction and time.monotonic() < deadline:
+        time.sleep(3.0)
+        latest = shadow_stats(url)
+        if latest["windows"] == stats["windows"] and latest["windows"] > 0:
+            break
+        stats = latest
+    return stats
+
+
 def phase(model: str, manifest: Path, fraction: float, concurrency: int, requests: int, language: str | None) -> dict:
     settings = Settings(port=free_port(), shadow_fraction=fraction)
     clips = load_clips(manifest)
@@ -49,8 +62,7 @@ def phase(model: str, manifest: Path, fraction: float, concurrency: int, request
         started = time.perf_counter()
         sweep = asyncio.run(run_sweep(url, [model], clips, [concurrency], requests, 1, 2, language, 300.0, 1800.0))
         wall = time.perf_counter() - started
-        time.sleep(2.0)  # let in-flight shadow work finish before reading the histogram
-        shadow = shadow_stats(url)
+        shadow = settled_shadow_stats(url, fraction)
     latencies = [s.latency_s * 1000 for s in sweep["samples"] if s.status == 200]
     errors = sum(1 for s in sweep["samples"] if s.status != 200)
     return {"fraction": fraction, "latencies_ms": latencies, "errors": errors, "wall_s": round(wall, 1), **shadow}
