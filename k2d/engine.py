@@ -114,7 +114,7 @@ def _words_within(words: list[dict], text: str) -> list[dict]:
     kept, said = [], ""
     for word in words:
         said += word["word"]
-        if not text.startswith(said.strip()) and not text.strip().startswith(said.strip()):
+        if not text.strip().startswith(said.strip()):
             break
         kept.append(word)
     return kept
@@ -200,8 +200,8 @@ class WhisperEngine:
     def _fall_back(self, features: np.ndarray, window: np.ndarray, language: str, options: DecodeOptions,
                    first: WindowResult) -> WindowResult:
         """Whisper's temperature fallback for one flagged window: sample at rising temperatures until
-        the guard passes (else keep the most confident attempt that does not loop). One window at a time from a fixed
-        seed, so the outcome does not depend on which requests shared its batch."""
+        the guard passes (else keep the most confident attempt that does not loop). One window at a time
+        from a fixed seed, so the outcome does not depend on which requests shared its batch."""
         import ctranslate2
 
         best = first
