@@ -37,7 +37,7 @@ class Cascade:
         self.student, self.teacher = student, teacher
         self.student_queue, self.teacher_queue, self.metrics = student_queue, teacher_queue, metrics
         self.fallback, self.shadow_fraction, self.harvest = fallback, shadow_fraction, harvest
-        self._random = random.Random(0)
+        self._random = random.Random()  # unseeded: every start (and replica) samples different windows
         self._shadows: set[asyncio.Task] = set()
 
     def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
