@@ -29,6 +29,11 @@ class ServedModel:
     default_language: str | None
     cascade: Cascade | None = None  # a student served beside its teacher
 
+    @property
+    def max_window_s(self) -> float:
+        """The longest window this model is served (its context policy): uploads are cut to it."""
+        return self.scheduler.engine.policy.max_window_s
+
     def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
                fallback: bool | None = None) -> list[asyncio.Future]:
         """Queue one request's windows; each future resolves to ``(WindowResult, queue_s, inference_s)``

@@ -97,7 +97,7 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
         try:
             prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
                                                    settings.vad_min_silence_ms, stop=threading.Event(),
-                                                   max_window_s=served.scheduler.engine.policy.max_window_s)
+                                                   max_window_s=served.max_window_s)
             job = submit(served, name, prepared, request, arrived)
         finally:
             reservation.release()  # queued now (or failed): the scheduler's queue accounts for it from here

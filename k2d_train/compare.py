@@ -119,7 +119,7 @@ def markdown(rows: list[dict], command: str) -> str:
         if "set" not in r:
             continue
         lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r['mer']:.3f} | {r['cer_zh']:.3f} | "
-                     f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r.get('trimmed', 0)} | {r['fallbacks']} | "
+                     f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r['trimmed']} | {r['fallbacks']} | "
                      f"{r['encoder_ms_mean']:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
                      f"{r['speedup_mean']:.2f}× / {r['speedup_p50']:.2f}× |")
     rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)

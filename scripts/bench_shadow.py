@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from app.settings import Settings  # noqa: E402
 from loadtest.__main__ import hardware  # noqa: E402
 from loadtest.report import percentile  # noqa: E402
-from loadtest.runner import load_clips, run_sweep  # noqa: E402
+from loadtest.runner import Clip, load_clips, run_sweep  # noqa: E402
 from tests.conftest import free_port, running_server  # noqa: E402
 
 
@@ -55,9 +55,8 @@ def settled_shadow_stats(url: str, fraction: float, patience_s: float = 120.0) -
     return stats
 
 
-def phase(model: str, manifest: Path, fraction: float, concurrency: int, requests: int, language: str | None) -> dict:
+def phase(model: str, clips: list[Clip], fraction: float, concurrency: int, requests: int, language: str | None) -> dict:
     settings = Settings(port=free_port(), shadow_fraction=fraction)
-    clips = load_clips(manifest)
     with running_server(settings) as (url, _):
         started = time.perf_counter()
         sweep = asyncio.run(run_sweep(url, [model], clips, [concurrency], requests, 1, 2, language, 300.0, 1800.0))
@@ -78,7 +77,8 @@ def main() -> None:
     parser.add_argument("--language", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-shadow")
     args = parser.parse_args()
-    phases = [phase(args.model, args.manifest, f, args.concurrency, args.requests, args.language)
+    clips = load_clips(args.manifest)  # read once, shared by the four phases
+    phases = [phase(args.model, clips, f, args.concurrency, args.requests, args.language)
               for f in (0.0, args.fraction, args.fraction, 0.0)]  # ABBA
     rows = []
     for fraction in (0.0, args.fraction):
