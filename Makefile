@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 K2D := $(VENV)/bin/k2d
 export K2D_MODELS_DIR ?= $(CURDIR)/models
 
-.PHONY: setup models demo test lint clips bench-serving loadtest soak
+.PHONY: setup models demo test lint clips bench-serving loadtest soak images
 
 setup:
 	@scripts/setup.sh dev
@@ -28,6 +28,12 @@ loadtest: setup
 # Reliability: 64 concurrent clients for 30 s against a server it starts on 127.0.0.1; fails on any 5xx.
 soak: models
 	@$(PY) scripts/soak.py --concurrency 64 --duration 30 --out runs/soak.json
+
+# Images, for real (a check with podman, minutes; not part of `make test`): build the CPU serving and training
+# images, serve the store `make demo` wrote, the image healthcheck, Prometheus answering every dashboard query,
+# and the compose `train` command on configs/tiny.yaml. Report: runs/images/report.md.
+images: setup
+	@$(PY) scripts/verify_images.py --out runs/images
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -17,7 +17,7 @@ from app.guarded import Cascade, Harvest
 from app.metrics import Metrics
 from app.settings import Settings
 from k2d.context import ContextPolicy
-from k2d.engine import DecodeOptions, WhisperEngine
+from k2d.engine import DecodeOptions, WhisperEngine, cuda_available
 from k2d.guard import GuardOptions
 from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
 
@@ -42,12 +42,6 @@ class ServedModel:
         if self.cascade is not None:
             return self.cascade.submit(audios, language, options, fallback)
         return self.scheduler.submit(audios, language, options)
-
-
-def cuda_available() -> bool:
-    import ctranslate2
-
-    return ctranslate2.get_cuda_device_count() > 0
 
 
 def choose_models(registry: Registry, settings: Settings) -> list[str]:

@@ -104,6 +104,13 @@ class WindowResult:
         return self
 
 
+def cuda_available() -> bool:
+    """Whether CTranslate2 sees a GPU: what ``auto`` resolves to, for the server and the training stages."""
+    import ctranslate2
+
+    return ctranslate2.get_cuda_device_count() > 0
+
+
 def _rank(result: WindowResult) -> tuple[bool, float]:
     """Among flagged attempts a loop never wins: a loop is confident (high log-probability) and wrong."""
     return result.flag not in LOOP_REASONS, result.avg_logprob

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from k2d.atomic import atomic_writer
 
 
 class ManifestError(ValueError):
@@ -52,13 +52,10 @@ def read_manifest(path: Path) -> Iterator[ManifestRow]:
 
 def write_manifest(path: Path, rows: Iterable[ManifestRow | dict]) -> int:
     """Write atomically (temp file + rename): a crash never leaves a half manifest."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     count = 0
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for row in rows:
             payload = row.to_json() if isinstance(row, ManifestRow) else row
             fh.write(json.dumps(payload, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from k2d.atomic import atomic_write_text
 
 Format = Literal["ctranslate2", "transformers"]
 Role = Literal["teacher", "validator", "student"]
@@ -92,20 +93,16 @@ class Registry:
 
     def add(self, entry: ModelEntry) -> None:
         self._entries[entry.name] = entry
-        self._save()
+        self.save()
 
     def remove(self, name: str) -> None:
         self._entries.pop(name, None)
-        self._save()
+        self.save()
 
-    def _save(self) -> None:
-        self.store.mkdir(parents=True, exist_ok=True)
+    def save(self) -> None:
+        """Rewrite the file atomically, readable by the serving user (also repairs an older 0600 file)."""
         payload = {"models": [asdict(e) for e in self.entries()]}
-        fd, tmp = tempfile.mkstemp(dir=self.store, prefix=".registry.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, self.file)
+        atomic_write_text(self.file, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 def resolve_model(name_or_path: str, store: Path | None = None) -> tuple[Path, ModelEntry | None]:

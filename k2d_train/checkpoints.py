@@ -8,10 +8,10 @@ is replaced atomically. A crash mid-save therefore leaves the previous checkpoin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from k2d.atomic import atomic_write_text
 from k2d_train.store.publish import partial_dir
 
 
@@ -38,9 +38,7 @@ class CheckpointStore:
             (staging / "k2d_state.json").write_text(json.dumps({"step": step}))
             shutil.rmtree(final, ignore_errors=True)
             staging.replace(final)
-            tmp = self.folder / ".latest.tmp"
-            tmp.write_text(final.name)
-            os.replace(tmp, self.folder / "latest")
+            atomic_write_text(self.folder / "latest", final.name)
             self._prune()
         accelerator.wait_for_everyone()
         return final

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from k2d.atomic import atomic_write_text
 from k2d.registry import Registry
 from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions
 from k2d_train.stages.s2_validate import ValidateOptions
@@ -69,6 +69,24 @@ class RunConfig:
     def decoder_layers(self) -> int:
         return self.student.decoder_layers
 
+    def packaged_models(self) -> list[str]:
+        """The teacher and validator, where the package index ships them (`k2d models fetch` names)."""
+        from k2d_train.store.catalog import CATALOG
+
+        return sorted({self.teacher, self.validator} & set(CATALOG))
+
+    def use_device(self, device: str) -> None:
+        """Run the CTranslate2 stages (pseudo-label, validate, evaluate) on ``cpu``, ``cuda`` or ``auto``
+        (a GPU when CTranslate2 sees one); distillation already takes a GPU when torch sees one."""
+        if device == "auto":
+            from k2d.engine import cuda_available
+
+            device = "cuda" if cuda_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+        for options in (self.pseudo_label, self.validate, self.evaluate):
+            options.device = device
+
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -116,9 +134,7 @@ class Stages:
         # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
         result = {**result, "stage_seconds": round(time.perf_counter() - started, 1)}
         self.say(f"[stage {number}] {name}: {result['stage_seconds']:.0f} s")
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str))
-        os.replace(tmp, marker)
+        atomic_write_text(marker, json.dumps(result, indent=2, ensure_ascii=False, default=str))
         return result
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from k2d.atomic import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -118,11 +120,7 @@ class ShardMarkers:
 
     def write(self, payload: dict) -> None:
         """Atomically, so a reader never sees half a marker."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.path(self.processes.index)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(payload) + "\n")
-        tmp.replace(target)
+        atomic_write_text(self.path(self.processes.index), json.dumps(payload) + "\n")
 
     def wait_all(self, poll_s: float = 1.0, timeout_s: float | None = None) -> list[dict]:
         """Every shard's marker, in process order, once all exist; then the barrier (reached within seconds)."""

@@ -43,7 +43,11 @@ fi
 
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 if [ "$EXTRAS" != serve ] && ! command -v nvidia-smi >/dev/null 2>&1; then
-  "${PIP[@]}" "torch==2.13.0"   # the CPU build; see DEVELOPERS.md
+  # Pinned first so nothing later resolves a newer torch. Where a local CPU wheel is on pip's path
+  # (find-links) pip takes it; K2D_TORCH_INDEX_URL picks another wheel index (e.g. PyTorch's CPU-only
+  # one for a slim CPU image); otherwise the package index's default build (CUDA on Linux x86_64),
+  # which is what the GPU training image wants (no nvidia-smi exists while an image builds).
+  "${PIP[@]}" "torch==2.13.0" ${K2D_TORCH_INDEX_URL:+--index-url "$K2D_TORCH_INDEX_URL"}
 fi
 "${PIP[@]}" -e ".[$EXTRAS]"
 touch "$STAMP"

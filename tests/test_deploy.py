@@ -12,6 +12,7 @@ import httpx
 import yaml
 
 from app.settings import Settings
+from k2d_train.pipeline import RunConfig
 from tests.conftest import DATA, REPO, free_port, running_server
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -23,7 +24,7 @@ def test_compose_services_ports_volumes_healthchecks_and_profiles():
     asr = services["asr"]
     assert "profiles" not in asr  # plain `docker compose up` starts it
     assert asr["ports"] == ["8000:8000"] and asr["environment"]["K2D_PORT"] == "8000"
-    assert "./models:/models:ro" in asr["volumes"] and asr["environment"]["K2D_MODELS_DIR"] == "/models"
+    assert asr["volumes"] == ["${K2D_MODELS:-k2d-models}:/models:ro"] and asr["environment"]["K2D_MODELS_DIR"] == "/models"
     device = asr["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert "8000" in " ".join(asr["healthcheck"]["test"])
@@ -34,6 +35,26 @@ def test_compose_services_ports_volumes_healthchecks_and_profiles():
     assert services["proxy"]["profiles"] == ["scale"]
     for name in ("prometheus", "grafana"):
         assert "healthcheck" in services[name] and "profiles" not in services[name]
+
+
+def test_plain_compose_up_trains_the_student_once_then_serves_it():
+    """`docker compose up` on a fresh box: the one-shot training service fills the store the service reads,
+    and the service starts only after it succeeded; the cpu profile has the same pair."""
+    services = COMPOSE["services"]
+    for trainer, server in (("train", "asr"), ("train-cpu", "asr-cpu")):
+        train, asr = services[trainer], services[server]
+        assert asr["depends_on"] == {trainer: {"condition": "service_completed_successfully"}}
+        assert train["build"]["target"] == "train" and train["command"][:2] == ["bootstrap", "configs/demo.yaml"]
+        assert train["volumes"][0] == asr["volumes"][0].removesuffix(":ro")  # same store, written then read
+        assert train.get("profiles") == asr.get("profiles") and train["restart"] == "no"
+    assert "k2d-models" in COMPOSE["volumes"] and "k2d-runs" in COMPOSE["volumes"]
+    assert services["train"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert services["train-cpu"]["command"][-2:] == ["--device", "cpu"]
+    assert RunConfig.load(REPO / "configs/demo.yaml").packaged_models() == ["whisper-base"]  # what bootstrap fetches
+    train_stage = DOCKERFILE.split("AS train")[1].split("FROM ")[0]
+    assert "scripts/setup.sh train" in train_stage and re.search(r"^USER k2d$", train_stage, re.M)
+    assert 'ENTRYPOINT ["k2d"]' in train_stage and "chown k2d:k2d /models /app/runs" in train_stage
+    assert DOCKERFILE.rstrip().endswith('CMD ["k2d", "serve"]')  # the default target is still the serving image
 
 
 def test_prometheus_scrapes_the_service_and_grafana_reads_prometheus():

@@ -31,9 +31,28 @@ from tests.conftest import MANIFEST, REPO, free_port, running_server
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
+def image_text(dockerfile: str) -> str:
+    """The default target's stages only (the last stage, its parents and the stages it copies from):
+    the Dockerfile's training stage is a different image from the same file."""
+    stages: dict[str, str] = {}
+    for block in re.split(r"(?m)^(?=FROM )", (REPO / dockerfile).read_text()):
+        name = re.match(r"FROM \S+(?: AS (\S+))?", block)
+        if name:
+            stages[name.group(1) or f"#{len(stages)}"] = block
+    wanted, todo = [], [list(stages)[-1]]
+    while todo:
+        stage = todo.pop()
+        if stage in stages and stage not in wanted:
+            wanted.append(stage)
+            block = stages[stage]
+            todo += re.findall(r"^FROM (\S+)", block, re.M) + re.findall(r"--from=(\S+)", block)
+    return "\n".join(stages[stage] for stage in wanted)
+
+
 def image_requirements(dockerfile: str) -> list[str]:
-    """What a Dockerfile installs: ``scripts/setup.sh EXTRAS`` (k2d[EXTRAS]) or ``pip install . -r FILE``."""
-    text = (REPO / dockerfile).read_text()
+    """What a Dockerfile's default image installs: ``scripts/setup.sh EXTRAS`` (k2d[EXTRAS]) or
+    ``pip install . -r FILE``."""
+    text = image_text(dockerfile)
     wanted = [f"k2d[{extras}]" for extras in re.findall(r"scripts/setup\.sh (\w+)", text)]
     for line in re.findall(r"pip install [^\n]*", text):
         words = line.split()

@@ -10,24 +10,10 @@ from typer.testing import CliRunner
 from k2d.context import ContextPolicy
 from k2d.registry import ModelEntry, Registry
 from k2d_cli.main import app
+from tests.conftest import REPO
 
-CONFIG = """
-name: tiny-student
-run_dir: run
-teacher: whisper-base
-validator: whisper-base
-corpus:
-  synth: {seed: 3, lectures: 1, lecture_minutes: 0.6, test_utterances: 3, dev_utterances: 2, ood_test_utterances: 3,
-          ood_dev_utterances: 2}
-pseudo_label: {language: zh, beam_size: 2, nbest: 2}
-validate: {rule: none, alpha: 0.4}
-student: {decoder_layers: 2}
-distill_encoder: {max_steps: 2, batch_size: 2, save_every: 2}
-distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 2, dev_limit: 2, use_nbest: true}
-export: {quantization: int8}
-evaluate: {beam_size: 1, language: zh}
-ablation_rules: [comp]
-"""
+# the shipped smoke-test config, its run folder beside the test's config, plus one ablation
+CONFIG = (REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run") + "ablation_rules: [comp]\n"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +54,9 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
 
     again = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
     assert again.exit_code == 0 and again.output.count("done before, reusing") == 9, again.output
+    # docker compose's one-shot `train` command: the student is there, so it neither fetches nor trains
+    boot = runner.invoke(app, ["bootstrap", str(config), "--store", str(store.store), "--device", "cpu"])
+    assert boot.exit_code == 0 and "nothing to train" in boot.output and "[stage" not in boot.output, boot.output
 
 
 def test_a_config_with_a_typo_is_refused(store, tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 
 import pytest
 from typer.testing import CliRunner
 
-from k2d.manifest import read_manifest
-from k2d.registry import Registry
+from k2d.atomic import atomic_writer
+from k2d.manifest import read_manifest, write_manifest
+from k2d.registry import ModelEntry, Registry
 from k2d_cli.main import app
 from tests.conftest import MANIFEST
 
@@ -131,3 +133,27 @@ def test_evaluate_rejects_a_bad_manifest(registry, tmp_path, bad):
     result = k2d("evaluate", "--model", "whisper-tiny.en", "--manifest", str(manifest), "--out", str(tmp_path / "o"),
                  "--store", str(registry.store))
     assert result.exit_code == 1 and "m.jsonl:1" in result.output
+
+
+def test_the_store_is_readable_by_the_serving_images_user(registry):
+    """`make models` / `make demo` may write the store as root; the serving container reads it as uid 10001
+    (docker-compose.yml), so every file must be world-readable and every folder world-searchable. A
+    registry written 0600 stopped the container at start; fetch also repairs a store an older k2d wrote."""
+    assert k2d("models", "fetch", "--store", str(registry.store)).exit_code == 0
+    paths = [registry.store, *(p for p in registry.store.rglob("*") if ".cache" not in p.parts)]
+    private = [f"{stat.S_IMODE(p.stat().st_mode):o} {p}" for p in paths
+               if p.stat().st_mode & (0o005 if p.is_dir() else 0o004) != (0o005 if p.is_dir() else 0o004)]
+    assert registry.file in paths and not private, private
+
+
+def test_atomic_writes_are_shareable_and_all_or_nothing(tmp_path):
+    registry = Registry(tmp_path / "store")
+    registry.add(ModelEntry(name="m", format="ctranslate2", path="m"))
+    manifest = tmp_path / "rows.jsonl"
+    write_manifest(manifest, [{"audio": "a.wav", "text": "x"}])
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (registry.file, manifest)} == {0o644}
+    with pytest.raises(RuntimeError), atomic_writer(manifest) as fh:
+        fh.write("half a row")
+        raise RuntimeError("crash mid-write")
+    assert [row.audio for row in read_manifest(manifest)] == ["a.wav"]  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl", "store"]  # no temporary left behind

@@ -102,6 +102,7 @@ def fetch(registry: Registry, names: list[str] | None = None, say: Say = _quiet)
             built.append(hf_name(name))
         if name not in built:
             say(f"{name}: already present in both forms, nothing to do")
+    registry.save()  # a store an older k2d wrote kept its registry private (0600); the server's user reads it
     return built
 
 
