@@ -9,6 +9,7 @@ student's short-context states (inputs of the student's decoder).
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -82,7 +83,8 @@ class EncoderStates:
         arrays = {name: value.float().cpu().numpy().astype(np.float16) for name, value in arrays.items()}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.{id(self)}.tmp.npz")
+            # unique per process: launched processes start alike, so id(self) alone can coincide
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(self)}.tmp.npz")
             np.savez(tmp, **arrays)
             tmp.replace(path)
         return {name: torch.from_numpy(value.astype(np.float32)) for name, value in arrays.items()}
@@ -90,15 +92,21 @@ class EncoderStates:
 
 class BucketBatches(torch.utils.data.Sampler):
     """Shuffled batches of examples that share a length bucket, in an order that depends only on
-    (seed, epoch): batched tensors need one length, and exact resume needs a reproducible order."""
+    (seed, epoch): batched tensors need one length, and exact resume needs a reproducible order.
 
-    def __init__(self, buckets: list[int], batch_size: int, seed: int):
-        self.buckets, self.batch_size, self.seed, self.epoch = buckets, batch_size, seed, 0
+    Under N processes each takes every N-th batch of that one order, the list wrapped round so every
+    process gets the same count (a process that ran out first would leave the others waiting in the
+    gradient all-reduce). Sharding is done here, not by Accelerate: its batch-sampler sharding assumes
+    equal batch sizes and merged batches of different lengths, reporting more batches than it gave."""
 
-    def use_epoch(self, epoch: int) -> None:
-        """Not named set_epoch on purpose: Accelerate would drive that with its own iteration count,
-        which restarts on resume and breaks the (seed, epoch) order."""
-        self.epoch = epoch
+    def __init__(self, buckets: list[int], batch_size: int, seed: int, processes: int = 1, index: int = 0):
+        self.buckets, self.batch_size, self.seed, self.epoch, self.skip = buckets, batch_size, seed, 0, 0
+        self.processes, self.index = processes, index
+
+    def use_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start ``epoch`` after this process's first ``skip`` batches (resume). Not named set_epoch on
+        purpose: Accelerate would drive that with its own iteration count, which restarts on resume."""
+        self.epoch, self.skip = epoch, skip
 
     def _batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -112,10 +120,17 @@ class BucketBatches(torch.utils.data.Sampler):
         return [batches[i] for i in shuffle]
 
     def __iter__(self):
-        return iter(self._batches())
+        batches = self._batches()
+        wrapped = (batches * self.processes)[: self.per_process() * self.processes]
+        return iter(wrapped[self.index :: self.processes][self.skip :])
 
-    def __len__(self) -> int:
+    def per_process(self) -> int:
+        """Batches each process takes per epoch."""
         counts: dict[int, int] = {}
         for bucket in self.buckets:
             counts[bucket] = counts.get(bucket, 0) + 1
-        return sum((n + self.batch_size - 1) // self.batch_size for n in counts.values())
+        total = sum((n + self.batch_size - 1) // self.batch_size for n in counts.values())
+        return -(-total // self.processes)
+
+    def __len__(self) -> int:
+        return self.per_process() - self.skip

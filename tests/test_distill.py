@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +15,10 @@ from safetensors.torch import load_file
 from k2d.audio import decode_audio
 from k2d.features import log_mel
 from k2d_train.checkpoints import CheckpointStore
+from k2d_train.encoder_states import BucketBatches
 from k2d_train.stages.s3_student import build_student
 from k2d_train.stages.s5_distill import DistillOptions, distill
-from tests.conftest import MANIFEST
+from tests.conftest import MANIFEST, REPO, free_port
 
 
 def test_training_features_are_the_features_faster_whisper_serves(registry):
@@ -82,3 +86,61 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     (folder / "latest").write_text("step-000004")
     (folder / "step-000006.partial").mkdir()  # a save that crashed half-way
     assert CheckpointStore(folder).latest().name == "step-000004"
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from k2d_train.stages.s5_distill import DistillOptions, distill
+teacher, student, kept, out, final = map(Path, sys.argv[1:6])
+distill(teacher, student, kept, out, DistillOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0,
+                                                   warmup_steps=1, learning_rate=1e-4), final_dir=final)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, tmp_path):
+    """`accelerate launch` with 2 CPU processes: the same steps and learning rates as one process (the
+    schedule accounts for N), the log and the student written once, one encoder cache without collisions."""
+    root, kept = tiny_setup
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env |= {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(REPO / "configs/accelerate/cpu-2proc.yaml"), "--main_process_port", str(free_port())]
+    for name, launcher in (("one", [sys.executable]), ("two", accelerate)):
+        args = [registry.path_of("whisper-base-hf"), root / "student", kept, tmp_path / name, tmp_path / f"{name}-final"]
+        result = subprocess.run([*launcher, str(driver), *map(str, args)], capture_output=True, text=True, env=env,
+                                cwd=REPO, timeout=900)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in ("one", "two")}
+    assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
+    assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
+    assert json.loads((tmp_path / "two" / "distill_report.json").read_text())["steps"] == 4
+    caches = {name: sorted(p.name for p in (tmp_path / name / "encoder_cache").iterdir()) for name in ("one", "two")}
+    assert caches["two"] == caches["one"] and not [n for n in caches["two"] if ".tmp" in n]
+    trained, start = load_file(tmp_path / "two-final" / "model.safetensors"), load_file(root / "student" / "model.safetensors")
+    assert any(not torch.equal(trained[n], start[n]) for n in trained if "decoder.layers" in n)
+
+
+def test_bucket_batches_shard_evenly_and_resume_where_they_stopped():
+    """Every process takes as many batches of one (seed, epoch) order, each of a single length bucket; together
+    they cover every batch (wrapped round); skipping resumes mid-epoch. Accelerate's own batch-sampler sharding
+    merged batches of different buckets and reported more batches than it gave (a 2-process run spun forever)."""
+    buckets = [100, 200, 300, 400, 500, 100, 100]
+    one = BucketBatches(buckets, 2, seed=0)
+    whole = list(one)
+    assert len(whole) == len(one) == one.per_process() == 6 and sorted(i for b in whole for i in b) == list(range(7))
+    shards = [BucketBatches(buckets, 2, seed=0, processes=2, index=i) for i in (0, 1)]
+    taken = [list(shard) for shard in shards]
+    assert [len(t) for t in taken] == [len(s) for s in shards] == [3, 3]
+    assert [b for pair in zip(*taken, strict=True) for b in pair] == whole  # interleaved, they are the one order
+    assert all(len({buckets[i] for i in batch}) == 1 for t in taken for batch in t)
+    three = [list(BucketBatches(buckets, 2, seed=0, processes=4, index=i)) for i in range(4)]
+    assert [len(t) for t in three] == [2, 2, 2, 2] and three[2][1] == whole[0]  # wrapped: 8 slots for 6 batches
+    shards[1].use_epoch(0, skip=2)
+    assert list(shards[1]) == taken[1][2:] and len(shards[1]) == 1
+    shards[1].use_epoch(1)
+    assert list(shards[1]) != taken[1]  # another epoch, another order

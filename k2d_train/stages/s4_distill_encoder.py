@@ -152,11 +152,14 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         encoder.layer_norm.requires_grad_(True)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
+    # stepped once per optimizer step on every process (Accelerate's wrapper): its horizon is max_steps either way
+    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
+                                                options.max_steps * accelerator.num_processes)
     crop = options.max_crop_s or 1e9
-    sampler = BucketBatches([int(min(c.end - c.start, crop) // BUCKET_S) for c in chunks], options.batch_size, options.seed)
+    sampler = BucketBatches([int(min(c.end - c.start, crop) // BUCKET_S) for c in chunks], options.batch_size, options.seed,
+                            accelerator.num_processes, accelerator.process_index)
     loader = torch.utils.data.DataLoader(list(range(len(chunks))), batch_sampler=sampler, collate_fn=lambda b: b)
-    encoder, heads, optimizer, scheduler, loader = accelerator.prepare(encoder, heads, optimizer, scheduler, loader)
+    encoder, heads, optimizer, scheduler = accelerator.prepare(encoder, heads, optimizer, scheduler)  # the sampler shards
     checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
     step = checkpoints.restore(accelerator) if resume else 0
     generator = torch.Generator().manual_seed(options.seed + step)
@@ -166,9 +169,8 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     encoder.train()
     audio = ClipReader()
     while step < options.max_steps:
-        epoch, offset = divmod(step, len(loader))
-        sampler.use_epoch(epoch)
-        for batch in (accelerator.skip_first_batches(loader, offset) if offset else loader):
+        sampler.use_epoch(*divmod(step, sampler.per_process()))
+        for batch in loader:
             losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device)
             accelerator.backward(losses["loss"])
             accelerator.clip_grad_norm_(params, 1.0)

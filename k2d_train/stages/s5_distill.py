@@ -171,7 +171,8 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
                 s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
                 hidden[ex.key] = (s, t)
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed)
+    sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed,
+                            accelerator.num_processes, accelerator.process_index)
     loader = torch.utils.data.DataLoader(
         [(*hidden[ex.key], ex.tokens, ex.prompt_len) for ex in examples], batch_sampler=sampler,
         collate_fn=lambda b: collate(b, pad)
@@ -181,7 +182,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     # the scheduler is stepped once per optimizer step on every process: its horizon is max_steps either way
     scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
                                                 options.max_steps * accelerator.num_processes)
-    student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)  # the sampler shards
     checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
     step = checkpoints.restore(accelerator) if resume else 0
     weights = LossWeights(options.ce_weight, options.kl_weight, options.temperature)
@@ -192,11 +193,10 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     student.train()
     stop_at = min(options.max_steps, step + options.stop_after_steps) if options.stop_after_steps else options.max_steps
     while step < stop_at:
-        consumed = step * options.grad_accum
-        epoch, offset = divmod(consumed, len(loader))
-        sampler.use_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, offset) if offset else loader
-        for batch in batches:
+        consumed = step * options.grad_accum  # this process's batches so far
+        sampler.use_epoch(*divmod(consumed, sampler.per_process()))
+        for batch in loader:
+            batch = {name: value.to(accelerator.device) for name, value in batch.items()}
             with accelerator.accumulate(student):
                 with torch.no_grad():
                     teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
