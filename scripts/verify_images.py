@@ -182,6 +182,13 @@ def prometheus_scraping(target: str):
                 time.sleep(0.5)
             else:
                 raise SystemExit("prometheus did not become ready")
+            while time.monotonic() < deadline:  # one scrape of the target first: traffic before it would not count
+                with contextlib.suppress(httpx.HTTPError, KeyError):
+                    if httpx.get(url + "/api/v1/query", params={"query": "up"}, timeout=2).json()["data"]["result"]:
+                        break
+                time.sleep(0.5)
+            else:
+                raise SystemExit(f"prometheus never scraped {target}")
             yield url
         finally:
             process.terminate()
