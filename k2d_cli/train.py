@@ -285,4 +285,4 @@ def register(app: typer.Typer, guarded, say) -> None:
 def _say_evaluation(card: dict, say) -> None:
     for row in card["evaluation"]:
         say(f"{row['set']:>9} {row['model']:<30} MER {row['mer']:.3f}  loops {row['repetitions']}  "
-              f"fallbacks {row['fallbacks']}  speed-up p50 {row['speedup_p50']:.2f}×")
+            f"fallbacks {row['fallbacks']}  speed-up p50 {row['speedup_p50']:.2f}×")
