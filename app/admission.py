@@ -24,8 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from app.dependencies import key_matches
-from app.errors import OverloadedError
-from app.lifecycle import DEADLINE_KEY, send_error
+from app.errors import OverloadedError, send_error
+from app.lifecycle import DEADLINE_KEY
 from app.metrics import Metrics
 from app.model_manager import ModelManager, ServedModel
 from app.settings import Settings

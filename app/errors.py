@@ -164,7 +164,14 @@ class UploadLimit:
                 raise
 
     async def _refuse(self, send) -> None:
-        body = json.dumps(error_body(413, f"upload larger than {self.max_bytes / 1e6:.1f} MB", "upload_too_large"))
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body.encode()})
+        await send_error(send, 413, f"upload larger than {self.max_bytes / 1e6:.1f} MB", "upload_too_large",
+                         {"Connection": "close"})
+
+
+async def send_error(send, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+    """A complete JSON error answer (the common error shape, Content-Length framed) from ASGI middleware."""
+    body = json.dumps(error_body(status, message, kind)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

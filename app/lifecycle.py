@@ -18,7 +18,6 @@ exits 0; a drain cut short by the grace period exits 1.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -27,7 +26,7 @@ from types import FrameType
 import uvicorn
 from starlette.requests import Request
 
-from app.errors import error_body
+from app.errors import send_error
 from app.metrics import Metrics
 
 log = logging.getLogger("k2d")
@@ -134,15 +133,6 @@ class _Exchange:
         if self.left.is_set() and not self.complete:
             return CLIENT_CLOSED
         return self.status or 500
-
-
-async def send_error(send, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
-    """A complete JSON error answer (the common error shape, Content-Length framed) from ASGI middleware."""
-    body = json.dumps(error_body(status, message, kind)).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class RequestGuard:
