@@ -79,6 +79,18 @@ def test_each_pod_requests_a_gpu_explicitly():
     assert any(t["key"] == "nvidia.com/gpu" for t in POD["tolerations"])
 
 
+def test_the_training_job_fills_the_claim_the_deployment_reads_like_compose_does():
+    job = DOCS["Job"]["spec"]["template"]["spec"]
+    train = job["containers"][0]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["train"]
+    assert train["args"] == compose["command"] and train["image"] == compose["image"]
+    claim = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in job["volumes"]}
+    assert claim == {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in POD["volumes"]}
+    assert not train["volumeMounts"][0].get("readOnly") and CONTAINER["volumeMounts"][0]["readOnly"]
+    assert job["securityContext"]["fsGroup"] == 10001 and job["restartPolicy"] == "OnFailure"
+    assert train["resources"]["requests"]["nvidia.com/gpu"] == train["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
 def test_the_compose_load_tester_runs_its_own_image_and_writes_where_its_user_owns():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     loadtest = compose["services"]["loadtest"]
