@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
+from soak import free_port, start_server, stop_server  # scripts/ is on the path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "localhost/debian-py:bookworm"
@@ -53,12 +54,6 @@ def timed(cmd: list[str], timeout: float = 3600) -> float:
     started = time.perf_counter()
     run(cmd, timeout)
     return round(time.perf_counter() - started, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ensure_tools() -> None:
@@ -102,16 +97,19 @@ def image_mb(tag: str) -> float:
     return round(int(run([*PODMAN, "image", "inspect", "--format", "{{.Size}}", tag]).stdout) / 1e6, 1)
 
 
-def wait_ready(url: str, timeout: float = 300, alive=lambda: True) -> float:
+def poll(condition, timeout: float, failure: str) -> float:
+    """Seconds until ``condition()`` is true (HTTP errors count as not yet); SystemExit(failure) past ``timeout``."""
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+        with contextlib.suppress(httpx.HTTPError, KeyError):
+            if condition():
                 return round(time.perf_counter() - started, 1)
-        if not alive():
-            raise SystemExit(f"server at {url} exited before it was ready")
         time.sleep(0.5)
-    raise SystemExit(f"{url}/readyz not ready within {timeout:.0f} s")
+    raise SystemExit(failure)
+
+
+def wait_ready(url: str, timeout: float = 300) -> float:
+    return poll(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, timeout, f"{url}/readyz not ready")
 
 
 def transcribe(url: str, model: str | None = None, path: Path = CLIP) -> dict:
@@ -142,20 +140,6 @@ def serving_container(volume: str, name: str, env: dict[str, str] | None = None)
         run([*PODMAN, "rm", "-f", name], check=False)
 
 
-@contextlib.contextmanager
-def host_server(store: Path):
-    """``k2d serve`` outside any container, same store and settings."""
-    port = free_port()
-    env = {**os.environ, "K2D_MODELS_DIR": str(store), "K2D_PORT": str(port), "K2D_HOST": "127.0.0.1"}
-    process = subprocess.Popen([sys.executable, "-m", "k2d_cli", "serve"], env=env, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
 def dashboard_queries() -> list[str]:
     dashboard = json.loads((REPO / "deploy/grafana/dashboards/k2d.json").read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
@@ -174,21 +158,10 @@ def prometheus_scraping(target: str):
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/-/ready", timeout=2).status_code == 200:
-                        break
-                time.sleep(0.5)
-            else:
-                raise SystemExit("prometheus did not become ready")
-            while time.monotonic() < deadline:  # one scrape of the target first: traffic before it would not count
-                with contextlib.suppress(httpx.HTTPError, KeyError):
-                    if httpx.get(url + "/api/v1/query", params={"query": "up"}, timeout=2).json()["data"]["result"]:
-                        break
-                time.sleep(0.5)
-            else:
-                raise SystemExit(f"prometheus never scraped {target}")
+            poll(lambda: httpx.get(url + "/-/ready", timeout=2).status_code == 200, 60, "prometheus did not become ready")
+            # one scrape of the target first: traffic before it would not count
+            poll(lambda: httpx.get(url + "/api/v1/query", params={"query": "up"}, timeout=2).json()["data"]["result"],
+                 60, f"prometheus never scraped {target}")
             yield url
         finally:
             process.terminate()
@@ -225,9 +198,11 @@ def check_serving(store: Path, report: dict) -> None:
             report["healthcheck"] = {"returncode": health.returncode, "output": (health.stdout + health.stderr).strip()}
             time.sleep(8)  # several scrapes after the traffic, so every rate() has two samples
             report["dashboard"] = query_all(prometheus)
-    with host_server(store) as (url, process):
-        wait_ready(url, alive=lambda: process.poll() is None)
+    server, url, _ = start_server({"K2D_MODELS_DIR": str(store)})  # `k2d serve` outside any container
+    try:
         report["host_first_request"] = transcribe(url)
+    finally:
+        stop_server(server)
 
 
 def check_training(report: dict, config: str) -> None:
@@ -236,7 +211,7 @@ def check_training(report: dict, config: str) -> None:
     for volume in volumes.values():
         run([*PODMAN, "volume", "rm", "-f", volume], check=False)
         run([*PODMAN, "volume", "create", volume])
-    compose = __import__("yaml").safe_load((REPO / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     command = [config if part == "configs/demo.yaml" else part for part in compose["services"]["train-cpu"]["command"]]
     # the host's CA certificates: where TLS to the package index is intercepted, the base image's don't suffice
     train = [*PODMAN, "run", "--rm", "--network", "host", *LIMITS, "-v", "/etc/ssl/certs:/etc/ssl/certs:ro",
