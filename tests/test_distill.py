@@ -17,7 +17,7 @@ from k2d.features import log_mel
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.encoder_states import BucketBatches
 from k2d_train.stages.s3_student import build_student
-from k2d_train.stages.s5_distill import DistillOptions, distill
+from k2d_train.stages.s5_distill import DevScore, DistillOptions, distill
 from tests.conftest import MANIFEST, REPO, free_port
 
 
@@ -79,6 +79,16 @@ def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
     assert straight_log == (root / "resumed" / "train_log.jsonl").read_text().splitlines()  # same losses, same lr
 
 
+def test_the_kept_checkpoint_is_chosen_by_guarded_mer_and_loops_not_raw_mer():
+    """One row running to its token budget inflates raw greedy MER (3.2 here, as on the fuller recipe);
+    the server cuts that loop, so the step that loops once beats the one that loops on six rows."""
+    one_verbose_loop = DevScore(mer=3.2, guarded=0.45, loops=1, rows=20)
+    six_short_loops = DevScore(mer=1.5, guarded=0.50, loops=6, rows=20)
+    assert one_verbose_loop.mer > six_short_loops.mer
+    assert one_verbose_loop.selection(1.0) < six_short_loops.selection(1.0)
+    assert one_verbose_loop.selection(0.0) == 0.45  # loop_weight 0: guarded MER alone
+
+
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     folder = tmp_path / "checkpoints"
     (folder / "step-000004").mkdir(parents=True)
@@ -91,7 +101,7 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
 DRIVER = """
 import sys
 from pathlib import Path
-from k2d_train.stages.s5_distill import DistillOptions, distill
+from k2d_train.stages.s5_distill import DevScore, DistillOptions, distill
 teacher, student, kept, out, final = map(Path, sys.argv[1:6])
 distill(teacher, student, kept, out, DistillOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0,
                                                    warmup_steps=1, learning_rate=1e-4), final_dir=final)

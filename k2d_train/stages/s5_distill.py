@@ -4,7 +4,8 @@ The student's encoder is frozen here (the teacher's own, or the short-context en
 ``k2d distill-encoder`` trained), so its outputs are cached once per chunk; the teacher's decoder
 reads the teacher's own 30 s encoder states for the KL term. Labels are the teacher's own token
 ids per segment with timestamp tokens, in one script (``label_script``). The kept student is the
-checkpoint with the best dev MER on the *out-of-domain* dev set, not the last step. Runs under
+checkpoint with the best guarded dev MER and fewest loops on the *out-of-domain* dev set
+(``DevScore``), not the last step. Runs under
 Accelerate (``accelerate launch -m k2d_cli distill ...``); checkpoints are whole directories
 renamed into place, and the data order is a function of (seed, epoch), so ``--resume`` continues
 exactly where the last checkpoint stopped.
@@ -51,6 +52,7 @@ class DistillOptions:
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
     cache_encoder: bool = True
     dev_limit: int = 40
+    loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
 
 
@@ -93,29 +95,54 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor, list[int], int]], pad:
             "inputs": seqs[:, :-1], "labels": seqs[:, 1:], "mask": mask}
 
 
-def dev_mer(student, states: EncoderStates, dev: Path, tokenizer, limit: int, device) -> float:
-    """Greedy MER of the student on a labelled dev manifest, through the student's own context.
+@dataclass(frozen=True)
+class DevScore:
+    """A checkpoint's dev result, read the way the server would return it.
 
-    Rows of one feature length decode as a batch, each with the serving guard's token budget, so a
-    looping early checkpoint costs what it would cost the server, not 448 tokens per row."""
-    from k2d.guard import GuardOptions
+    Raw greedy MER is dominated by the few rows that loop to the token budget (1.5-3.7 on the fuller
+    recipe at every eval), so choosing by it picks whichever step looped least *verbosely*. The server
+    cuts or re-decodes a loop, and every loop costs a teacher fallback, so the kept checkpoint is the one
+    with the lowest ``guarded`` MER (loops cut back as the server cuts them) plus ``loop_weight`` for
+    each looping row's share of the set."""
 
+    mer: float  # raw greedy MER, loops included
+    guarded: float  # MER with each flagged loop cut back to one occurrence of what it repeats
+    loops: int
+    rows: int
+
+    def selection(self, loop_weight: float) -> float:
+        return self.guarded + loop_weight * self.loops / max(self.rows, 1)
+
+
+def dev_score(student, states: EncoderStates, dev: Path, tokenizer, limit: int, device) -> DevScore:
+    """Greedy decoding of a labelled dev manifest through the student's own context, guarded.
+
+    Rows of one feature length decode as a batch, each with the serving guard's token budget (one
+    token past it reveals a loop), so a looping early checkpoint costs what it would cost the server,
+    not 448 tokens per row."""
+    from k2d.guard import LOOP_REASONS, GuardOptions, check, collapse_repeats
+
+    guard = GuardOptions()
     rows = list(read_manifest(dev))[:limit]
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for index, row in enumerate(rows):
         hidden = states.get(row.path(dev), 0.0, 1e9, f"dev-{dev.stem}-{index}")["final"]
         groups.setdefault((hidden.shape[0], row.extra.get("language") or "zh"), []).append((index, hidden))
-    total = ErrorCounts()
+    raw, guarded, loops = ErrorCounts(), ErrorCounts(), 0
     student.eval()
     for (frames, language), members in groups.items():
-        budget = GuardOptions().budget(frames * 0.02)
+        budget = guard.budget(frames * 0.02) + 1
         hidden = torch.stack([h for _, h in members]).to(device)
         decoded = greedy_decode(student, hidden, whisper_prompt(tokenizer, language), eot, max_new_tokens=budget)
         for (index, _), ids in zip(members, decoded, strict=True):
-            total = total + mer_counts(rows[index].text or "", tokenizer.decode(ids, skip_special_tokens=True))
+            text, reference = tokenizer.decode(ids, skip_special_tokens=True), rows[index].text or ""
+            looped = check(text, len(ids), 0.0, budget, guard) in LOOP_REASONS
+            loops += looped
+            raw = raw + mer_counts(reference, text)
+            guarded = guarded + mer_counts(reference, collapse_repeats(text) if looped else text)
     student.train()
-    return total.rate
+    return DevScore(raw.rate, guarded.rate, loops, len(rows))
 
 
 def _mixed_precision(choice: str) -> str:
@@ -144,7 +171,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             dev: Path | None = None, resume: bool = False, final_dir: Path | None = None,
             report_dev: list[Path] | None = None, teacher_cache: Path | None = None,
             teacher_ct2: Path | None = None) -> dict:
-    """Train; write checkpoints under ``run_dir`` and the best (by ``dev`` MER) student to ``final_dir``."""
+    """Train; write checkpoints under ``run_dir`` and the best (by ``dev``, see ``DevScore``) student to ``final_dir``."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer, get_linear_schedule_with_warmup
@@ -220,12 +247,14 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             evaluate_now = options.eval_every and (step % options.eval_every == 0 or step == options.max_steps)
             if dev is not None and evaluate_now and accelerator.is_main_process:
                 model = accelerator.unwrap_model(student)
-                last["dev_mer"] = round(dev_mer(model, student_states, dev, tokenizer, options.dev_limit,
-                                                accelerator.device), 4)
+                scores = {"": dev_score(model, student_states, dev, tokenizer, options.dev_limit, accelerator.device)}
                 for extra in report_dev or []:
-                    last[f"dev_mer_{extra.stem}"] = round(dev_mer(model, student_states, extra, tokenizer,
-                                                                  options.dev_limit, accelerator.device), 4)
-                best.offer(model, step, last["dev_mer"])
+                    scores[f"_{extra.stem}"] = dev_score(model, student_states, extra, tokenizer, options.dev_limit,
+                                                         accelerator.device)
+                for suffix, found in scores.items():
+                    last.update({f"dev_mer{suffix}": round(found.mer, 4), f"dev_guarded{suffix}": round(found.guarded, 4),
+                                 f"dev_loops{suffix}": found.loops})
+                best.offer(model, step, scores[""], options.loop_weight)
                 progress.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "dev" in k))
             if log:
                 log.write(json.dumps(last) + "\n")
@@ -248,19 +277,21 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
 
 
 class _Best:
-    """The weights of the step with the lowest dev MER so far (saved, not kept in memory)."""
+    """The weights of the step with the best dev selection score so far (saved, not kept in memory)."""
 
     def __init__(self, folder: Path, student_dir: Path):
         self.folder, self.student_dir = folder, student_dir
         marker = folder / "k2d_best.json"
         self.state = json.loads(marker.read_text()) if marker.exists() else None
 
-    def offer(self, model, step: int, mer: float) -> None:
-        if self.state is not None and mer >= self.state["dev_mer"]:
+    def offer(self, model, step: int, score: DevScore, loop_weight: float) -> None:
+        selection = round(score.selection(loop_weight), 4)
+        if self.state is not None and selection >= self.state.get("selection", self.state["dev_mer"]):
             return
         from k2d_train.store.publish import write_student
 
-        self.state = {"step": step, "dev_mer": mer}
+        self.state = {"step": step, "selection": selection, "dev_mer": round(score.mer, 4),
+                      "dev_guarded": round(score.guarded, 4), "dev_loops": score.loops, "dev_rows": score.rows}
         write_student(model, self.student_dir, self.folder, extra={"k2d_best.json": json.dumps(self.state)})
 
     def summary(self) -> dict | None:
