@@ -79,7 +79,7 @@ class ModelManager:
             engine = WhisperEngine(
                 entry.resolve(self.registry.store), device, self.settings.device_index if device == "cuda" else [0],
                 compute_type, self.settings.replicas, self.settings.cpu_threads, self._guard(entry),
-                self._policy(entry),
+                self._policy(entry), self.settings.repetition_penalty or entry.repetition_penalty,
             )
             scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
                                        self.settings.max_wait_ms, self.settings.max_queue_windows,

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
                                          "confidence)")
     teacher_context: str | None = Field(None, description="Operator opt-in: serve non-students with a short context "
                                         "('PAD/BUCKET' seconds, e.g. '2/2'); default Whisper's 30 s")
+    repetition_penalty: float | None = Field(None, ge=1.0, le=2.0, description="Override every model's own "
+                                             "decoding repetition penalty (its registry entry's; 1.0: none)")
     shadow_fraction: float = Field(0.0, ge=0, le=1, description="Share of student windows also decoded by the teacher "
                                    "on a background lane (disagreement histogram)")
     harvest_dir: Path | None = Field(None, description="Opt-in: write shadowed windows (audio + teacher labels) here "

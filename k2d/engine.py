@@ -130,7 +130,10 @@ def _words_within(words: list[dict], text: str) -> list[dict]:
 class WhisperEngine:
     def __init__(self, path: Path, device: str, device_index: list[int], compute_type: str,
                  replicas: int = 1, cpu_threads: int = 0, guard: GuardOptions | None = None,
-                 policy: ContextPolicy | None = None):
+                 policy: ContextPolicy | None = None, repetition_penalty: float = 1.0):
+        """``repetition_penalty``: the model's own (its registry entry's; > 1 damps the loops a small
+        distilled decoder falls into, measured in the README, "Loops"); CTranslate2 applies it to every token
+        already generated."""
         import ctranslate2
         from tokenizers import Tokenizer
 
@@ -152,6 +155,7 @@ class WhisperEngine:
         self.to_cpu = device == "cuda" and len(device_index) > 1
         self.guard = guard or GuardOptions()
         self.policy = policy or ContextPolicy.of_model(path)
+        self.repetition_penalty = repetition_penalty
 
     def frames(self, window: np.ndarray) -> int:
         """Feature frames this model's context policy gives a window (part of the batch key)."""
@@ -237,6 +241,7 @@ class WhisperEngine:
             sampling_temperature=temperature if temperature > 0 else 1.0,
             sampling_topk=0 if temperature > 0 else 1,
             max_length=GENERATE_LENGTH_FACTOR * (max(budgets) + 1), suppress_blank=True,
+            repetition_penalty=self.repetition_penalty,
             return_scores=True, return_no_speech_prob=True,
         )
         out = []

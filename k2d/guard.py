@@ -4,7 +4,8 @@ A distilled student meets audio it is worse at, and Whisper-family decoders fail
 ("在三樓復復復復…") until the token limit, which also holds the whole cross-request batch. Four
 signals, each cheap: a token budget proportional to the window's duration (a loop runs into it),
 the gzip compression ratio and average log-probability Whisper itself uses for temperature
-fallback (2.4 and -1.0), and K²D's repeated-n-gram hallucination flag.
+fallback (2.4 and -1.0), and K²D's repeated-n-gram hallucination flag, widened to back-to-back
+repeats too short for it ("我博博博博博博博").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import zlib
 from dataclasses import dataclass
 
-from k2d.textunits import has_repeated_ngram, raw_units
+from k2d.textunits import has_consecutive_repeat, has_repeated_ngram, raw_units
 
 # "trimmed": a window still looping after every fallback had its repeated run cut (see collapse_repeats)
 REASONS = ("token_budget", "compression_ratio", "logprob", "repeated_ngram", "trimmed")
@@ -35,6 +36,7 @@ class GuardOptions:
     logprob: float | None = -1.0
     ngram_n: int = 4
     ngram_count: int = 4
+    run_min_units: int | None = 6  # also flag back-to-back repeats this long (has_consecutive_repeat); None: off
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # re-decoding a flagged window by sampling
     fallback_on: tuple[str, ...] = ()  # flags that send this student's window to its teacher (none: no teacher)
 
@@ -74,7 +76,9 @@ def check(text: str, tokens: int, avg_logprob: float, budget: int, options: Guar
         return "token_budget"
     if options.compression_ratio is not None and compression_ratio(text) > options.compression_ratio:
         return "compression_ratio"
-    if has_repeated_ngram(raw_units(text), options.ngram_n, options.ngram_count):
+    units = raw_units(text)
+    if has_repeated_ngram(units, options.ngram_n, options.ngram_count) or \
+            (options.run_min_units is not None and has_consecutive_repeat(units, options.run_min_units)):
         return "repeated_ngram"
     if options.logprob is not None and tokens and avg_logprob < options.logprob:
         return "logprob"

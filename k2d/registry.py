@@ -55,6 +55,11 @@ class ModelEntry:
     def multilingual(self) -> bool:
         return len(self.languages) > 1
 
+    @property
+    def repetition_penalty(self) -> float:
+        """The decoding penalty this model is served with (recorded at export; 1.0: none)."""
+        return float(self.extra.get("repetition_penalty", 1.0))
+
 
 class Registry:
     """Load, query and atomically update ``registry.json``."""

@@ -43,6 +43,22 @@ def has_repeated_ngram(tokens: list[str], n: int = 3, count: int = 3) -> bool:
     return max(grams.values()) >= count
 
 
+def has_consecutive_repeat(tokens: list[str], min_units: int = 6, max_period: int = 8, repeats: int = 3) -> bool:
+    """A run of ``repeats`` back-to-back copies of 1-``max_period`` units covering ≥ ``min_units`` units.
+
+    The n-gram flag needs ``n × count`` units before it can fire, so a short window's loop
+    ("我博博博博博博博", "Let the organization Let the organization Let the organization") slips
+    under a 4 × 4 flag; a loop is *consecutive* repetition, which this catches at any length while
+    leaving "哈哈哈" or "刚刚" alone."""
+    for period in range(1, max_period + 1):
+        matched = 0  # units so far that repeat the unit ``period`` before them
+        for index in range(period, len(tokens)):
+            matched = matched + 1 if tokens[index] == tokens[index - period] else 0
+            if matched + period >= max(min_units, repeats * period):
+                return True
+    return False
+
+
 def join_texts(texts: list[str]) -> str:
     """Join segment texts; no space between two CJK ends (Mandarin has none), one otherwise."""
     out = ""

@@ -32,18 +32,22 @@ class Contender:
     context: str | None = None  # None: the model's own policy
     fallback: bool = True
     fallback_on: tuple[str, ...] = LOOP_REASONS  # guard flags that send a student's window to its teacher
+    repetition_penalty: float | None = None  # None: the model's own
 
     @classmethod
     def parse(cls, spec: str, fallback: bool = True) -> Contender:
-        """``LABEL=MODEL[@CONTEXT][~FLAGS]``; FLAGS: ``none``, ``loops`` (default) or reasons joined by
-        ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence)."""
+        """``LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY]``; FLAGS: ``none``, ``loops`` (default) or reasons
+        joined by ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence); PENALTY overrides the
+        model's repetition penalty (``^1.0``: none)."""
         label, _, rest = spec.partition("=")
-        rest, _, flags = (rest or label).partition("~")
+        rest, _, penalty = (rest or label).partition("^")
+        rest, _, flags = rest.partition("~")
         name, _, context = rest.partition("@")
         reasons: list[str] = []
         for flag in (flags or "loops").split("+"):
             reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
-        return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS)
+        return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS,
+                   float(penalty) if penalty else None)
 
 
 def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
@@ -63,7 +67,8 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
     """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
     engines: dict = {}  # one load per (model, guard, context), however many contenders use it
     transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback,
-                                                               fallback_on=c.fallback_on), store, engines)
+                                                               fallback_on=c.fallback_on,
+                                                               repetition_penalty=c.repetition_penalty), store, engines)
                     for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():
@@ -92,6 +97,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    "context": transcribers[label].engine.policy.describe(),
+                   "repetition_penalty": transcribers[label].engine.repetition_penalty,
                    "parameters": transcribers[label].parameters}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "
@@ -112,13 +118,14 @@ def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
 
 def markdown(rows: list[dict], command: str) -> str:
     lines = [f"`{command}`", "",
-             "| set | model | context | MER | CER zh | WER en | loops | flagged | trimmed | fallbacks | encoder ms | "
-             "e2e ms mean / p50 | speed-up mean / p50 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | model | context | rep. penalty | MER | CER zh | WER en | loops | flagged | trimmed | fallbacks | "
+             "encoder ms | e2e ms mean / p50 | speed-up mean / p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "set" not in r:
             continue
-        lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r['mer']:.3f} | {r['cer_zh']:.3f} | "
+        lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r.get('repetition_penalty', 1.0):g} | "
+                     f"{r['mer']:.3f} | {r['cer_zh']:.3f} | "
                      f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r['trimmed']} | {r['fallbacks']} | "
                      f"{r['encoder_ms_mean']:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
                      f"{r['speedup_mean']:.2f}× / {r['speedup_p50']:.2f}× |")

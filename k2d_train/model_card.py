@@ -23,7 +23,8 @@ def render(card: dict) -> str:
         "",
         f"K²D student of **{card['teacher']}** ({card['decoder_layers_kept']} decoder layers kept: "
         f"{card['kept_layers']}; encoder {card.get('student_shape') or 'as the teacher'}), validated with "
-        f"**{card['validator']}**, built {card['date']}. Encoder context: **{card.get('context', '30 s')}**.",
+        f"**{card['validator']}**, built {card['date']}. Encoder context: **{card.get('context', '30 s')}**; "
+        f"decoding repetition penalty {card.get('repetition_penalty', 1.0):g}.",
         "",
         f"Parameters: teacher {card['teacher_parameters']:,}, student {card['student_parameters']:,}.",
         "",
@@ -35,7 +36,7 @@ def render(card: dict) -> str:
         f"- Filtering rule **{card['rule']}** (α = {card['alpha']}): kept {card['kept_percent']:.1f}% of the "
         f"pseudo-labelled audio ({card['kept_chunks']} training chunks).",
         f"- Decoder distillation: {card['steps']} steps on {card['examples']} examples; kept checkpoint "
-        f"{card.get('best_dev') or 'last'} (best out-of-domain dev MER).",
+        f"{card.get('best_dev') or 'last'} (out-of-domain dev: guarded MER + share of looping rows).",
     ]
     if card.get("encoder_distillation"):
         lines.append(f"- Encoder distillation: {card['encoder_distillation']['steps']} steps on "

@@ -61,6 +61,7 @@ class RunConfig:
     student: StudentShape = field(default_factory=StudentShape)
     distill_encoder: EncoderDistillOptions | None = None
     quantization: str = "int8"
+    repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry
     ablation_rules: list[str] = field(default_factory=list)
     ablation_contexts: bool = False  # also measure the untrained short-context rows of the ablation table
     source: Path | None = None
@@ -110,6 +111,7 @@ class RunConfig:
             student=_options(StudentShape, raw.get("student"), "student"),
             distill_encoder=_options(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
             quantization=(raw.get("export") or {}).get("quantization", "int8"),
+            repetition_penalty=float((raw.get("export") or {}).get("repetition_penalty", 1.0)),
             ablation_rules=list(raw.get("ablation_rules") or []),
             ablation_contexts=bool(raw.get("ablation_contexts", False)),
             source=path.resolve(),

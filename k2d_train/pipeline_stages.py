@@ -114,7 +114,7 @@ def export_models(config: RunConfig, registry: Registry) -> dict:
         export(registry, config.teacher, q, teacher_name)
     # served (and evaluated) as it will be: beside its teacher for fallback, in its own language
     student.extra = {**student.extra, "teacher": registry.get(config.teacher).family or config.teacher,
-                     "default_language": config.pseudo_label.language}
+                     "default_language": config.pseudo_label.language, "repetition_penalty": config.repetition_penalty}
     registry.add(student)
     return {"student": student.name, "teacher": teacher_name}
 
@@ -168,7 +168,7 @@ def model_card(config: RunConfig, registry: Registry, validated: dict, student: 
         "rule": rule, "alpha": config.validate.alpha, "kept_percent": validated["rules"][rule]["percent"],
         "kept_chunks": validated["rules"][rule]["chunks"], "kept_per_rule": validated["rules"],
         "encoder_distillation": {"steps": encoder["steps"], "chunks": encoder["chunks"]} if encoder else None,
-        "context": policy.describe(),
+        "context": policy.describe(), "repetition_penalty": config.repetition_penalty,
         "steps": trained["steps"], "examples": trained["examples"], "best_dev": trained.get("best"),
         "evaluation": [r for r in evaluation["rows"] if "set" in r],
         "compute_type": evaluation["compute_type"], "device": evaluation["device"],

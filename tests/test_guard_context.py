@@ -53,6 +53,18 @@ def test_guard_reasons():
     assert check("anything", 500, -9.0, 60, GuardOptions(enabled=False)) is None
 
 
+def test_short_back_to_back_loops_are_flagged_and_speech_is_not():
+    """Loops too short for the 4 × 4 n-gram flag (seen from a distilled student on unseen voices)."""
+    options, ngram_only = GuardOptions(), GuardOptions(run_min_units=None)
+    for loop in ("我博博 博 博 博 博 博 博", "我刚刚刚刚刚刚把写了",
+                 "起床 Let the other organization Let the other organization Let the other organization"):
+        assert check(loop, 12, -0.3, 60, options) == "repeated_ngram", loop
+        assert check(loop, 12, -0.3, 60, ngram_only) is None, loop
+    for speech in ("哈哈哈 好的", "刚刚把 update 寄给你了", "我们的模型我们的数据我们的结果",
+                   "Let the organization Let the organization decide"):
+        assert check(speech, 12, -0.3, 60, options) is None, speech
+
+
 def test_only_loop_flags_send_a_student_to_its_teacher():
     student, alone = GuardOptions.for_model(True), GuardOptions.for_model(False)
     assert student.escalates("token_budget") and student.escalates("repeated_ngram")
@@ -73,6 +85,19 @@ def test_a_surviving_loop_is_cut_back_to_one_occurrence():
 
 def test_joining_puts_no_space_between_cjk_ends():
     assert join_texts(["我們用", "gradient descent", "來訓練", "。", "OK"]) == "我們用 gradient descent 來訓練。 OK"
+
+
+def test_the_engine_decodes_with_its_repetition_penalty(registry):
+    """tiny.en on Mandarin said three times over runs into its token budget; with a penalty of 1.3 on the
+    tokens already generated it ends before the budget (the penalty reaches CTranslate2's generate)."""
+    clip = np.tile(decode_audio(DATA / "zh_lecture.flac"), 3)[: 16000 * 30]
+    results = {}
+    for penalty in (1.0, 1.3):
+        engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8",
+                               guard=GuardOptions(temperatures=()), repetition_penalty=penalty)
+        results[penalty] = engine.transcribe_batch([clip], ["en"], DecodeOptions(beam_size=1))[0]
+    assert results[1.0].triggered[0] == "token_budget"
+    assert "token_budget" not in results[1.3].triggered and results[1.3].tokens <= engine.guard.budget(30.0)
 
 
 @pytest.fixture(scope="module")

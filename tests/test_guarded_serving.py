@@ -98,3 +98,32 @@ def test_shadow_scoring_measures_disagreement_and_harvests_a_corpus(served_store
     result = pseudo_label("whisper-base", tmp_path / "h" / "harvest.jsonl", tmp_path / "pl", PseudoLabelOptions(beam_size=1),
                           registry.store)
     assert result["chunks"] >= 1  # the harvest is a corpus k2d run reads
+
+
+def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(served_store, tmp_path):
+    """The penalty recorded in the student's registry entry reaches its engine in the server and in
+    evaluation; its teacher keeps its own; an operator (or a compare contender) can override it."""
+    from app.metrics import Metrics
+    from app.model_manager import ModelManager
+    from k2d.registry import ModelEntry, Registry
+    from k2d_train.compare import Contender
+    from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber
+
+    store = Registry(tmp_path)
+    for entry in served_store.entries():
+        extra = {**entry.extra, "repetition_penalty": 1.2} if entry.role == "student" else entry.extra
+        store.add(ModelEntry(**{**entry.__dict__, "extra": extra}))
+    manager = ModelManager(Settings(models_dir=tmp_path, port=free_port()), Metrics())
+    manager.load()
+    assert manager.models["whisper-tiny.en"].scheduler.engine.repetition_penalty == 1.2
+    assert manager.models["whisper-base"].scheduler.engine.repetition_penalty == 1.0
+    override = ModelManager(Settings(models_dir=tmp_path, port=free_port(), repetition_penalty=1.05), Metrics())
+    override.load()
+    assert override.models["whisper-tiny.en"].scheduler.engine.repetition_penalty == 1.05
+
+    evaluated = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
+    assert evaluated.engine.repetition_penalty == 1.2 and evaluated.teacher.repetition_penalty == 1.0
+    contender = Contender.parse("plain=whisper-tiny.en~none^1.0")
+    assert (contender.model, contender.fallback, contender.repetition_penalty) == ("whisper-tiny.en", False, 1.0)
+    plain = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en", repetition_penalty=1.0), tmp_path)
+    assert plain.engine.repetition_penalty == 1.0 and plain.teacher.repetition_penalty == 1.0

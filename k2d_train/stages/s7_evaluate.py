@@ -42,6 +42,7 @@ class EvaluateOptions:
     fallback: bool = True  # a student's flagged windows go to its teacher, as served
     fallback_on: tuple[str, ...] = LOOP_REASONS  # which guard flags do (the server's default)
     context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
+    repetition_penalty: float | None = None  # override the model's own (its registry entry's)
 
 
 @dataclass
@@ -73,23 +74,26 @@ class ServedTranscriber:
         registry = Registry(store)
         teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
         guard = GuardOptions(enabled=options.guard)
-        self.teacher = self._engine(registry.path_of(teacher), options, guard, None) \
+        self.teacher = self._engine(registry.path_of(teacher), options, guard, None,
+                                    registry.get(teacher).repetition_penalty) \
             if options.fallback and teacher else None
         own_guard = GuardOptions.for_model(self.teacher is not None, tuple(options.fallback_on), enabled=options.guard)
-        self.engine = self._engine(path, options, own_guard, parse_context(options.context))
+        penalty = options.repetition_penalty or (entry.repetition_penalty if entry is not None else 1.0)
+        self.engine = self._engine(path, options, own_guard, parse_context(options.context), penalty)
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
         self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
         self.vad = options.vad
 
     def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
-                policy: ContextPolicy | None) -> WhisperEngine:
+                policy: ContextPolicy | None, penalty: float) -> WhisperEngine:
         if not (path / "model.bin").exists():
             raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
-        key = (path, guard, policy)
+        key = (path, guard, policy, penalty)
         if key not in self.engines:
             self.engines[key] = WhisperEngine(path, options.device, [0], options.compute_type,
-                                              cpu_threads=options.cpu_threads, guard=guard, policy=policy)
+                                              cpu_threads=options.cpu_threads, guard=guard, policy=policy,
+                                              repetition_penalty=penalty)
         return self.engines[key]
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
