@@ -20,7 +20,7 @@ import numpy as np
 
 from k2d.context import ContextPolicy
 from k2d.features import log_mel
-from k2d.guard import LOOP_REASONS, GuardOptions, check, collapse_repeats
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
 
 TIME_PER_TIMESTAMP = 0.02
@@ -130,10 +130,8 @@ def _words_within(words: list[dict], text: str) -> list[dict]:
 class WhisperEngine:
     def __init__(self, path: Path, device: str, device_index: list[int], compute_type: str,
                  replicas: int = 1, cpu_threads: int = 0, guard: GuardOptions | None = None,
-                 policy: ContextPolicy | None = None, repetition_penalty: float = 1.0):
-        """``repetition_penalty``: the model's own (its registry entry's; > 1 damps the loops a small
-        distilled decoder falls into, measured in the README, "Loops"); CTranslate2 applies it to every token
-        already generated."""
+                 policy: ContextPolicy | None = None, repetition: RepetitionPenalty | None = None):
+        """``repetition``: the model's own penalty on tokens already generated (its registry entry's)."""
         import ctranslate2
         from tokenizers import Tokenizer
 
@@ -155,7 +153,7 @@ class WhisperEngine:
         self.to_cpu = device == "cuda" and len(device_index) > 1
         self.guard = guard or GuardOptions()
         self.policy = policy or ContextPolicy.of_model(path)
-        self.repetition_penalty = repetition_penalty
+        self.repetition = repetition or RepetitionPenalty()
 
     def frames(self, window: np.ndarray) -> int:
         """Feature frames this model's context policy gives a window (part of the batch key)."""
@@ -241,7 +239,7 @@ class WhisperEngine:
             sampling_temperature=temperature if temperature > 0 else 1.0,
             sampling_topk=0 if temperature > 0 else 1,
             max_length=GENERATE_LENGTH_FACTOR * (max(budgets) + 1), suppress_blank=True,
-            repetition_penalty=self.repetition_penalty,
+            repetition_penalty=self.repetition.for_window(max(len(w) for w in windows) / SAMPLE_RATE),
             return_scores=True, return_no_speech_prob=True,
         )
         out = []

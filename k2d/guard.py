@@ -62,6 +62,22 @@ class GuardOptions:
         return flag is not None and flag in self.fallback_on
 
 
+@dataclass(frozen=True)
+class RepetitionPenalty:
+    """CTranslate2's penalty on tokens already generated, for windows up to ``max_window_s``.
+
+    A small distilled decoder drifts into loops on voices it never heard; a penalty keeps most of those
+    windows away from the teacher. Over a long window it also penalises what speech legitimately repeats
+    (的, 我們, the): on minute-long dev audio it cost the fuller student accuracy (README, "Loops"), so
+    longer windows decode without it. A model's own is in its registry entry."""
+
+    value: float = 1.0
+    max_window_s: float = 15.0
+
+    def for_window(self, seconds: float) -> float:
+        return self.value if seconds <= self.max_window_s else 1.0
+
+
 def compression_ratio(text: str) -> float:
     """Bytes over zlib-compressed bytes: repetitive text compresses far better than speech does."""
     data = text.encode("utf-8")

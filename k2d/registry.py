@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from k2d.atomic import atomic_write_text
+from k2d.guard import RepetitionPenalty
 
 Format = Literal["ctranslate2", "transformers"]
 Role = Literal["teacher", "validator", "student"]
@@ -56,9 +57,11 @@ class ModelEntry:
         return len(self.languages) > 1
 
     @property
-    def repetition_penalty(self) -> float:
+    def repetition_penalty(self) -> RepetitionPenalty:
         """The decoding penalty this model is served with (recorded at export; 1.0: none)."""
-        return float(self.extra.get("repetition_penalty", 1.0))
+        default = RepetitionPenalty()
+        return RepetitionPenalty(float(self.extra.get("repetition_penalty", default.value)),
+                                 float(self.extra.get("repetition_penalty_max_s", default.max_window_s)))
 
 
 class Registry:

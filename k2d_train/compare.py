@@ -97,7 +97,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    "context": transcribers[label].engine.policy.describe(),
-                   "repetition_penalty": transcribers[label].engine.repetition_penalty,
+                   "repetition_penalty": transcribers[label].engine.repetition.value,
                    "parameters": transcribers[label].parameters}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "

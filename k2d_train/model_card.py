@@ -7,6 +7,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+from k2d.guard import RepetitionPenalty
+
 
 def _evaluation_table(rows: list[dict]) -> list[str]:
     lines = ["| set | model | context | MER | loops | fallbacks | latency p50 ms | speed-up p50 |",
@@ -24,7 +26,8 @@ def render(card: dict) -> str:
         f"K²D student of **{card['teacher']}** ({card['decoder_layers_kept']} decoder layers kept: "
         f"{card['kept_layers']}; encoder {card.get('student_shape') or 'as the teacher'}), validated with "
         f"**{card['validator']}**, built {card['date']}. Encoder context: **{card.get('context', '30 s')}**; "
-        f"decoding repetition penalty {card.get('repetition_penalty', 1.0):g}.",
+        f"decoding repetition penalty {card.get('repetition_penalty', 1.0):g} on windows ≤ "
+        f"{RepetitionPenalty().max_window_s:g} s.",
         "",
         f"Parameters: teacher {card['teacher_parameters']:,}, student {card['student_parameters']:,}.",
         "",

@@ -8,7 +8,7 @@ import pytest
 from k2d.audio import decode_audio
 from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import LOOP_REASONS, GuardOptions, check, collapse_repeats, compression_ratio
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, check, collapse_repeats, compression_ratio
 from k2d.textunits import join_texts, raw_units
 from k2d.transcribe import decode_windows, transcribe
 from tests.conftest import MANIFEST
@@ -87,17 +87,20 @@ def test_joining_puts_no_space_between_cjk_ends():
     assert join_texts(["我們用", "gradient descent", "來訓練", "。", "OK"]) == "我們用 gradient descent 來訓練。 OK"
 
 
-def test_the_engine_decodes_with_its_repetition_penalty(registry):
-    """tiny.en on Mandarin said three times over runs into its token budget; with a penalty of 1.3 on the
-    tokens already generated it ends before the budget (the penalty reaches CTranslate2's generate)."""
+def test_the_engine_decodes_with_its_repetition_penalty_on_windows_it_covers(registry):
+    """tiny.en on Mandarin said three times over (30 s) runs into its token budget; with a penalty of 1.3 on
+    the tokens already generated it ends before the budget (the penalty reaches CTranslate2's generate),
+    but not when the penalty covers only windows up to 15 s (the default)."""
     clip = np.tile(decode_audio(DATA / "zh_lecture.flac"), 3)[: 16000 * 30]
     results = {}
-    for penalty in (1.0, 1.3):
+    for name, penalty in {"none": RepetitionPenalty(), "1.3": RepetitionPenalty(1.3, max_window_s=30.0),
+                          "1.3 up to 15 s": RepetitionPenalty(1.3)}.items():
         engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8",
-                               guard=GuardOptions(temperatures=()), repetition_penalty=penalty)
-        results[penalty] = engine.transcribe_batch([clip], ["en"], DecodeOptions(beam_size=1))[0]
-    assert results[1.0].triggered[0] == "token_budget"
-    assert "token_budget" not in results[1.3].triggered and results[1.3].tokens <= engine.guard.budget(30.0)
+                               guard=GuardOptions(temperatures=()), repetition=penalty)
+        results[name] = engine.transcribe_batch([clip], ["en"], DecodeOptions(beam_size=1))[0]
+    assert results["none"].triggered[0] == "token_budget"
+    assert "token_budget" not in results["1.3"].triggered and results["1.3"].tokens <= engine.guard.budget(30.0)
+    assert results["1.3 up to 15 s"].text == results["none"].text
 
 
 @pytest.fixture(scope="module")

@@ -115,15 +115,15 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
         store.add(ModelEntry(**{**entry.__dict__, "extra": extra}))
     manager = ModelManager(Settings(models_dir=tmp_path, port=free_port()), Metrics())
     manager.load()
-    assert manager.models["whisper-tiny.en"].scheduler.engine.repetition_penalty == 1.2
-    assert manager.models["whisper-base"].scheduler.engine.repetition_penalty == 1.0
+    assert manager.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.2
+    assert manager.models["whisper-base"].scheduler.engine.repetition.value == 1.0
     override = ModelManager(Settings(models_dir=tmp_path, port=free_port(), repetition_penalty=1.05), Metrics())
     override.load()
-    assert override.models["whisper-tiny.en"].scheduler.engine.repetition_penalty == 1.05
+    assert override.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.05
 
     evaluated = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
-    assert evaluated.engine.repetition_penalty == 1.2 and evaluated.teacher.repetition_penalty == 1.0
+    assert evaluated.engine.repetition.value == 1.2 and evaluated.teacher.repetition.value == 1.0
     contender = Contender.parse("plain=whisper-tiny.en~none^1.0")
     assert (contender.model, contender.fallback, contender.repetition_penalty) == ("whisper-tiny.en", False, 1.0)
     plain = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en", repetition_penalty=1.0), tmp_path)
-    assert plain.engine.repetition_penalty == 1.0 and plain.teacher.repetition_penalty == 1.0
+    assert plain.engine.repetition.value == 1.0 and plain.teacher.repetition.value == 1.0

@@ -50,7 +50,7 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     best = card["best_dev"]  # chosen by guarded MER + looping share on the out-of-domain dev set
     assert best["dev_rows"] == 2 and 0 <= best["dev_loops"] <= 2 and best["dev_guarded"] >= 0
     assert best["selection"] == pytest.approx(best["dev_guarded"] + best["dev_loops"] / 2, abs=1e-3)
-    assert student.repetition_penalty == 1.1  # the config's export penalty, served from the registry entry
+    assert student.repetition_penalty.value == 1.1  # the config's export penalty, served from the registry entry
     assert (registry.path_of("tiny-student") / "MODEL_CARD.md").read_text().startswith("# tiny-student")
     chunks = [json.loads(line) for line in (tmp_path / "run" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
     assert chunks and all(c["end"] - c["start"] <= 30 and c["teacher_label"].startswith("<|") for c in chunks)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import LOOP_REASONS, GuardOptions
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
 from k2d.registry import Registry, resolve_model, teacher_of
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
@@ -78,7 +78,9 @@ class ServedTranscriber:
                                     registry.get(teacher).repetition_penalty) \
             if options.fallback and teacher else None
         own_guard = GuardOptions.for_model(self.teacher is not None, tuple(options.fallback_on), enabled=options.guard)
-        penalty = options.repetition_penalty or (entry.repetition_penalty if entry is not None else 1.0)
+        penalty = entry.repetition_penalty if entry is not None else RepetitionPenalty()
+        if options.repetition_penalty:
+            penalty = replace(penalty, value=options.repetition_penalty)
         self.engine = self._engine(path, options, own_guard, parse_context(options.context), penalty)
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
@@ -86,14 +88,14 @@ class ServedTranscriber:
         self.vad = options.vad
 
     def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
-                policy: ContextPolicy | None, penalty: float) -> WhisperEngine:
+                policy: ContextPolicy | None, penalty: RepetitionPenalty) -> WhisperEngine:
         if not (path / "model.bin").exists():
             raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
         key = (path, guard, policy, penalty)
         if key not in self.engines:
             self.engines[key] = WhisperEngine(path, options.device, [0], options.compute_type,
                                               cpu_threads=options.cpu_threads, guard=guard, policy=policy,
-                                              repetition_penalty=penalty)
+                                              repetition=penalty)
         return self.engines[key]
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
