@@ -8,7 +8,7 @@ app reads the store's registry and model folders only — it never imports torch
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from app.metrics import Metrics
 from app.settings import Settings
 from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine, cuda_available
-from k2d.guard import GuardOptions, RepetitionPenalty
+from k2d.guard import GuardOptions
 from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
 
 
@@ -79,7 +79,7 @@ class ModelManager:
             engine = WhisperEngine(
                 entry.resolve(self.registry.store), device, self.settings.device_index if device == "cuda" else [0],
                 compute_type, self.settings.replicas, self.settings.cpu_threads, self._guard(entry),
-                self._policy(entry), self._repetition(entry),
+                self._policy(entry), entry.repetition_penalty.overridden(self.settings.repetition_penalty),
             )
             scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
                                        self.settings.max_wait_ms, self.settings.max_queue_windows,
@@ -104,11 +104,6 @@ class ModelManager:
                                       tokens_per_s=self.settings.guard_tokens_per_s,
                                       compression_ratio=self.settings.guard_compression_ratio,
                                       logprob=self.settings.guard_logprob)
-
-    def _repetition(self, entry: ModelEntry) -> RepetitionPenalty:
-        """The model's own repetition penalty, unless the operator sets one for every model."""
-        own = entry.repetition_penalty
-        return replace(own, value=self.settings.repetition_penalty) if self.settings.repetition_penalty else own
 
     def _policy(self, entry: ModelEntry) -> ContextPolicy | None:
         """Each model's own context (a short-context student's is in its folder); the teacher gets

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from k2d.textunits import has_consecutive_repeat, has_repeated_ngram, raw_units
 
@@ -76,6 +76,10 @@ class RepetitionPenalty:
 
     def for_window(self, seconds: float) -> float:
         return self.value if seconds <= self.max_window_s else 1.0
+
+    def overridden(self, value: float | None) -> RepetitionPenalty:
+        """This penalty with an operator's (or a comparison's) value instead of the model's own."""
+        return replace(self, value=value) if value else self
 
 
 def compression_ratio(text: str) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +78,8 @@ class ServedTranscriber:
                                     registry.get(teacher).repetition_penalty) \
             if options.fallback and teacher else None
         own_guard = GuardOptions.for_model(self.teacher is not None, tuple(options.fallback_on), enabled=options.guard)
-        penalty = entry.repetition_penalty if entry is not None else RepetitionPenalty()
-        if options.repetition_penalty:
-            penalty = replace(penalty, value=options.repetition_penalty)
+        penalty = (entry.repetition_penalty if entry is not None else RepetitionPenalty()).overridden(
+            options.repetition_penalty)
         self.engine = self._engine(path, options, own_guard, parse_context(options.context), penalty)
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
