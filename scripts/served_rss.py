@@ -1,0 +1,63 @@
+"""Resident memory of ``k2d serve`` per model set: the "RSS when served" column (a measurement, not a test).
+
+Each set is served alone (``K2D_MODELS``), every clip of the manifest is sent once to its first model,
+and the server's RSS is sampled throughout (after the models are loaded, at the peak, at the end).
+
+    K2D_MODELS_DIR=<store> .venv/bin/python scripts/served_rss.py runs/full/corpus/test_ood.jsonl \\
+        teacher=whisper-base-int8 student=k2d-student-full "student+teacher=k2d-student-full,whisper-base-int8"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from soak import RssSampler, start_server, stop_server  # noqa: E402  (scripts/ is on the path when run as a script)
+
+from k2d.manifest import read_manifest  # noqa: E402
+
+
+def measure(models: list[str], clips: list[Path], language: str) -> dict:
+    server, url, _ = start_server({"K2D_MODELS": json.dumps(models)})
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    try:
+        with httpx.Client(timeout=300) as http:
+            for clip in clips:
+                response = http.post(url + "/transcribe", files={"file": (clip.name, clip.read_bytes())},
+                                     data={"model": models[0], "language": language})
+                response.raise_for_status()
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        stop_server(server)
+    return sampler.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("sets", nargs="+", help="LABEL=MODEL[,MODEL...]; requests go to the first model")
+    parser.add_argument("--language", default="zh")
+    parser.add_argument("--limit", type=int, default=10, help="clips sent per set")
+    args = parser.parse_args()
+    clips = [row.path(args.manifest) for row in read_manifest(args.manifest)][: args.limit]
+    lines = [f"`python scripts/served_rss.py {' '.join(sys.argv[1:])}`", "",
+             "| served | models | RSS loaded MB | RSS peak MB | RSS end MB |", "|---|---|---|---|---|"]
+    for spec in args.sets:
+        label, _, names = spec.partition("=")
+        models = names.split(",")
+        found = measure(models, clips, args.language)
+        lines.append(f"| {label} | {', '.join(models)} | {found['start_mb']} | {found['peak_mb']} | {found['end_mb']} |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
