@@ -143,6 +143,8 @@ def evaluate_command(
     guard: Annotated[bool, typer.Option(help="Loop guard with fallback, as served")] = True,
     fallback: Annotated[bool, typer.Option(help="A student's flagged windows go to its teacher, as served")] = True,
     context: Annotated[str | None, typer.Option(help="Override the model's context: full | PAD/BUCKET seconds")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(min=1.0, help="Override the model's own repetition "
+                                                                          "penalty (1.0: none)")] = None,
     report: Annotated[Path | None, typer.Option(help="Write scores and timings as JSON")] = None,
     store: StoreOption = None,
 ) -> None:
@@ -150,7 +152,7 @@ def evaluate_command(
     from k2d_train.stages.s7_evaluate import EvaluateOptions, transcribe_manifest, write_report
 
     options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type,
-                              guard=guard, fallback=fallback, context=context)
+                              guard=guard, fallback=fallback, context=context, repetition_penalty=repetition_penalty)
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
     say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
     if summary.scores:
