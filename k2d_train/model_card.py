@@ -19,6 +19,16 @@ def _evaluation_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _kept(best: dict | None) -> str:
+    """The kept step and why: the out-of-domain dev selection (guarded MER + share of looping rows)."""
+    if not best:
+        return "the last step"
+    if "dev_guarded" not in best:  # a card from before the guarded selection
+        return f"step {best['step']} (out-of-domain dev MER {best['dev_mer']:.3f})"
+    return (f"step {best['step']} (out-of-domain dev, greedy: guarded MER {best['dev_guarded']:.3f}, "
+            f"{best['dev_loops']} of {best['dev_rows']} rows looping, raw MER {best['dev_mer']:.3f})")
+
+
 def render(card: dict) -> str:
     lines = [
         f"# {card['name']}",
@@ -39,7 +49,7 @@ def render(card: dict) -> str:
         f"- Filtering rule **{card['rule']}** (α = {card['alpha']}): kept {card['kept_percent']:.1f}% of the "
         f"pseudo-labelled audio ({card['kept_chunks']} training chunks).",
         f"- Decoder distillation: {card['steps']} steps on {card['examples']} examples; kept checkpoint "
-        f"{card.get('best_dev') or 'last'} (out-of-domain dev: guarded MER + share of looping rows).",
+        f"{_kept(card.get('best_dev'))}.",
     ]
     if card.get("encoder_distillation"):
         lines.append(f"- Encoder distillation: {card['encoder_distillation']['steps']} steps on "
