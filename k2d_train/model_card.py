@@ -30,14 +30,14 @@ def _kept(best: dict | None) -> str:
 
 
 def render(card: dict) -> str:
+    repetition = RepetitionPenalty(**card.get("repetition", {}))  # the one the student is served with
     lines = [
         f"# {card['name']}",
         "",
         f"K²D student of **{card['teacher']}** ({card['decoder_layers_kept']} decoder layers kept: "
         f"{card['kept_layers']}; encoder {card.get('student_shape') or 'as the teacher'}), validated with "
         f"**{card['validator']}**, built {card['date']}. Encoder context: **{card.get('context', '30 s')}**; "
-        f"decoding repetition penalty {card.get('repetition_penalty', 1.0):g} on windows ≤ "
-        f"{RepetitionPenalty().max_window_s:g} s.",
+        f"decoding repetition penalty {repetition.value:g} on windows ≤ {repetition.max_window_s:g} s.",
         "",
         f"Parameters: teacher {card['teacher_parameters']:,}, student {card['student_parameters']:,}.",
         "",

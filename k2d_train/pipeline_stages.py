@@ -168,7 +168,7 @@ def model_card(config: RunConfig, registry: Registry, validated: dict, student: 
         "rule": rule, "alpha": config.validate.alpha, "kept_percent": validated["rules"][rule]["percent"],
         "kept_chunks": validated["rules"][rule]["chunks"], "kept_per_rule": validated["rules"],
         "encoder_distillation": {"steps": encoder["steps"], "chunks": encoder["chunks"]} if encoder else None,
-        "context": policy.describe(), "repetition_penalty": config.repetition_penalty,
+        "context": policy.describe(), "repetition": dataclasses.asdict(registry.get(config.name).repetition_penalty),
         "steps": trained["steps"], "examples": trained["examples"], "best_dev": trained.get("best"),
         "evaluation": [r for r in evaluation["rows"] if "set" in r],
         "compute_type": evaluation["compute_type"], "device": evaluation["device"],

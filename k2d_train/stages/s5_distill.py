@@ -255,7 +255,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
                     last.update({f"dev_mer{suffix}": round(found.mer, 4), f"dev_guarded{suffix}": round(found.guarded, 4),
                                  f"dev_loops{suffix}": found.loops})
                 best.offer(model, step, scores[""], options.loop_weight)
-                progress.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if "dev" in k))
+                progress.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in last.items() if "dev" in k))
             if log:
                 log.write(json.dumps(last) + "\n")
                 log.flush()
