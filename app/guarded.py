@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from app.batching import BatchScheduler, QueueFullError, ShuttingDownError
 from app.metrics import Metrics
 from k2d.engine import DecodeOptions, WindowResult
+from k2d.guard import SampleOn
 
 log = logging.getLogger("k2d")
 Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference seconds
@@ -33,8 +35,11 @@ Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference 
 
 class Cascade:
     def __init__(self, student: str, teacher: str, student_queue: BatchScheduler, teacher_queue: BatchScheduler,
-                 metrics: Metrics, fallback: bool, shadow_fraction: float, harvest: Harvest | None):
+                 metrics: Metrics, fallback: bool, shadow_fraction: float, harvest: Harvest | None,
+                 fallback_sampling: SampleOn = "all"):
+        """``fallback_sampling``: which of its own flags the teacher standing in for a window samples on."""
         self.student, self.teacher = student, teacher
+        self.fallback_sampling = fallback_sampling
         self.student_queue, self.teacher_queue, self.metrics = student_queue, teacher_queue, metrics
         self.fallback, self.shadow_fraction, self.harvest = fallback, shadow_fraction, harvest
         self._random = random.Random()  # unseeded: every start (and replica) samples different windows
@@ -61,7 +66,8 @@ class Cascade:
     async def _fall_back(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions, queue_s: float,
                          inference_s: float) -> Outcome:
         try:
-            (teacher_future,) = self.teacher_queue.submit([audio], result.language, options)
+            (teacher_future,) = self.teacher_queue.submit([audio], result.language,
+                                                          replace(options, sample_on=self.fallback_sampling))
         except (QueueFullError, ShuttingDownError):
             self._trim(result)
             return result, queue_s, inference_s  # the guarded student's trimmed transcript beats an error

@@ -95,7 +95,7 @@ class ModelManager:
         for student, teacher in self.metrics.pairs:
             self.models[student].cascade = Cascade(
                 student, teacher, self.models[student].scheduler, self.models[teacher].scheduler, self.metrics,
-                self.settings.fallback, self.settings.shadow_fraction, harvest)
+                self.settings.fallback, self.settings.shadow_fraction, harvest, self.settings.fallback_sampling)
 
     def _guard(self, entry: ModelEntry) -> GuardOptions:
         """Students beside their teacher cascade instead of sampling at higher temperatures."""

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from k2d.guard import LOOP_REASONS
+from k2d.guard import LOOP_REASONS, SampleOn
 
 DEFAULT_MAX_BATCH_S = 2.0  # engine seconds per generate() call (app.batching bounds each call's work with it)
 
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     guard_fallback_on: list[str] = Field(list(LOOP_REASONS), description="Guard flags that send a student's window "
                                          "to its teacher (JSON list; add \"logprob\" to also fall back on low "
                                          "confidence)")
+    fallback_sampling: SampleOn = Field("all", description="Which of its own flags make the teacher standing in for "
+                                        "a student's window sample at rising temperatures: all (Whisper's rule), "
+                                        "loops, none")
     teacher_context: str | None = Field(None, description="Operator opt-in: serve non-students with a short context "
                                         "('PAD/BUCKET' seconds, e.g. '2/2'); default Whisper's 30 s")
     repetition_penalty: float | None = Field(None, ge=1.0, le=2.0, description="Override every model's own "

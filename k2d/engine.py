@@ -12,7 +12,6 @@ threads run batches truly in parallel (on GPUs: one replica per device index).
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from k2d.context import ContextPolicy
 from k2d.features import log_mel
-from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, check, collapse_repeats
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
 
 TIME_PER_TIMESTAMP = 0.02
@@ -31,8 +30,11 @@ MAX_POSITIONS = 448
 # CTranslate2's Whisper.generate(max_length=N) yields at most N // 2 new tokens (measured, 4.8.5)
 GENERATE_LENGTH_FACTOR = 2
 NO_SPEECH_THRESHOLD = 0.6
+# CTranslate2 seeds each worker thread's generator once, at its first draw (a thread_local mt19937 in
+# random.cc), so seeding again before each window changes nothing (measured: three draws, each after
+# set_random_seed(0), differ). Seeding before a model's first draw is what it offers: a process that
+# samples the same windows in the same order samples the same.
 SAMPLING_SEED = 0
-_SAMPLING = threading.Lock()  # CTranslate2's random seed is process-wide
 LOGPROB_THRESHOLD = -1.0
 
 
@@ -46,10 +48,17 @@ class DecodeOptions:
     timestamps: bool = True
     word_timestamps: bool = False
     prompt: str | None = None  # initial prompt (previous text / vocabulary), as in Whisper
+    # which flagged windows are re-decoded by sampling at the guard's temperatures: "all" (Whisper's rule),
+    # "loops" (not merely unsure ones) or "none"; a teacher standing in for its student may sample less
+    sample_on: SampleOn = "all"
 
     def key(self) -> tuple:
         return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps, self.word_timestamps,
-                self.prompt or "")
+                self.prompt or "", self.sample_on)
+
+    def samples(self, flag: str) -> bool:
+        """Whether a window flagged ``flag`` is re-decoded at higher temperatures."""
+        return self.sample_on == "all" or (self.sample_on == "loops" and flag in LOOP_REASONS)
 
 
 @dataclass
@@ -135,6 +144,7 @@ class WhisperEngine:
         import ctranslate2
         from tokenizers import Tokenizer
 
+        ctranslate2.set_random_seed(SAMPLING_SEED)
         self.model = ctranslate2.models.Whisper(
             str(path), device=device, device_index=device_index, compute_type=compute_type,
             inter_threads=replicas, intra_threads=cpu_threads,
@@ -195,7 +205,7 @@ class WhisperEngine:
             if self.multilingual and self.tokenizer.token_to_id(f"<|{lang}|>") is None:
                 raise ValueError(f"unknown language {lang!r}")
         out = self._generate(storage, windows, languages, options, options.temperature)
-        for i in [i for i, r in enumerate(out) if r.flag and not r.escalate]:
+        for i in [i for i, r in enumerate(out) if r.flag and not r.escalate and options.samples(r.flag)]:
             out[i] = self._fall_back(features[i : i + 1], windows[i], languages[i], options, out[i])
         if options.word_timestamps:
             for i, (window, lang) in enumerate(zip(windows, languages, strict=True)):
@@ -209,16 +219,14 @@ class WhisperEngine:
     def _fall_back(self, features: np.ndarray, window: np.ndarray, language: str, options: DecodeOptions,
                    first: WindowResult) -> WindowResult:
         """Whisper's temperature fallback for one flagged window: sample at rising temperatures until
-        the guard passes (else keep the most confident attempt that does not loop). One window at a time
-        from a fixed seed, so the outcome does not depend on which requests shared its batch."""
+        the guard passes (else keep the most confident attempt that does not loop). One window at a time,
+        so the requests that shared its batch do not change its features' numerics."""
         import ctranslate2
 
         best = first
         for temperature in (t for t in self.guard.temperatures if t > options.temperature):
-            with _SAMPLING:
-                ctranslate2.set_random_seed(SAMPLING_SEED)
-                (result,) = self._generate(ctranslate2.StorageView.from_array(features), [window], [language], options,
-                                           temperature)
+            (result,) = self._generate(ctranslate2.StorageView.from_array(features), [window], [language], options,
+                                       temperature)
             result.triggered = best.triggered + result.triggered
             if not result.flag:
                 return result

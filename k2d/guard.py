@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from k2d.textunits import has_consecutive_repeat, has_repeated_ngram, raw_units
 
@@ -22,6 +23,7 @@ REASONS = ("token_budget", "compression_ratio", "logprob", "repeated_ngram", "tr
 # default: on hard audio a low log-probability is the normal state of a small model and re-decoding it
 # with the teacher bought nothing (docs/benchmarks/guard-cpu) while costing the student its speed.
 LOOP_REASONS = ("token_budget", "compression_ratio", "repeated_ngram")
+SampleOn = Literal["all", "loops", "none"]  # which flagged windows are re-decoded by sampling
 # 1-32 characters said at least three times in a row ("復復復", "【【【", "the model the model the model ")
 _RUN = re.compile(r"(.{1,32}?)\1{2,}", re.S)
 

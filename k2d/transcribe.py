@@ -8,12 +8,13 @@ reported MER is the MER users get.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 import numpy as np
 
 from k2d.engine import DecodeOptions, WhisperEngine, WindowResult
+from k2d.guard import SampleOn
 from k2d.textunits import join_texts
 from k2d.windows import Window, split
 
@@ -67,15 +68,17 @@ def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: Whi
 
 
 def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, options: DecodeOptions,
-               vad: bool = True, min_silence_ms: int = 500, teacher: WhisperEngine | None = None) -> Transcript:
-    """Windows → guarded batches → optional teacher fallback → joined text."""
+               vad: bool = True, min_silence_ms: int = 500, teacher: WhisperEngine | None = None,
+               teacher_samples: SampleOn = "all") -> Transcript:
+    """Windows → guarded batches → optional teacher fallback → joined text. ``teacher_samples``: which of
+    its own flags the standing-in teacher re-decodes by sampling (the server's ``K2D_FALLBACK_SAMPLING``)."""
     windows: list[Window] = split(audio, vad, min_silence_ms, engine.policy.max_window_s)
     if not windows:
         return Transcript("")
     audios = [w.audio for w in windows]
     results = decode_windows(engine, audios, language, options)
     if teacher is not None:
-        results = cascade(results, audios, teacher, options)
+        results = cascade(results, audios, teacher, replace(options, sample_on=teacher_samples))
     for result in results:
         if result.escalate:  # meant for a teacher that is not there: cut the loop instead
             result.trim_loop()

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
 from k2d.features import log_mel
-from k2d.guard import LOOP_REASONS
+from k2d.guard import LOOP_REASONS, SampleOn
 from k2d.manifest import read_manifest
 from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber, latency_stats, score
 
@@ -33,21 +33,25 @@ class Contender:
     fallback: bool = True
     fallback_on: tuple[str, ...] = LOOP_REASONS  # guard flags that send a student's window to its teacher
     repetition_penalty: float | None = None  # None: the model's own
+    fallback_sampling: SampleOn | None = None  # None: the run's (EvaluateOptions.fallback_sampling)
 
     @classmethod
     def parse(cls, spec: str, fallback: bool = True) -> Contender:
         """``LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY]``; FLAGS: ``none``, ``loops`` (default) or reasons
-        joined by ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence); PENALTY overrides the
-        model's repetition penalty (``^1.0``: none)."""
+        joined by ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence), plus ``sample-all``,
+        ``sample-loops`` or ``sample-none`` (which of its own flags the teacher standing in samples on);
+        PENALTY overrides the model's repetition penalty (``^1.0``: none)."""
         label, _, rest = spec.partition("=")
         rest, _, penalty = (rest or label).partition("^")
         rest, _, flags = rest.partition("~")
         name, _, context = rest.partition("@")
+        words = (flags or "loops").split("+")
+        sampling = [w.removeprefix("sample-") for w in words if w.startswith("sample-")]
         reasons: list[str] = []
-        for flag in (flags or "loops").split("+"):
+        for flag in [w for w in words if not w.startswith("sample-")] or ["loops"]:
             reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
         return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS,
-                   float(penalty) if penalty else None)
+                   float(penalty) if penalty else None, sampling[-1] if sampling else None)
 
 
 def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
@@ -68,7 +72,10 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
     engines: dict = {}  # one load per (model, guard, context), however many contenders use it
     transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback,
                                                                fallback_on=c.fallback_on,
-                                                               repetition_penalty=c.repetition_penalty), store, engines)
+                                                               repetition_penalty=c.repetition_penalty,
+                                                               fallback_sampling=options.fallback_sampling
+                                                               if c.fallback_sampling is None else c.fallback_sampling),
+                                       store, engines)
                     for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():

@@ -166,3 +166,51 @@ def test_flagged_student_windows_fall_back_to_the_teacher(registry, base):
     assert guarded.fallbacks == len(guarded.windows) and guarded.flagged == 0
     assert guarded.text == teacher.text and "gradient" in guarded.text.lower()
     assert all(s.fallback for w in guarded.windows for s in w.segments)
+
+
+def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
+    """A flagged window is re-decoded by sampling unless the options say otherwise; the cascade passes
+    that choice to the teacher standing in (``teacher_samples``; the server's K2D_FALLBACK_SAMPLING);
+    "loops" samples on a loop but not on mere low confidence."""
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 30) / 16000)).astype(np.float32)
+    calls: list[bool] = []
+    real = base._generate
+
+    def spy(storage, windows, languages, options, temperature):
+        calls.append(temperature > 0)
+        return real(storage, windows, languages, options, temperature)
+
+    base._generate = spy
+    try:
+        once = base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1, sample_on="none"))[0]
+        assert once.flag and calls == [False]
+        calls.clear()
+        base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1))
+        assert calls[0] is False and any(calls[1:])  # Whisper's temperature fallback ran
+
+        student = WhisperEngine(base.path, "cpu", [0], "int8", guard=GuardOptions.for_model(True))
+        calls.clear()
+        guarded = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
+                             teacher_samples="none")
+        assert guarded.fallbacks == 1 and calls == [False]
+        calls.clear()
+        looping = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
+                             teacher_samples="loops")  # the tone loops: a loop is sampled on
+        assert looping.fallbacks == 1 and calls[0] is False and any(calls[1:])
+    finally:
+        del base._generate
+
+
+def test_a_fresh_engine_samples_from_the_fixed_seed(registry):
+    """CTranslate2 seeds a worker's generator at its first draw, so the engine seeds before loading: two
+    fresh engines sample the same window alike (an unseeded one draws from std::random_device)."""
+    import ctranslate2
+
+    clip = decode_audio(DATA / "en_lecture.flac")[: 16000 * 10]
+    samples = []
+    for _ in range(2):
+        engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8")
+        storage = ctranslate2.StorageView.from_array(engine._features([clip]))
+        samples.append([engine._generate(storage, [clip], ["en"], DecodeOptions(beam_size=1), 1.0)[0].text
+                        for _ in range(3)])
+    assert samples[0] == samples[1]

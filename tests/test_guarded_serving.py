@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.settings import Settings
 from k2d.audio import write_audio
-from k2d.guard import collapse_repeats
+from k2d.guard import LOOP_REASONS, collapse_repeats
 from k2d.manifest import read_manifest
 from tests.conftest import DATA, free_port, running_server
 
@@ -117,13 +117,21 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     manager.load()
     assert manager.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.2
     assert manager.models["whisper-base"].scheduler.engine.repetition.value == 1.0
-    override = ModelManager(Settings(models_dir=tmp_path, port=free_port(), repetition_penalty=1.05), Metrics())
+    override = ModelManager(Settings(models_dir=tmp_path, port=free_port(), repetition_penalty=1.05,
+                                     fallback_sampling="none"), Metrics())
     override.load()
     assert override.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.05
+    assert manager.models["whisper-tiny.en"].cascade.fallback_sampling == "all"
+    assert override.models["whisper-tiny.en"].cascade.fallback_sampling == "none"
 
     evaluated = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
     assert evaluated.engine.repetition.value == 1.2 and evaluated.teacher.repetition.value == 1.0
     contender = Contender.parse("plain=whisper-tiny.en~none^1.0")
     assert (contender.model, contender.fallback, contender.repetition_penalty) == ("whisper-tiny.en", False, 1.0)
+    quick = Contender.parse("quick=whisper-tiny.en~sample-none")
+    assert (quick.fallback, quick.fallback_on, quick.fallback_sampling) == (True, LOOP_REASONS, "none")
+    wider = Contender.parse("wider=whisper-tiny.en~loops+logprob+sample-loops")
+    assert (wider.fallback_on, wider.fallback_sampling) == ((*LOOP_REASONS, "logprob"), "loops")
+    assert Contender.parse("own=whisper-tiny.en").fallback_sampling is None
     plain = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en", repetition_penalty=1.0), tmp_path)
     assert plain.engine.repetition.value == 1.0 and plain.teacher.repetition.value == 1.0

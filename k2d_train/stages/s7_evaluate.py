@@ -22,7 +22,7 @@ from tqdm import tqdm
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
 from k2d.registry import Registry, resolve_model, teacher_of
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
@@ -43,6 +43,7 @@ class EvaluateOptions:
     fallback_on: tuple[str, ...] = LOOP_REASONS  # which guard flags do (the server's default)
     context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
     repetition_penalty: float | None = None  # override the model's own (its registry entry's)
+    fallback_sampling: SampleOn = "all"  # which of its own flags the standing-in teacher samples on
 
 
 @dataclass
@@ -84,7 +85,7 @@ class ServedTranscriber:
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
         self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
-        self.vad = options.vad
+        self.vad, self.teacher_samples = options.vad, options.fallback_sampling
 
     def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
                 policy: ContextPolicy | None, penalty: RepetitionPenalty) -> WhisperEngine:
@@ -99,7 +100,7 @@ class ServedTranscriber:
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
         return transcribe(self.engine, audio, language or self.default_language, self.options, self.vad,
-                          teacher=self.teacher)
+                          teacher=self.teacher, teacher_samples=self.teacher_samples)
 
 
 class HFTranscriber:
