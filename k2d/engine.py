@@ -32,8 +32,8 @@ GENERATE_LENGTH_FACTOR = 2
 NO_SPEECH_THRESHOLD = 0.6
 # CTranslate2 seeds each worker thread's generator once, at its first draw (a thread_local mt19937 in
 # random.cc), so seeding again before each window changes nothing (measured: three draws, each after
-# set_random_seed(0), differ). Seeding before a model's first draw is what it offers: a process that
-# samples the same windows in the same order samples the same.
+# set_random_seed(0), differ). Seeding before a model's first draw is what it offers: with one replica
+# (one worker thread per model), a process that samples the same windows in the same order samples the same.
 SAMPLING_SEED = 0
 LOGPROB_THRESHOLD = -1.0
 

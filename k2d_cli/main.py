@@ -15,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from k2d.guard import SampleOn
 from k2d.registry import Registry, UnknownModelError, default_store
 
 app = typer.Typer(help="k2d: distil Whisper into a fast code-switching student, and serve it.", no_args_is_help=True)
@@ -143,8 +142,8 @@ def evaluate_command(
     compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type")] = "int8",
     guard: Annotated[bool, typer.Option(help="Loop guard with fallback, as served")] = True,
     fallback: Annotated[bool, typer.Option(help="A student's flagged windows go to its teacher, as served")] = True,
-    fallback_sampling: Annotated[SampleOn, typer.Option(help="Which of its own flags the teacher standing in "
-                                                             "samples on (K2D_FALLBACK_SAMPLING)")] = "all",
+    fallback_sampling: Annotated[str, typer.Option(help="Which of its own flags the teacher standing in samples on: "
+                                                        "all | loops | none (K2D_FALLBACK_SAMPLING)")] = "all",
     context: Annotated[str | None, typer.Option(help="Override the model's context: full | PAD/BUCKET seconds")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(min=1.0, help="Override the model's own repetition "
                                                                           "penalty (1.0: none)")] = None,
@@ -154,9 +153,9 @@ def evaluate_command(
     """Transcribe every manifest row through the serving path (temperature 0); score if rows have text."""
     from k2d_train.stages.s7_evaluate import EvaluateOptions, transcribe_manifest, write_report
 
-    options = EvaluateOptions(language=language, beam_size=beam_size, device=device, compute_type=compute_type,
-                              guard=guard, fallback=fallback, context=context, repetition_penalty=repetition_penalty,
-                              fallback_sampling=fallback_sampling)
+    options = run_guarded(lambda: EvaluateOptions(
+        language=language, beam_size=beam_size, device=device, compute_type=compute_type, guard=guard,
+        fallback=fallback, context=context, repetition_penalty=repetition_penalty, fallback_sampling=fallback_sampling))
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
     say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
     if summary.scores:

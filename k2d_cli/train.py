@@ -187,8 +187,10 @@ def register(app: typer.Typer, guarded, say) -> None:
         model: Annotated[list[str], typer.Option(help="LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY], first is the baseline; "
                                                       "CONTEXT: full or PAD/BUCKET seconds; FLAGS: guard reasons that "
                                                       "send a student's window to its teacher: none, loops (default), "
-                                                      "loops+logprob (e.g. student=k2d-student~none); PENALTY: "
-                                                      "repetition penalty instead of the model's own (^1.0: none)")],
+                                                      "loops+logprob (e.g. student=k2d-student~none), plus "
+                                                      "sample-all|sample-loops|sample-none: which of its own flags "
+                                                      "the teacher standing in samples on; PENALTY: repetition "
+                                                      "penalty instead of the model's own (^1.0: none)")],
         manifest: Annotated[list[str], typer.Option(help="NAME=PATH of a labelled manifest (e.g. test_ood=...)")],
         language: str | None = None,
         beam_size: int = 5,

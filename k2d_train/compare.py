@@ -15,6 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import get_args
 
 from tqdm import tqdm
 
@@ -47,6 +48,9 @@ class Contender:
         name, _, context = rest.partition("@")
         words = (flags or "loops").split("+")
         sampling = [w.removeprefix("sample-") for w in words if w.startswith("sample-")]
+        unknown = [s for s in sampling if s not in get_args(SampleOn)]
+        if unknown:
+            raise ValueError(f"{spec}: unknown sample-{unknown[0]}; choose sample-all, sample-loops or sample-none")
         reasons: list[str] = []
         for flag in [w for w in words if not w.startswith("sample-")] or ["loops"]:
             reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
@@ -105,6 +109,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    "context": transcribers[label].engine.policy.describe(),
                    "repetition_penalty": transcribers[label].engine.repetition.value,
+                   "fallback_sampling": transcribers[label].teacher_samples if transcribers[label].teacher else None,
                    "parameters": transcribers[label].parameters}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "

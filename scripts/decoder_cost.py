@@ -18,12 +18,14 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from k2d.audio import decode_audio
+from k2d.engine import GENERATE_LENGTH_FACTOR
 from k2d.features import log_mel
 from k2d.registry import resolve_model
 
@@ -45,8 +47,8 @@ def timed_generate(loaded, beam: int, tokens: int) -> tuple[float, int]:
     """(ms, tokens generated) for one forced-length decode."""
     model, encoded, prompt, eot = loaded
     start = time.perf_counter()
-    (result,) = model.generate(encoded, [prompt], beam_size=beam, max_length=2 * tokens, suppress_tokens=[-1, eot],
-                               suppress_blank=False)
+    (result,) = model.generate(encoded, [prompt], beam_size=beam, max_length=GENERATE_LENGTH_FACTOR * tokens,
+                               suppress_tokens=[-1, eot], suppress_blank=False)
     return (time.perf_counter() - start) * 1000, len(result.sequences_ids[0])
 
 
@@ -79,18 +81,19 @@ def main() -> None:
     generated: dict[str, int] = {}
     for repeat in range(args.repeats + 1):  # interleaved, so drift hits every model alike; round 0 warms up
         for label, _, loaded in models if repeat % 2 == 0 else reversed(models):
-            ms, generated[label] = timed_generate(loaded, args.beam_size, args.tokens)
+            ms, count = timed_generate(loaded, args.beam_size, args.tokens)
+            generated[label] = count
             if repeat:
-                times[label].append(ms / max(1, generated[label]))
+                times[label].append(ms / max(1, count))
     rows = [(label, layers, statistics.median(times[label]), generated[label]) for label, layers, _ in models]
     for label, layers, ms, count in rows:
         print(f"{label:<14} {layers} decoder layers  {ms:.2f} ms/token  ({count} tokens)", flush=True)
     slope, intercept = np.polyfit([r[1] for r in rows], [r[2] for r in rows], 1)
-    lines = [f"`python scripts/decoder_cost.py {' '.join('--model ' + m for m in args.model)} --seconds {args.seconds:g} "
-             f"--beam-size {args.beam_size} --tokens {args.tokens} --threads {args.threads}`", "",
+    command = " ".join(["python scripts/decoder_cost.py", *sys.argv[1:]])
+    lines = [f"`{command}`", "",
              "| model | decoder layers | ms per token (median of "
              f"{args.repeats}) | tokens |", "|---|---|---|---|"]
-    lines += [f"| {label} | {layers} | {ms:.2f} | {generated} |" for label, layers, ms, generated in rows]
+    lines += [f"| {label} | {layers} | {ms:.2f} | {count} |" for label, layers, ms, count in rows]
     lines += ["", f"Fit: {intercept:.2f} ms per token whatever the depth + {slope:.2f} ms per decoder layer; "
               f"a 2-layer decoder spends {intercept / (intercept + 2 * slope):.0%} of each step outside its layers."]
     text = "\n".join(lines) + "\n"

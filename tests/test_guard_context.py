@@ -180,6 +180,8 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
         calls.append(temperature > 0)
         return real(storage, windows, languages, options, temperature)
 
+    assert DecodeOptions(sample_on="loops").samples("token_budget")
+    assert not DecodeOptions(sample_on="loops").samples("logprob") and not DecodeOptions(sample_on="none").samples("logprob")
     base._generate = spy
     try:
         once = base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1, sample_on="none"))[0]
@@ -203,12 +205,13 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
 
 def test_a_fresh_engine_samples_from_the_fixed_seed(registry):
     """CTranslate2 seeds a worker's generator at its first draw, so the engine seeds before loading: two
-    fresh engines sample the same window alike (an unseeded one draws from std::random_device)."""
+    fresh engines sample the same window alike, whatever seed the process had before each was built."""
     import ctranslate2
 
     clip = decode_audio(DATA / "en_lecture.flac")[: 16000 * 10]
     samples = []
-    for _ in range(2):
+    for seed in (1, 2):
+        ctranslate2.set_random_seed(seed)  # what another caller might have left behind
         engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8")
         storage = ctranslate2.StorageView.from_array(engine._features([clip]))
         samples.append([engine._generate(storage, [clip], ["en"], DecodeOptions(beam_size=1), 1.0)[0].text

@@ -6,6 +6,7 @@ small Whisper that is unsure where base is not, which is exactly when the cascad
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.batching import QueueFullError
 from app.settings import Settings
 from k2d.audio import write_audio
+from k2d.engine import DecodeOptions, WindowResult
 from k2d.guard import LOOP_REASONS, collapse_repeats
 from k2d.manifest import read_manifest
 from tests.conftest import DATA, free_port, running_server
@@ -122,7 +125,17 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     override.load()
     assert override.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.05
     assert manager.models["whisper-tiny.en"].cascade.fallback_sampling == "all"
-    assert override.models["whisper-tiny.en"].cascade.fallback_sampling == "none"
+    cascade = override.models["whisper-tiny.en"].cascade
+    submitted = []
+
+    def full_queue(audios, language, options, background=False):
+        submitted.append(options)
+        raise QueueFullError("full")
+
+    cascade.teacher_queue.submit = full_queue  # the teacher's queue sees the options the stand-in decodes with
+    looping = WindowResult("en", [], 40, "token_budget", ["token_budget"], -0.2, escalate=True)
+    asyncio.run(cascade._fall_back(looping, np.zeros(16000, np.float32), DecodeOptions(), 0.0, 0.0))
+    assert [o.sample_on for o in submitted] == ["none"]
 
     evaluated = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
     assert evaluated.engine.repetition.value == 1.2 and evaluated.teacher.repetition.value == 1.0

@@ -15,6 +15,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +45,10 @@ class EvaluateOptions:
     context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
     repetition_penalty: float | None = None  # override the model's own (its registry entry's)
     fallback_sampling: SampleOn = "all"  # which of its own flags the standing-in teacher samples on
+
+    def __post_init__(self):
+        if self.fallback_sampling not in get_args(SampleOn):
+            raise ValueError(f"fallback_sampling {self.fallback_sampling!r}: choose one of {', '.join(get_args(SampleOn))}")
 
 
 @dataclass
