@@ -2,10 +2,10 @@
 
 Same audio, same encoder-output length, same beam, and the same number of generated tokens for every
 model (end-of-text suppressed), models interleaved call by call, so the only difference is the number
-of decoder layers. A straight
-line through (layers, ms per token) splits a decoding step into what every layer adds and what does
-not shrink with depth (token embedding, the 51,865-way output projection and softmax per beam, beam
-search). That split says which lever is left once a student keeps few layers.
+of decoder layers. A straight line through (layers, ms per token) splits a decoding step into what
+every layer adds and what does not shrink with depth (token embedding, the 51,865-way output
+projection and softmax per beam, beam search). That split says which lever is left once a student
+keeps few layers.
 
     python scripts/decoder_cost.py --model teacher=whisper-base-int8 --model d4=k2d-student \
         --model d2=<2-layer student> --store models --out docs/benchmarks/decoder-cost-cpu/result.md
