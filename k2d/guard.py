@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from k2d.textunits import has_consecutive_repeat, has_repeated_ngram, raw_units
 
@@ -26,6 +26,13 @@ LOOP_REASONS = ("token_budget", "compression_ratio", "repeated_ngram")
 SampleOn = Literal["all", "loops", "none"]  # which flagged windows are re-decoded by sampling
 # 1-32 characters said at least three times in a row ("復復復", "【【【", "the model the model the model ")
 _RUN = re.compile(r"(.{1,32}?)\1{2,}", re.S)
+
+
+def sample_on(value: str) -> SampleOn:
+    """``value`` as a ``SampleOn``, or a ValueError that lists the choices (configs, CLI flags, compare specs)."""
+    if value not in get_args(SampleOn):
+        raise ValueError(f"fallback sampling {value!r}: choose one of {', '.join(get_args(SampleOn))}")
+    return value  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,8 @@ def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: Whi
 
 def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, options: DecodeOptions,
                vad: bool = True, min_silence_ms: int = 500, teacher: WhisperEngine | None = None,
-               teacher_samples: SampleOn = "all") -> Transcript:
-    """Windows → guarded batches → optional teacher fallback → joined text. ``teacher_samples``: which of
+               fallback_sampling: SampleOn = "all") -> Transcript:
+    """Windows → guarded batches → optional teacher fallback → joined text. ``fallback_sampling``: which of
     its own flags the standing-in teacher re-decodes by sampling (the server's ``K2D_FALLBACK_SAMPLING``)."""
     windows: list[Window] = split(audio, vad, min_silence_ms, engine.policy.max_window_s)
     if not windows:
@@ -78,7 +78,7 @@ def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, o
     audios = [w.audio for w in windows]
     results = decode_windows(engine, audios, language, options)
     if teacher is not None:
-        results = cascade(results, audios, teacher, replace(options, sample_on=teacher_samples))
+        results = cascade(results, audios, teacher, replace(options, sample_on=fallback_sampling))
     for result in results:
         if result.escalate:  # meant for a teacher that is not there: cut the loop instead
             result.trim_loop()

@@ -15,13 +15,12 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import get_args
 
 from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
 from k2d.features import log_mel
-from k2d.guard import LOOP_REASONS, SampleOn
+from k2d.guard import LOOP_REASONS, SampleOn, sample_on
 from k2d.manifest import read_manifest
 from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber, latency_stats, score
 
@@ -47,10 +46,7 @@ class Contender:
         rest, _, flags = rest.partition("~")
         name, _, context = rest.partition("@")
         words = (flags or "loops").split("+")
-        sampling = [w.removeprefix("sample-") for w in words if w.startswith("sample-")]
-        unknown = [s for s in sampling if s not in get_args(SampleOn)]
-        if unknown:
-            raise ValueError(f"{spec}: unknown sample-{unknown[0]}; choose sample-all, sample-loops or sample-none")
+        sampling = [sample_on(w.removeprefix("sample-")) for w in words if w.startswith("sample-")]
         reasons: list[str] = []
         for flag in [w for w in words if not w.startswith("sample-")] or ["loops"]:
             reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
@@ -109,7 +105,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    "context": transcribers[label].engine.policy.describe(),
                    "repetition_penalty": transcribers[label].engine.repetition.value,
-                   "fallback_sampling": transcribers[label].teacher_samples if transcribers[label].teacher else None,
+                   "fallback_sampling": transcribers[label].fallback_sampling if transcribers[label].teacher else None,
                    "parameters": transcribers[label].parameters}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "

@@ -16,7 +16,6 @@ A measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import time
@@ -25,36 +24,34 @@ from pathlib import Path
 import numpy as np
 
 from k2d.audio import decode_audio
-from k2d.engine import GENERATE_LENGTH_FACTOR
+from k2d.engine import GENERATE_LENGTH_FACTOR, DecodeOptions, WhisperEngine
 from k2d.features import log_mel
 from k2d.registry import resolve_model
+from k2d_train.store.ct2_format import read_model_bin
+from k2d_train.store.ct2_to_hf import whisper_shape
 
 
-def load(path: Path, audio: np.ndarray, frames: int, threads: int):
-    """(model, its encoder output for ``audio``, the zh transcribe prompt, end-of-text id)."""
+def load(path: Path, audio: np.ndarray, frames: int, threads: int) -> tuple[WhisperEngine, object, list[int]]:
+    """The model as the server loads it, its encoder output for ``audio``, and the zh transcribe prompt."""
     import ctranslate2
-    from tokenizers import Tokenizer
 
-    model = ctranslate2.models.Whisper(str(path), device="cpu", compute_type="int8", intra_threads=threads)
-    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    prompt = [tokenizer.token_to_id(t) for t in ("<|startoftranscript|>", "<|zh|>", "<|transcribe|>",
-                                                 "<|notimestamps|>")]
-    encoded = model.encode(ctranslate2.StorageView.from_array(log_mel(audio, frames, num_mel_bins=model.n_mels)[None]))
-    return model, encoded, prompt, tokenizer.token_to_id("<|endoftext|>")
+    engine = WhisperEngine(path, "cpu", [0], "int8", cpu_threads=threads)
+    encoded = engine.model.encode(ctranslate2.StorageView.from_array(log_mel(audio, frames, num_mel_bins=engine.mels)[None]))
+    return engine, encoded, engine._prompt("zh", DecodeOptions(timestamps=False))
 
 
 def timed_generate(loaded, beam: int, tokens: int) -> tuple[float, int]:
     """(ms, tokens generated) for one forced-length decode."""
-    model, encoded, prompt, eot = loaded
+    engine, encoded, prompt = loaded
     start = time.perf_counter()
-    (result,) = model.generate(encoded, [prompt], beam_size=beam, max_length=GENERATE_LENGTH_FACTOR * tokens,
-                               suppress_tokens=[-1, eot], suppress_blank=False)
+    (result,) = engine.model.generate(encoded, [prompt], beam_size=beam, max_length=GENERATE_LENGTH_FACTOR * tokens,
+                                      suppress_tokens=[-1, engine.id["<|endoftext|>"]], suppress_blank=False)
     return (time.perf_counter() - start) * 1000, len(result.sequences_ids[0])
 
 
-def _decoder_layers(path: Path) -> int:
-    """Decoder depth from the weight names in ``model.bin`` (CTranslate2's config does not record it)."""
-    return len(set(re.findall(rb"decoder/layer_(\d+)/", (path / "model.bin").read_bytes())))
+def decoder_layers(path: Path) -> int:
+    """Decoder depth of a CTranslate2 Whisper folder (its config does not record it)."""
+    return whisper_shape(read_model_bin(path / "model.bin"))["decoder_layers"]
 
 
 def main() -> None:
@@ -76,7 +73,7 @@ def main() -> None:
     for spec in args.model:
         label, _, name = spec.partition("=")
         path, _ = resolve_model(name, args.store)
-        models.append((label, _decoder_layers(path), load(path, audio, frames, args.threads)))
+        models.append((label, decoder_layers(path), load(path, audio, frames, args.threads)))
     times: dict[str, list[float]] = {label: [] for label, _, _ in models}
     generated: dict[str, int] = {}
     for repeat in range(args.repeats + 1):  # interleaved, so drift hits every model alike; round 0 warms up

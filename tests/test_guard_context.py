@@ -170,7 +170,7 @@ def test_flagged_student_windows_fall_back_to_the_teacher(registry, base):
 
 def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
     """A flagged window is re-decoded by sampling unless the options say otherwise; the cascade passes
-    that choice to the teacher standing in (``teacher_samples``; the server's K2D_FALLBACK_SAMPLING);
+    that choice to the teacher standing in (``fallback_sampling``; the server's K2D_FALLBACK_SAMPLING);
     "loops" samples on a loop but not on mere low confidence."""
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 30) / 16000)).astype(np.float32)
     calls: list[bool] = []
@@ -193,11 +193,11 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
         student = WhisperEngine(base.path, "cpu", [0], "int8", guard=GuardOptions.for_model(True))
         calls.clear()
         guarded = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
-                             teacher_samples="none")
+                             fallback_sampling="none")
         assert guarded.fallbacks == 1 and calls == [False]
         calls.clear()
         looping = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
-                             teacher_samples="loops")  # the tone loops: a loop is sampled on
+                             fallback_sampling="loops")  # the tone loops: a loop is sampled on
         assert looping.fallbacks == 1 and calls[0] is False and any(calls[1:])
     finally:
         del base._generate

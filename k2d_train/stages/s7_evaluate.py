@@ -15,7 +15,6 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import get_args
 
 import numpy as np
 from tqdm import tqdm
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn
+from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, sample_on
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
 from k2d.registry import Registry, resolve_model, teacher_of
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
@@ -47,8 +46,7 @@ class EvaluateOptions:
     fallback_sampling: SampleOn = "all"  # which of its own flags the standing-in teacher samples on
 
     def __post_init__(self):
-        if self.fallback_sampling not in get_args(SampleOn):
-            raise ValueError(f"fallback_sampling {self.fallback_sampling!r}: choose one of {', '.join(get_args(SampleOn))}")
+        sample_on(self.fallback_sampling)
 
 
 @dataclass
@@ -90,7 +88,7 @@ class ServedTranscriber:
         self.default_language = entry.extra.get("default_language") if entry else None
         self.parameters = entry.parameters if entry else None
         self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
-        self.vad, self.teacher_samples = options.vad, options.fallback_sampling
+        self.vad, self.fallback_sampling = options.vad, options.fallback_sampling
 
     def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
                 policy: ContextPolicy | None, penalty: RepetitionPenalty) -> WhisperEngine:
@@ -105,7 +103,7 @@ class ServedTranscriber:
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
         return transcribe(self.engine, audio, language or self.default_language, self.options, self.vad,
-                          teacher=self.teacher, teacher_samples=self.teacher_samples)
+                          teacher=self.teacher, fallback_sampling=self.fallback_sampling)
 
 
 class HFTranscriber:
