@@ -1,7 +1,8 @@
 """Batching across concurrent requests: one queue of windows per model, shared by every request.
 
 A dispatcher task takes the window of the request served longest ago, waits at most ``max_wait_ms``
-for more, and sends windows *with the same decoding options* to a worker thread as one ``generate``
+for more (default 0: a free worker starts at once, and windows that queue while every worker is busy
+form the next batch), and sends windows *with the same decoding options* to a worker thread as one ``generate``
 call, taking them round-robin across requests: a 10-minute upload gets one window per batch like
 everyone else, so short requests queued after it are not starved. Windows with other options wait for
 their own batch. Results go back to each window's future, so requests reassemble independently. An

@@ -80,6 +80,7 @@ class ModelManager:
                 entry.resolve(self.registry.store), device, self.settings.device_index if device == "cuda" else [0],
                 compute_type, self.settings.replicas, self.settings.cpu_threads, self._guard(entry),
                 self._policy(entry), entry.repetition_penalty.overridden(self.settings.repetition_penalty),
+                self.settings.cpu_decode_threads,
             )
             scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
                                        self.settings.max_wait_ms, self.settings.max_queue_windows,

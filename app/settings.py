@@ -32,9 +32,15 @@ class Settings(BaseSettings):
     compute_type_cpu: str = "int8"
     replicas: int = Field(1, ge=1, description="Workers per device, all pulling from the same per-model queue")
     cpu_threads: int = Field(0, ge=0, description="Intra-op threads per CPU worker (0: CTranslate2's default)")
+    cpu_decode_threads: int = Field(1, ge=0, description="Intra-op threads that decode on a CPU worker (a second "
+                                    "instance of each model; 0: the same instance and threads as the encoder). "
+                                    "Decoding steps are too small to gain from a second thread")
 
     max_batch_size: int = Field(8, ge=1, description="Windows per generate() call, across requests")
-    max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits for more windows after the first")
+    max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits for more windows after the first when "
+                               "a worker is free (0: dispatch at once; windows that queue while the workers are busy "
+                               "still share the next call). On a CPU a wait is pure latency; a GPU box may trade a few "
+                               "ms for fuller batches (docker-compose.yml: 10)")
     max_batch_s: float = Field(DEFAULT_MAX_BATCH_S, ge=0, description="Engine seconds one generate() call may take "
                                "at the model's measured cost per window (beam and context included): batches are cut "
                                "to fit, never below one window, so an abandoned request's call in flight ends soon; "

@@ -189,7 +189,8 @@ def register(app: typer.Typer, guarded, say) -> None:
                                                       "send a student's window to its teacher: none, loops (default), "
                                                       "loops+logprob (e.g. student=k2d-student~none), plus "
                                                       "sample-all|sample-loops|sample-none: which of its own flags "
-                                                      "the teacher standing in samples on; PENALTY: repetition "
+                                                      "the teacher standing in samples on, and beam-N: the "
+                                                      "contender's beam width; PENALTY: repetition "
                                                       "penalty instead of the model's own (^1.0: none)")],
         manifest: Annotated[list[str], typer.Option(help="NAME=PATH of a labelled manifest (e.g. test_ood=...)")],
         language: str | None = None,

@@ -34,12 +34,14 @@ class Contender:
     fallback_on: tuple[str, ...] = LOOP_REASONS  # guard flags that send a student's window to its teacher
     repetition_penalty: float | None = None  # None: the model's own
     fallback_sampling: SampleOn | None = None  # None: the run's (EvaluateOptions.fallback_sampling)
+    beam_size: int | None = None  # None: the run's (EvaluateOptions.beam_size)
 
     @classmethod
     def parse(cls, spec: str, fallback: bool = True) -> Contender:
         """``LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY]``; FLAGS: ``none``, ``loops`` (default) or reasons
         joined by ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence), plus ``sample-all``,
-        ``sample-loops`` or ``sample-none`` (which of its own flags the teacher standing in samples on);
+        ``sample-loops`` or ``sample-none`` (which of its own flags the teacher standing in samples on)
+        and ``beam-N`` (this contender's beam width, its teacher standing in included, as in the server);
         PENALTY overrides the model's repetition penalty (``^1.0``: none)."""
         label, _, rest = spec.partition("=")
         rest, _, penalty = (rest or label).partition("^")
@@ -47,11 +49,20 @@ class Contender:
         name, _, context = rest.partition("@")
         words = (flags or "loops").split("+")
         sampling = [sample_on(w.removeprefix("sample-")) for w in words if w.startswith("sample-")]
+        beams = [_beam(w) for w in words if w.startswith("beam-")]
         reasons: list[str] = []
-        for flag in [w for w in words if not w.startswith("sample-")] or ["loops"]:
+        for flag in [w for w in words if not w.startswith(("sample-", "beam-"))] or ["loops"]:
             reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
         return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS,
-                   float(penalty) if penalty else None, sampling[-1] if sampling else None)
+                   float(penalty) if penalty else None, sampling[-1] if sampling else None,
+                   beams[-1] if beams else None)
+
+
+def _beam(flag: str) -> int:
+    width = flag.removeprefix("beam-")
+    if not width.isdigit() or not 1 <= int(width) <= 10:
+        raise ValueError(f"{flag!r}: a beam flag is beam-N with N from 1 to 10")
+    return int(width)
 
 
 def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
@@ -73,6 +84,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
     transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback,
                                                                fallback_on=c.fallback_on,
                                                                repetition_penalty=c.repetition_penalty,
+                                                               beam_size=c.beam_size or options.beam_size,
                                                                fallback_sampling=options.fallback_sampling
                                                                if c.fallback_sampling is None else c.fallback_sampling),
                                        store, engines)
@@ -106,6 +118,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    "context": transcribers[label].engine.policy.describe(),
                    "repetition_penalty": transcribers[label].engine.repetition.value,
                    "fallback_sampling": transcribers[label].fallback_sampling if transcribers[label].teacher else None,
+                   "beam_size": transcribers[label].options.beam_size,
                    "parameters": transcribers[label].parameters}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -106,6 +108,38 @@ def test_the_engine_decodes_with_its_repetition_penalty_on_windows_it_covers(reg
 @pytest.fixture(scope="module")
 def base(registry) -> WhisperEngine:
     return WhisperEngine(registry.path_of("whisper-base"), "cpu", [0], "int8")
+
+
+class Counting:
+    """A CTranslate2 model whose method calls are counted (its own attributes are read-only)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.model, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+        return counted
+
+
+def test_a_second_instance_decodes_what_the_first_encoded_and_a_fallback_encodes_once(registry, base):
+    """On a CPU the decoder runs on its own instance (1 thread): same transcripts as one instance; and
+    Whisper's temperature fallback reuses one encoding of the window for every temperature."""
+    split = WhisperEngine(registry.path_of("whisper-base"), "cpu", [0], "int8", cpu_threads=2, decode_threads=1)
+    assert split.decoder is not split.model and base.decoder is base.model
+    clips = [decode_audio(DATA / name) for name in ("zh_lecture.flac", "mixed_gradient.flac")]
+    one, two = (engine.transcribe_batch(clips, ["zh", "zh"], DecodeOptions()) for engine in (base, split))
+    assert [r.text for r in two] == [r.text for r in one] and all(r.text for r in two)
+    split.model, split.decoder = Counting(split.model), Counting(split.decoder)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 30) / 16000)).astype(np.float32)
+    result = split.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1))[0]
+    assert len(result.triggered) >= 3  # the first decode and at least two sampled ones were flagged
+    assert split.decoder.calls["generate"] >= 3 and split.model.calls == {"encode": 2}  # batch + the fallback
 
 
 def test_a_looping_window_is_cut_at_its_budget_and_flagged(base):

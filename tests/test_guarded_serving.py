@@ -146,5 +146,10 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     wider = Contender.parse("wider=whisper-tiny.en~loops+logprob+sample-loops")
     assert (wider.fallback_on, wider.fallback_sampling) == ((*LOOP_REASONS, "logprob"), "loops")
     assert Contender.parse("own=whisper-tiny.en").fallback_sampling is None
+    greedy = Contender.parse("greedy=whisper-tiny.en@1/1~loops+beam-1")
+    assert (greedy.context, greedy.beam_size, greedy.fallback_on) == ("1/1", 1, LOOP_REASONS)
+    assert Contender.parse("own=whisper-tiny.en").beam_size is None
+    with pytest.raises(ValueError, match="beam-N"):
+        Contender.parse("wide=whisper-tiny.en~beam-0")
     plain = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en", repetition_penalty=1.0), tmp_path)
     assert plain.engine.repetition.value == 1.0 and plain.teacher.repetition.value == 1.0

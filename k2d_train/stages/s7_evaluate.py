@@ -36,6 +36,7 @@ class EvaluateOptions:
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
+    decode_threads: int = 1  # the server's default (K2D_CPU_DECODE_THREADS)
     use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
     vad: bool = True
     guard: bool = True
@@ -98,7 +99,7 @@ class ServedTranscriber:
         if key not in self.engines:
             self.engines[key] = WhisperEngine(path, options.device, [0], options.compute_type,
                                               cpu_threads=options.cpu_threads, guard=guard, policy=policy,
-                                              repetition=penalty)
+                                              repetition=penalty, decode_threads=options.decode_threads)
         return self.engines[key]
 
     def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
