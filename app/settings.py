@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     cpu_threads: int = Field(0, ge=0, description="Intra-op threads per CPU worker (0: CTranslate2's default)")
     cpu_decode_threads: int = Field(1, ge=0, description="Intra-op threads that decode on a CPU worker (a second "
                                     "instance of each model; 0: the same instance and threads as the encoder). "
-                                    "Decoding steps are too small to gain from a second thread")
+                                    "Decoding steps are too small to gain from a second thread; the price is a "
+                                    "second copy of each model's weights in memory")
 
     max_batch_size: int = Field(8, ge=1, description="Windows per generate() call, across requests")
     max_wait_ms: float = Field(0.0, ge=0, description="How long a batch waits for more windows after the first when "

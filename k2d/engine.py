@@ -183,6 +183,10 @@ class WhisperEngine:
 
     def _features(self, windows: list[np.ndarray]) -> np.ndarray:
         frames = max(self.frames(w) for w in windows)
+        if frames // 2 == self.mels:
+            # CTranslate2 tells encoder output (batch, frames / 2, width) from mel features (batch, mels,
+            # frames) by its second dimension: at frames / 2 == mels it would encode the encoding again
+            frames += 2
         return np.stack([log_mel(w, frames, num_mel_bins=self.mels) for w in windows])
 
     def detect_languages(self, storage) -> list[str]:
@@ -208,7 +212,11 @@ class WhisperEngine:
         import ctranslate2
 
         features = self._features(windows)
-        storage = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=self.to_cpu)
+        storage = ctranslate2.StorageView.from_array(features)
+        # encoded here when another instance decodes, or to detect languages; else generate encodes itself
+        # (on several GPUs an encoding made here would travel through the host)
+        if self.decoder is not self.model or any(lang is None for lang in languages):
+            storage = self.model.encode(storage, to_cpu=self.to_cpu)
         if any(lang is None for lang in languages):
             detected = self.detect_languages(storage)
             languages = [lang or found for lang, found in zip(languages, detected, strict=True)]

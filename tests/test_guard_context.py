@@ -142,6 +142,20 @@ def test_a_second_instance_decodes_what_the_first_encoded_and_a_fallback_encodes
     assert split.decoder.calls["generate"] >= 3 and split.model.calls == {"encode": 2}  # batch + the fallback
 
 
+def test_an_encoding_is_never_taken_for_mel_features(registry):
+    """At 160 frames (1.6 s) an encoding is (1, 80, 512), which CTranslate2 takes for 80-mel features and
+    encodes again (an empty transcript, measured): such windows get 2 frames more."""
+    clip = decode_audio(DATA / "zh_lecture.flac")[: int(16000 * 1.2)]
+    policy = ContextPolicy(0.4, 0.4)  # 1.2 s + 0.4 s, rounded up to 0.4 s: 160 frames
+    texts = []
+    for decode_threads in (0, 1):  # generate encodes the mel features itself; the second instance gets an encoding
+        engine = WhisperEngine(registry.path_of("whisper-base"), "cpu", [0], "int8", cpu_threads=2,
+                               decode_threads=decode_threads, policy=policy, guard=GuardOptions(temperatures=()))
+        assert engine.frames(clip) == 160 and engine._features([clip]).shape[-1] == 162
+        texts.append(engine.transcribe_batch([clip], ["zh"], DecodeOptions(beam_size=1))[0].text)
+    assert texts[1] and texts[1] == texts[0]
+
+
 def test_a_looping_window_is_cut_at_its_budget_and_flagged(base):
     """30 s of a pure tone with VAD off: Whisper base loops; the budget stops it and says why."""
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 30) / 16000)).astype(np.float32)
@@ -237,16 +251,19 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
         del base._generate
 
 
-def test_a_fresh_engine_samples_from_the_fixed_seed(registry):
+@pytest.mark.parametrize("decode_threads", [0, 1])
+def test_a_fresh_engine_samples_from_the_fixed_seed(registry, decode_threads):
     """CTranslate2 seeds a worker's generator at its first draw, so the engine seeds before loading: two
-    fresh engines sample the same window alike, whatever seed the process had before each was built."""
+    fresh engines sample the same window alike, whatever seed the process had before each was built
+    (also when a second instance decodes)."""
     import ctranslate2
 
     clip = decode_audio(DATA / "en_lecture.flac")[: 16000 * 10]
     samples = []
     for seed in (1, 2):
         ctranslate2.set_random_seed(seed)  # what another caller might have left behind
-        engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8")
+        engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8", cpu_threads=2,
+                               decode_threads=decode_threads)
         storage = ctranslate2.StorageView.from_array(engine._features([clip]))
         samples.append([engine._generate(storage, [clip], ["en"], DecodeOptions(beam_size=1), 1.0)[0].text
                         for _ in range(3)])
