@@ -189,6 +189,11 @@ class WhisperEngine:
             frames += 2
         return np.stack([log_mel(w, frames, num_mel_bins=self.mels) for w in windows])
 
+    def _encode(self, features: np.ndarray):
+        import ctranslate2
+
+        return self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=self.to_cpu)
+
     def detect_languages(self, storage) -> list[str]:
         if not self.multilingual:
             return ["en"] * storage.shape[0]
@@ -212,12 +217,12 @@ class WhisperEngine:
         import ctranslate2
 
         features = self._features(windows)
-        storage = ctranslate2.StorageView.from_array(features)
+        detect = any(lang is None for lang in languages)
         # encoded here when another instance decodes, or to detect languages; else generate encodes itself
         # (on several GPUs an encoding made here would travel through the host)
-        if self.decoder is not self.model or any(lang is None for lang in languages):
-            storage = self.model.encode(storage, to_cpu=self.to_cpu)
-        if any(lang is None for lang in languages):
+        storage = self._encode(features) if self.decoder is not self.model or detect \
+            else ctranslate2.StorageView.from_array(features)
+        if detect:
             detected = self.detect_languages(storage)
             languages = [lang or found for lang, found in zip(languages, detected, strict=True)]
         for lang in languages:
@@ -241,13 +246,11 @@ class WhisperEngine:
         the guard passes (else keep the most confident attempt that does not loop). One window at a time,
         so the requests that shared its batch do not change its features' numerics; encoded once for
         every temperature (as faster-whisper does), not once per attempt."""
-        import ctranslate2
-
         best = first
         encoded = None
         for temperature in (t for t in self.guard.temperatures if t > options.temperature):
             if encoded is None:
-                encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=self.to_cpu)
+                encoded = self._encode(features)
             (result,) = self._generate(encoded, [window], [language], options, temperature)
             result.triggered = best.triggered + result.triggered
             if not result.flag:

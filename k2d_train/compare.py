@@ -57,6 +57,13 @@ class Contender:
                    float(penalty) if penalty else None, sampling[-1] if sampling else None,
                    beams[-1] if beams else None)
 
+    def options(self, run: EvaluateOptions) -> EvaluateOptions:
+        """The run's options with this contender's own: what it sets, it overrides (None keeps the run's)."""
+        own = {"beam_size": self.beam_size, "fallback_sampling": self.fallback_sampling}
+        return replace(run, context=self.context, fallback=self.fallback, fallback_on=self.fallback_on,
+                       repetition_penalty=self.repetition_penalty,
+                       **{key: value for key, value in own.items() if value is not None})
+
 
 def _beam(flag: str) -> int:
     width = flag.removeprefix("beam-")
@@ -81,14 +88,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
             say=print) -> list[dict]:
     """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
     engines: dict = {}  # one load per (model, guard, context), however many contenders use it
-    transcribers = {c.label: ServedTranscriber(c.model, replace(options, context=c.context, fallback=c.fallback,
-                                                               fallback_on=c.fallback_on,
-                                                               repetition_penalty=c.repetition_penalty,
-                                                               beam_size=c.beam_size or options.beam_size,
-                                                               fallback_sampling=options.fallback_sampling
-                                                               if c.fallback_sampling is None else c.fallback_sampling),
-                                       store, engines)
-                    for c in contenders}
+    transcribers = {c.label: ServedTranscriber(c.model, c.options(options), store, engines) for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():
         items = [(row, decode_audio(row.path(manifest))) for row in read_manifest(manifest)]
