@@ -87,6 +87,20 @@ def edit_counts(reference: list[str], hypothesis: list[str]) -> ErrorCounts:
     return ErrorCounts(out.substitutions + out.deletions + out.insertions, len(reference))
 
 
+def unmatched_share(reference: list[str], hypothesis: list[str]) -> float:
+    """The share of ``reference`` units that no in-order match in ``hypothesis`` covers (1 − LCS / len):
+    a recall distance that extra hypothesis units do not raise. 0 for an empty reference."""
+    if not reference:
+        return 0.0
+    previous = [0] * (len(hypothesis) + 1)
+    for unit in reference:
+        current = [0]
+        for j, other in enumerate(hypothesis):
+            current.append(previous[j] + 1 if unit == other else max(previous[j + 1], current[j]))
+        previous = current
+    return 1.0 - previous[-1] / len(reference)
+
+
 def mer_counts(reference: str, hypothesis: str) -> ErrorCounts:
     return edit_counts(units(reference), units(hypothesis))
 

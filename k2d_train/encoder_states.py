@@ -9,7 +9,9 @@ student's short-context states (inputs of the student's decoder).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from k2d.audio import SAMPLE_RATE, decode_audio
+from k2d.context import FULL_FRAMES
 from k2d.features import log_mel
 from k2d_train.encoder import encode
 
@@ -54,19 +57,49 @@ class CT2Encoder:
         return torch.from_numpy(np.array(self.model.encode(storage, to_cpu=True)))
 
 
+def cache_name(key: str, audio: Path, start: float, end: float, identity: str) -> str:
+    """A cache file's name: the readable ``key`` plus a digest of *what* was encoded — which file, which
+    span, by which encoder at which input length. Chunk ids alone are not unique: ``c-r0`` names different
+    spans under different validation rules, and every rule (and both training stages) shares one folder."""
+    what = f"{Path(audio).resolve()}|{start:.3f}|{end:.3f}|{identity}"
+    digest = hashlib.sha1(what.encode()).hexdigest()[:16]
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)[:80]}-{digest}.npz"
+
+
+def weights_fingerprint(model_dir: Path) -> str:
+    """A digest of a checkpoint's weight files: a retrained encoder never reads its predecessor's cache."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(model_dir).glob("*.safetensors")) + sorted(Path(model_dir).glob("*.bin")):
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def teacher_identity(teacher_dir: Path) -> str:
+    """The teacher's 30 s states, whichever engine computed them (CTranslate2 and transformers agree to ~1e-3):
+    both training stages share one cache of them."""
+    return f"teacher:{weights_fingerprint(teacher_dir)}@{FULL_FRAMES}"
+
+
 class EncoderStates:
     def __init__(self, encoder, folder: Path | None, device: torch.device, frames_for: Callable[[int], int],
-                 layers: tuple[int, ...] = (), keep_frames: Callable[[int], int] | None = None):
+                 layers: tuple[int, ...] = (), keep_frames: Callable[[int], int] | None = None, identity: str = ""):
+        """``identity`` names the encoder and its input length rule (part of every cache file's name)."""
         self.encoder, self.folder, self.device = encoder, folder, device
         self.frames_for, self.layers, self.keep_frames = frames_for, tuple(layers), keep_frames
+        self.identity = identity
         self.reader = ClipReader()
+
+    def path(self, audio: Path, start: float, end: float, key: str) -> Path | None:
+        return self.folder / cache_name(key, audio, start, end, self.identity) if self.folder else None
 
     @torch.no_grad()
     def get(self, audio: Path, start: float, end: float, key: str) -> dict[str, torch.Tensor]:
-        """``{"final": (frames, d), "layer<i>": ...}`` as float32, always the float16-rounded value so a
-        resumed run sees exactly what an uninterrupted one saw. ``final`` is kept whole (the teacher's
-        decoder reads all of it); intermediate layers only up to ``keep_frames``."""
-        path = self.folder / f"{key}.npz" if self.folder else None
+        """``{"final": (frames, d), "layer<i>": ...}`` of exactly ``audio[start:end]``, as float32, always the
+        float16-rounded value so a resumed run sees exactly what an uninterrupted one saw. ``final`` is kept
+        whole (the teacher's decoder reads all of it); intermediate layers only up to ``keep_frames``."""
+        path = self.path(audio, start, end, key)
         wanted = {"final", *(f"layer{i}" for i in self.layers)}
         if path is not None and path.exists():
             with np.load(path) as stored:

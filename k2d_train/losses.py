@@ -47,12 +47,17 @@ def layer_regression(predicted: torch.Tensor, target: torch.Tensor) -> dict[str,
 
 
 def frame_contrastive(predicted: torch.Tensor, target: torch.Tensor, temperature: float = 0.1,
-                      max_frames: int = 256, generator: torch.Generator | None = None) -> torch.Tensor:
+                      max_frames: int = 256, generator: torch.Generator | None = None,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """The discriminative term: each predicted frame must pick its own target among other frames'
     (InfoNCE). Regression alone lets a student blur neighbouring frames into an average; the
-    decoder's cross-attention needs them distinguishable."""
-    pred = F.normalize(predicted.float().reshape(-1, predicted.shape[-1]), dim=-1)
-    gold = F.normalize(target.float().reshape(-1, target.shape[-1]), dim=-1)
+    decoder's cross-attention needs them distinguishable. ``mask`` (B, T) keeps the frames that hold
+    audio: frames of padding all look alike, and asking to tell them apart only adds noise."""
+    width = predicted.shape[-1]
+    pred, gold = predicted.float().reshape(-1, width), target.float().reshape(-1, width)
+    if mask is not None:
+        pred, gold = pred[mask.reshape(-1)], gold[mask.reshape(-1)]
+    pred, gold = F.normalize(pred, dim=-1), F.normalize(gold, dim=-1)
     if pred.shape[0] > max_frames:
         pick = torch.randperm(pred.shape[0], generator=generator)[:max_frames].to(pred.device)
         pred, gold = pred[pick], gold[pick]

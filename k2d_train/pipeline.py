@@ -115,7 +115,25 @@ class RunConfig:
             ablation_rules=list(raw.get("ablation_rules") or []),
             ablation_contexts=bool(raw.get("ablation_contexts", False)),
             source=path.resolve(),
-        )
+        ).checked()
+
+    def checked(self) -> RunConfig:
+        """Refuse options that contradict each other instead of letting one silently do nothing."""
+        if self.distill.use_nbest and self.pseudo_label.nbest < 2:
+            raise ValueError("config: distill.use_nbest needs pseudo_label.nbest >= 2 (no N-best labels exist otherwise)")
+        if self.pseudo_label.nbest > 1 and not self.distill.use_nbest:
+            raise ValueError(f"config: pseudo_label.nbest is {self.pseudo_label.nbest} but distill.use_nbest is false: "
+                             "the teacher would decode N-best lists that no stage reads (set use_nbest: true or nbest: 1)")
+        return self
+
+    def warnings(self) -> list[str]:
+        """Legal but probably unintended: said before the run starts."""
+        out = []
+        rules = {self.validate.rule, *self.ablation_rules} - {"none", "ngram"}
+        if rules and self.validator == self.teacher:
+            out.append(f"the validator is the teacher itself ({self.teacher}): rules {sorted(rules)} then measure "
+                       "the teacher's agreement with itself, not a second opinion (K²D validates with another model)")
+        return out
 
 
 class Stages:
@@ -161,6 +179,8 @@ def corpus_paths(config: RunConfig) -> dict[str, Path]:
 def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
     from k2d_train import pipeline_stages as st
 
+    for warning in config.warnings():
+        say(f"warning: {warning}")
     stages = Stages(config.run_dir, say)
     paths = corpus_paths(config)
     stages.run(1, "corpus", lambda: st.corpus(config, paths))

@@ -79,7 +79,8 @@ def kept_for_rule(config: RunConfig, rule: str) -> Path:
     out = config.run_dir / f"ablation-{rule}" / "kept.jsonl"
     validated = [{"audio": r.audio, **r.extra} for r in read_manifest(config.run_dir / "validate" / "validated.jsonl")]
     # validate/ and ablation-<rule>/ are siblings, so the relative audio paths stay valid
-    write_manifest(out, kept_chunks(validated, rule, config.validate.alpha))
+    write_manifest(out, kept_chunks(validated, rule, config.validate.alpha, ngram_n=config.validate.ngram_n,
+                                    ngram_count=config.validate.ngram_count))
     return out
 
 

@@ -21,11 +21,12 @@ from rich.table import Table
 from tqdm import tqdm
 
 from k2d.manifest import read_manifest, write_manifest
-from k2d.scoring import mer, repeated_ngram
+from k2d.scoring import mer, repeated_ngram, strip_timestamps, units, unmatched_share
+from k2d.textunits import is_han
 from k2d_train.chunking import Chunk, Segment
 from k2d_train.decoding import generate_texts
 from k2d_train.encoder_states import ClipReader
-from k2d_train.phonemes import per
+from k2d_train.phonemes import per, phonemes
 from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here
 from k2d_train.store.loading import load_whisper
 
@@ -51,18 +52,30 @@ class ValidateOptions:
         return bool({self.rule, *self.also_rules} - set(TEACHER_ONLY))
 
 
-def distances(teacher: str, validator: str | None, n: int = 3, count: int = 3) -> dict[str, float]:
+def distances(teacher: str, validator: str | None, n: int = 3, count: int = 3,
+              english_only: bool = False) -> dict[str, float]:
     """δ of every rule for one segment (teacher text is the reference); without a validator transcript,
-    only the teacher-only rules."""
+    only the teacher-only rules.
+
+    ``english_only``: the validator is an English-only model (tiny.en) and votes on the teacher's English
+    words alone — δ is the share of them (or of their phonemes) the validator did not also say, in order;
+    whatever it made of the Mandarin around them does not count. A segment without English gets no vote
+    (δ 0), so ``comp`` falls back to the teacher's own loop flag there."""
     h_teacher = float(repeated_ngram(teacher, n, count))
     if validator is None:
         return {"none": 0.0, "ngram": h_teacher}
     h_validator = float(repeated_ngram(validator, n, count))
-    phoneme_distance = per(teacher, validator)
+    if english_only:
+        said = [u for u in units(teacher) if not is_han(u)]
+        heard = [u for u in units(validator) if not is_han(u)]
+        word_distance = unmatched_share(said, heard)
+        phoneme_distance = unmatched_share(phonemes(" ".join(said)), phonemes(" ".join(heard)))
+    else:
+        word_distance, phoneme_distance = mer(teacher, validator), per(teacher, validator)
     return {
         "none": 0.0,
         "ngram": h_teacher,
-        "mer": mer(teacher, validator),
+        "mer": word_distance,
         "per": phoneme_distance,
         "comp": max(h_teacher, min(1.0 - h_validator, phoneme_distance)),
     }
@@ -107,10 +120,11 @@ def validate(validator: str, chunks: Path, out: Path, options: ValidateOptions, 
                                                             options.beam_size, len(batch))]
     if processes.distributed:
         texts = _gather_texts(markers, texts, [f"{row['id']}@{seg['start']}" for row, seg in jobs], len(batches))
+    english_only = whisper is not None and not whisper.model.is_multilingual
     for number, batch in enumerate(batches):
         for (_, segment), text in zip(batch, texts[number], strict=True):
             segment.update(validator_text=text, delta=distances(segment["text"], text, options.ngram_n,
-                                                                options.ngram_count))
+                                                                options.ngram_count, english_only))
     if not needs_validator:
         for _, segment in jobs:
             segment.update(delta=distances(segment["text"], None, options.ngram_n, options.ngram_count))
@@ -123,7 +137,8 @@ def validate(validator: str, chunks: Path, out: Path, options: ValidateOptions, 
     if processes.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(out / "validated.jsonl", validated)
-        write_manifest(out / "kept.jsonl", kept_chunks(validated, options.rule, options.alpha))
+        write_manifest(out / "kept.jsonl", kept_chunks(validated, options.rule, options.alpha,
+                                                       ngram_n=options.ngram_n, ngram_count=options.ngram_count))
         write_dropped(out / "dropped.md", validated, options.rule, options.alpha)
     processes.barrier()  # nobody returns before the files are complete
     return summary(validated, options.alpha)
@@ -143,8 +158,13 @@ def _gather_texts(markers: ShardMarkers, texts: dict[int, list[str]], job_keys: 
     return merged
 
 
-def kept_chunks(validated: list[dict], rule: str, alpha: float, edge_s: float = 0.2) -> list[dict]:
-    """Training chunks of one rule: each run of consecutive kept segments of a chunk, with a margin."""
+def kept_chunks(validated: list[dict], rule: str, alpha: float, edge_s: float = 0.2, ngram_n: int = 3,
+                ngram_count: int = 3) -> list[dict]:
+    """Training chunks of one rule: each run of consecutive kept segments of a chunk, with a margin.
+
+    A chunk's N-best hypotheses (sequence-level KD) describe the *whole* chunk: they go only with a chunk
+    kept whole, and each must pass the teacher's own loop flag. A sub-run gets none — its audio is shorter
+    than every hypothesis, which would still carry the segments the rule dropped."""
     out = []
     for row in validated:
         runs: list[list[dict]] = [[]]
@@ -158,10 +178,14 @@ def kept_chunks(validated: list[dict], rule: str, alpha: float, edge_s: float = 
             end = min(row["end"], run[-1]["end"] + edge_s)
             chunk = Chunk(start, end, [Segment(s["start"], s["end"], s["text"], s.get("tokens", [])) for s in run])
             whole = len(run) == len(row["segments"])
-            out.append({**{k: v for k, v in row.items() if k not in ("segments", "teacher_text", "teacher_label")},
-                        "id": row["id"] if whole else f"{row['id']}-r{index}", "start": round(start, 3),
-                        "end": round(end, 3), "teacher_text": chunk.text, "teacher_label": chunk.label(),
-                        "segments": [s.to_json() for s in chunk.segments]})
+            kept = {**{k: v for k, v in row.items() if k not in ("segments", "teacher_text", "teacher_label", "nbest")},
+                    "id": row["id"] if whole else f"{row['id']}-r{index}", "start": round(start, 3),
+                    "end": round(end, 3), "teacher_text": chunk.text, "teacher_label": chunk.label(),
+                    "segments": [s.to_json() for s in chunk.segments]}
+            if whole and row.get("nbest"):
+                kept["nbest"] = [h for h in row["nbest"]
+                                 if not repeated_ngram(strip_timestamps(h), ngram_n, ngram_count)]
+            out.append(kept)
     return out
 
 

@@ -22,10 +22,11 @@ import torch
 from tqdm import tqdm
 
 from k2d.context import FULL_FRAMES, ContextPolicy, mel_frames
+from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.encoder import encode
-from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates
+from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates, teacher_identity
 from k2d_train.losses import frame_contrastive, layer_regression
 
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
@@ -73,8 +74,14 @@ class Chunk:
     end: float
 
 
-def _chunks(kept: Path) -> list[Chunk]:
-    return [Chunk(row.extra["id"], row.path(kept), row.extra["start"], row.extra["end"]) for row in read_manifest(kept)]
+def heard_chunks(kept: Path, max_crop_s: float | None) -> list[Chunk]:
+    """Each kept chunk as the student hears it: its first ``max_crop_s`` seconds. The teacher's targets are
+    computed on exactly this span (padded to 30 s), so every target frame describes audio the student got
+    — the teacher's states of the *whole* chunk would ask the student's padding frames for speech that was
+    cut off."""
+    crop = max_crop_s or float("inf")
+    return [Chunk(row.extra["id"], row.path(kept), row.extra["start"], min(row.extra["end"], row.extra["start"] + crop))
+            for row in read_manifest(kept)]
 
 
 def spec_augment(features: torch.Tensor, generator: torch.Generator, masks: int = 2, max_time: int = 40,
@@ -127,7 +134,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     encoder = student.model.encoder
     # CTranslate2 computes the final states more cheaply; transformers only when intermediate layers are wanted
     teacher = None if teacher_ct2 is not None and not options.target_layers else _load_encoder(str(teacher_dir), store).to(device)
-    chunks = _chunks(kept)
+    chunks = heard_chunks(kept, options.max_crop_s)
     if not chunks:
         raise ValueError(f"{kept}: no chunks to learn from")
     extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
@@ -137,9 +144,11 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     # the teacher's 30 s states: targets here, and the KL inputs of the decoder stage (a shared cache)
     states_by = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None and not depth else teacher
     caches = [EncoderStates(states_by, (teacher_cache or run_dir / "targets") if options.cache else None, device,
-                            lambda _: FULL_FRAMES, tuple(sorted(set(depth.values()))), keep)]
-    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES, (), keep)
-               for n, t in enumerate(extra)]
+                            lambda _: FULL_FRAMES, tuple(sorted(set(depth.values()))), keep,
+                            identity=teacher_identity(teacher_dir))]
+    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES, (), keep,
+                             identity=f"extra:{name}@{FULL_FRAMES}")
+               for n, (name, t) in enumerate(zip(options.extra_teachers, extra, strict=True))]
     targets: list[list[dict]] = [[], *([] for _ in extra)]
     for chunk in tqdm(chunks, desc="teacher encoder states (30 s)", disable=not accelerator.is_main_process):
         for cache, bucket in zip(caches, targets, strict=True):
@@ -155,8 +164,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     # stepped once per optimizer step on every process (Accelerate's wrapper): its horizon is max_steps either way
     scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
                                                 options.max_steps * accelerator.num_processes)
-    crop = options.max_crop_s or 1e9
-    sampler = BucketBatches([int(min(c.end - c.start, crop) // BUCKET_S) for c in chunks], options.batch_size, options.seed,
+    sampler = BucketBatches([int((c.end - c.start) // BUCKET_S) for c in chunks], options.batch_size, options.seed,
                             accelerator.num_processes, accelerator.process_index)
     loader = torch.utils.data.DataLoader(list(range(len(chunks))), batch_sampler=sampler, collate_fn=lambda b: b)
     encoder, heads, optimizer, scheduler = accelerator.prepare(encoder, heads, optimizer, scheduler)  # the sampler shards
@@ -212,8 +220,7 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
     """One batch: the chunks padded with one random margin, the student's states against the targets."""
     from k2d.features import log_mel
 
-    crop = options.max_crop_s or 1e9
-    clips = [audio.clip(chunks[i].audio, chunks[i].start, min(chunks[i].end, chunks[i].start + crop)) for i in batch]
+    clips = [audio.clip(chunks[i].audio, chunks[i].start, chunks[i].end) for i in batch]
     pad = options.pad_min_s + float(torch.rand(1, generator=generator)) * (options.pad_max_s - options.pad_min_s)
     frames = mel_frames(max(len(c) for c in clips) / 16000 + pad)
     features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in clips]).to(device)
@@ -229,8 +236,12 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
 
     regression = layer_regression(final, gold(targets[0], "final"))
     loss = options.l1_weight * regression["l1"] + options.cos_weight * regression["cos"]
-    contrastive = frame_contrastive(final, gold(targets[0], "final"), options.contrastive_temperature, generator=generator)
-    loss = loss + options.contrastive_weight * contrastive
+    contrastive = torch.zeros((), device=device)
+    if options.contrastive_weight:
+        heard = torch.arange(span)[None, :] < torch.tensor([len(c) // (2 * HOP_LENGTH) for c in clips])[:, None]
+        contrastive = frame_contrastive(final, gold(targets[0], "final"), options.contrastive_temperature,
+                                        generator=generator, mask=heard.to(device))
+        loss = loss + options.contrastive_weight * contrastive
     for layer, teacher_layer in depth.items():
         hint = layer_regression(wrapped.layers[str(layer)](layers[layer]), gold(targets[0], f"layer{teacher_layer}"))
         loss = loss + 0.5 * (options.l1_weight * hint["l1"] + options.cos_weight * hint["cos"])

@@ -22,11 +22,12 @@ import torch
 from tqdm import tqdm
 
 from k2d.context import FULL_FRAMES, ContextPolicy
+from k2d.engine import MAX_POSITIONS
 from k2d.manifest import read_manifest
-from k2d.scoring import ErrorCounts, mer_counts
+from k2d.scoring import ErrorCounts, mer_counts, to_script
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.decoding import whisper_prompt
-from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates
+from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
 from k2d_train.hf_decode import greedy_decode
 from k2d_train.labels import chunk_label_ids
 from k2d_train.losses import LossWeights, distillation_loss
@@ -67,18 +68,23 @@ class Example:
 
 
 def build_examples(kept: Path, tokenizer, use_nbest: bool, script: str = "simplified") -> list[Example]:
-    """One example per kept chunk (its timestamped label), plus one per extra N-best hypothesis."""
+    """One example per kept chunk (its timestamped label), plus one per distinct N-best hypothesis.
+
+    The hypotheses come from a separate beam search over the chunk (``k2d pseudo-label --nbest``), so even
+    the first may differ from the long-form label; each is put in the labels' script, and a hypothesis
+    that repeats one already taken adds nothing."""
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     examples = []
     for row in read_manifest(kept):
         prompt = whisper_prompt(tokenizer, row.extra.get("language") or "zh")
         labels = [chunk_label_ids(row.extra, tokenizer, script)]
         if use_nbest:
-            labels += [tokenizer.encode(text, add_special_tokens=False) for text in row.extra.get("nbest", [])[1:]]
-        for label in labels:  # N-best hypotheses share the chunk's encoder output (same key)
-            tokens = prompt + label + [eot]
+            labels += [tokenizer.encode(to_script(text, script), add_special_tokens=False)
+                       for text in row.extra.get("nbest", [])]
+        for label in dict.fromkeys(tuple(label) for label in labels if label):  # N-best share the chunk's states
+            tokens = [*prompt, *label, eot]
             examples.append(Example(row.extra["id"], row.path(kept), row.extra["start"], row.extra["end"],
-                                    tokens[:448], len(prompt)))
+                                    tokens[:MAX_POSITIONS], len(prompt)))
     return examples
 
 
@@ -151,19 +157,25 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _encoder_states(teacher, student, run_dir: Path, options: DistillOptions, device, policy: ContextPolicy,
-                    teacher_cache: Path | None = None, teacher_ct2: Path | None = None):
+def same_encoder(student, teacher) -> bool:
+    """Whether the student still has its teacher's encoder, weight for weight (K²D's frozen encoder)."""
+    ours, theirs = student.model.encoder.state_dict(), teacher.model.encoder.state_dict()
+    return ours.keys() == theirs.keys() and all(
+        ours[n].shape == theirs[n].shape and torch.equal(ours[n], theirs[n].to(ours[n].device)) for n in ours)
+
+
+def _encoder_states(teacher, student, student_dir: Path, teacher_dir: Path, run_dir: Path, options: DistillOptions,
+                    device, policy: ContextPolicy, teacher_cache: Path | None = None, teacher_ct2: Path | None = None):
     """The teacher's 30 s states (by CTranslate2 when its export is given: same states, less CPU), and the
-    student's own (short-context or reshaped encoder) if they differ."""
+    student's own (short context, or a distilled or reshaped encoder) if they differ."""
     folder = teacher_cache or run_dir / "encoder_cache"
     encoder = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None else teacher.model.encoder
-    full = EncoderStates(encoder, folder if options.cache_encoder else None, device, lambda _: FULL_FRAMES)
-    same = policy.full and student.config.encoder_layers == teacher.config.encoder_layers and \
-        student.config.encoder_ffn_dim == teacher.config.encoder_ffn_dim
-    if same:
+    full = EncoderStates(encoder, folder if options.cache_encoder else None, device, lambda _: FULL_FRAMES,
+                         identity=teacher_identity(teacher_dir))
+    if policy.full and same_encoder(student, teacher):
         return full, full
     own = EncoderStates(student.model.encoder, run_dir / "student_encoder_cache" if options.cache_encoder else None,
-                        device, policy.frames)
+                        device, policy.frames, identity=f"student:{weights_fingerprint(student_dir)}@{policy}")
     return full, own
 
 
@@ -185,8 +197,8 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     student = WhisperForConditionalGeneration.from_pretrained(student_dir)
     student.model.encoder.requires_grad_(False)
     policy = ContextPolicy.of_model(student_dir)
-    teacher_states, student_states = _encoder_states(teacher, student, run_dir, options, accelerator.device, policy,
-                                                     teacher_cache, teacher_ct2)
+    teacher_states, student_states = _encoder_states(teacher, student, student_dir, teacher_dir, run_dir, options,
+                                                     accelerator.device, policy, teacher_cache, teacher_ct2)
     examples = build_examples(kept, tokenizer, options.use_nbest, options.label_script)
     if not examples:
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
