@@ -109,10 +109,12 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                 counts[contender.label]["fallbacks"] += result.fallbacks
                 counts[contender.label]["trimmed"] += result.trimmed
         references = [row.text or "" for row, _ in items]
+        groups = [group_of(row) for row, _ in items]
         audio_s = sum(duration(a) for _, a in items)
         for contender in contenders:
             label = contender.label
             row = {"set": set_name, "model": label, **score(references, texts[label]), **counts[label],
+                   "groups": group_scores(groups, references, texts[label]),
                    **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    "context": transcribers[label].engine.policy.describe(),
@@ -126,6 +128,37 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
         _add_speedups(rows, set_name, contenders[0].label)
     rows.append({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return rows
+
+
+def group_of(row) -> str:
+    """The voice group a test row belongs to: its own ``group``, else its Mandarin voice (``gcin-5+flite-slt``
+    → ``gcin-5``: Mandarin characters are most of the units), else ``all``."""
+    return row.extra.get("group") or (row.extra.get("voice") or "all").split("+")[0]
+
+
+def group_scores(groups: list[str], references: list[str], hypotheses: list[str]) -> dict[str, dict]:
+    """MER, loops and size of every voice group: one voice the model cannot hear is not averaged away."""
+    out = {}
+    for group in sorted(set(groups)):
+        members = [i for i, g in enumerate(groups) if g == group]
+        scored = score([references[i] for i in members], [hypotheses[i] for i in members])
+        out[group] = {"mer": scored["mer"], "repetitions": scored["repetitions"], "utterances": len(members)}
+    return out
+
+
+def worse_than_baseline(rows: list[dict], baseline: str, tolerance: float = 0.0) -> list[str]:
+    """Every (set, group, model) whose MER is above the baseline's (the teacher's) on the same rows: a
+    failure of the student, never a footnote."""
+    failures = []
+    for row in (r for r in rows if r.get("set") and r["model"] != baseline):
+        base = next(r for r in rows if r.get("set") == row["set"] and r["model"] == baseline)
+        for group, found in row.get("groups", {}).items():
+            gap = found["mer"] - base["groups"][group]["mer"]
+            if gap > tolerance:
+                failures.append(f"{row['model']} worse than {baseline} on {row['set']} group {group} by {gap:+.3f} "
+                                f"MER ({found['mer']:.3f} vs {base['groups'][group]['mer']:.3f}, "
+                                f"{found['utterances']} utterances)")
+    return failures
 
 
 def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
@@ -153,4 +186,24 @@ def markdown(rows: list[dict], command: str) -> str:
     rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)
     if rss:
         lines += ["", f"Peak RSS of the comparing process (all models loaded): {rss} MB."]
+    lines += ["", *group_markdown(rows)]
     return "\n".join(lines) + "\n"
+
+
+def group_markdown(rows: list[dict]) -> list[str]:
+    """Per voice group: every model's MER (loops) beside the first model's (the teacher's), then the failures."""
+    scored = [r for r in rows if r.get("groups")]
+    if not scored:
+        return []
+    models = list(dict.fromkeys(r["model"] for r in scored))
+    lines = ["MER per voice group (loops in brackets; the first model is the baseline):", "",
+             "| set | group | utterances | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+    for set_name in dict.fromkeys(r["set"] for r in scored):
+        by_model = {r["model"]: r["groups"] for r in scored if r["set"] == set_name}
+        for group, first in by_model[models[0]].items():
+            cells = [f"{by_model[m][group]['mer']:.3f} ({by_model[m][group]['repetitions']})" for m in models]
+            lines.append(f"| {set_name} | {group} | {first['utterances']} | " + " | ".join(cells) + " |")
+    failures = worse_than_baseline(scored, models[0])
+    lines += ["", *(f"- **FAIL**: {f}" for f in failures)] if failures else ["", f"No group where a model is worse "
+                                                                                  f"than {models[0]}."]
+    return lines

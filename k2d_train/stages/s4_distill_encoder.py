@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -25,11 +26,13 @@ from k2d.context import FULL_FRAMES, ContextPolicy, mel_frames
 from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
 from k2d_train.checkpoints import CheckpointStore
+from k2d_train.data import augment
 from k2d_train.encoder import encode
 from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates, teacher_identity
 from k2d_train.losses import frame_contrastive, layer_regression
 
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
+ADAPT = ("full", "norms", "lora")
 
 
 @dataclass
@@ -55,10 +58,31 @@ class EncoderDistillOptions:
     spec_augment: bool = True
     max_crop_s: float | None = 12.0  # train on the first ≤ N s of each chunk: short inputs are the point, and cheaper
     train_top_layers: int | None = None  # train only the top N encoder layers (the rest run without autograd)
+    # what short-context adaptation may change, the rest staying the teacher's (Whisper's generality):
+    # full (every weight) | norms (layer norms + position table) | lora (low-rank adapters on attention and FFN
+    # + norms + positions, merged into the weights at the end)
+    adapt: str = "full"
+    lora_rank: int = 8
+    # also keep the student's states on the teacher's own 30 s input: every N-th step the batch runs at 30 s too,
+    # regressed to the teacher's states of all 1,500 frames with this weight (0: off)
+    full_context_weight: float = 0.0
+    full_context_every: int = 4
+    # noise (and room) on the student's input only, with this probability per clip; targets stay the teacher's
+    # states of the clean clip, so the student learns to hear through it
+    augment_p: float = 0.0
+    augment_snr_db: tuple[float, float] = (5.0, 25.0)
+    extra_audio: str | None = None  # unlabelled manifest {audio, start, end, id} heard by this stage only
     save_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
     cache: bool = True
+
+    def __post_init__(self):
+        if self.adapt not in ADAPT:
+            raise ValueError(f"distill_encoder.adapt {self.adapt!r}: choose one of {', '.join(ADAPT)}")
+        if self.adapt != "full" and self.train_top_layers:
+            raise ValueError("distill_encoder: train_top_layers and adapt are two answers to one question; set one")
+        self.augment_snr_db = tuple(self.augment_snr_db)
 
     @property
     def policy(self) -> ContextPolicy:
@@ -135,6 +159,8 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     # CTranslate2 computes the final states more cheaply; transformers only when intermediate layers are wanted
     teacher = None if teacher_ct2 is not None and not options.target_layers else _load_encoder(str(teacher_dir), store).to(device)
     chunks = heard_chunks(kept, options.max_crop_s)
+    if options.extra_audio:  # unlabelled audio for this stage only: the encoder needs no transcript
+        chunks += heard_chunks(Path(options.extra_audio), options.max_crop_s)
     if not chunks:
         raise ValueError(f"{kept}: no chunks to learn from")
     extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
@@ -154,11 +180,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         for cache, bucket in zip(caches, targets, strict=True):
             bucket.append(cache.get(chunk.audio, chunk.start, chunk.end, chunk.key))
     heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
-    if options.train_top_layers:  # the rest stays the teacher's: fewer parameters to move, cheaper steps
-        encoder.requires_grad_(False)
-        for layer in list(encoder.layers)[-options.train_top_layers:]:
-            layer.requires_grad_(True)
-        encoder.layer_norm.requires_grad_(True)
+    encoder, merge = trainable_encoder(encoder, options)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate)
     # stepped once per optimizer step on every process (Accelerate's wrapper): its horizon is max_steps either way
@@ -179,7 +201,8 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     while step < options.max_steps:
         sampler.use_epoch(*divmod(step, sampler.per_process()))
         for batch in loader:
-            losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device)
+            losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device,
+                                step + 1)
             accelerator.backward(losses["loss"])
             accelerator.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -205,10 +228,60 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         from k2d.context import POLICY_FILE
         from k2d_train.store.publish import write_student
 
-        student.model.encoder = accelerator.unwrap_model(encoder)
+        student.model.encoder = merge(accelerator.unwrap_model(encoder))
         write_student(student, student_dir, out_dir, extra={POLICY_FILE: json.dumps(asdict(options.policy), indent=2)})
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def trainable_encoder(encoder, options: EncoderDistillOptions):
+    """The encoder with only what ``options`` lets short-context adaptation change left trainable, and the
+    function that turns the trained module back into a plain WhisperEncoder (LoRA adapters merged)."""
+    keep_as_is = lambda module: module  # noqa: E731
+    if options.train_top_layers:  # the rest stays the teacher's: fewer parameters to move, cheaper steps
+        encoder.requires_grad_(False)
+        for layer in list(encoder.layers)[-options.train_top_layers:]:
+            layer.requires_grad_(True)
+        encoder.layer_norm.requires_grad_(True)
+        return encoder, keep_as_is
+    if options.adapt == "full":
+        return encoder, keep_as_is
+    if options.adapt == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=options.lora_rank, lora_alpha=2 * options.lora_rank, lora_dropout=0.0,
+                            target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+        wrapped = get_peft_model(encoder, config)  # freezes everything but the adapters
+        encoder = wrapped.base_model.model  # the same modules, adapters injected: what encode() walks
+    else:
+        encoder.requires_grad_(False)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.requires_grad_(True)
+    encoder.embed_positions.weight.requires_grad_(True)  # the table the short input is cut from
+
+    def merged(trained):
+        if options.adapt != "lora":
+            return trained
+        from peft.tuners.lora import LoraLayer
+
+        for module in trained.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+        return _strip_lora(trained)
+
+    return encoder, merged
+
+
+def _strip_lora(encoder):
+    """Replace every merged LoRA layer by its base Linear: what is saved is a plain WhisperEncoder."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in list(encoder.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoraLayer):
+                setattr(module, child_name, child.get_base_layer())
+    return encoder
 
 
 def wrapped_layers(encoder):
@@ -216,14 +289,16 @@ def wrapped_layers(encoder):
 
 
 def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]], audio: ClipReader, encoder, heads,
-               depth: dict[int, int], options: EncoderDistillOptions, generator: torch.Generator, device) -> dict:
+               depth: dict[int, int], options: EncoderDistillOptions, generator: torch.Generator, device,
+               step: int = 1) -> dict:
     """One batch: the chunks padded with one random margin, the student's states against the targets."""
     from k2d.features import log_mel
 
     clips = [audio.clip(chunks[i].audio, chunks[i].start, chunks[i].end) for i in batch]
     pad = options.pad_min_s + float(torch.rand(1, generator=generator)) * (options.pad_max_s - options.pad_min_s)
     frames = mel_frames(max(len(c) for c in clips) / 16000 + pad)
-    features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in clips]).to(device)
+    heard = [noisy(c, options, generator) for c in clips]  # the clean clips stay the teacher's
+    features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in heard]).to(device)
     if options.spec_augment:
         features = spec_augment(features, generator)
     wrapped = getattr(heads, "module", heads)
@@ -231,16 +306,16 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
     final, layers = encode(encoder, features, list(depth), frozen_below=frozen)
     span = final.shape[1]
 
-    def gold(bucket: list[dict], name: str) -> torch.Tensor:
-        return torch.stack([bucket[i][name][:span] for i in batch]).to(device)
+    def gold(bucket: list[dict], name: str, frames: int = span) -> torch.Tensor:
+        return torch.stack([bucket[i][name][:frames] for i in batch]).to(device)
 
     regression = layer_regression(final, gold(targets[0], "final"))
     loss = options.l1_weight * regression["l1"] + options.cos_weight * regression["cos"]
     contrastive = torch.zeros((), device=device)
     if options.contrastive_weight:
-        heard = torch.arange(span)[None, :] < torch.tensor([len(c) // (2 * HOP_LENGTH) for c in clips])[:, None]
+        audible = torch.arange(span)[None, :] < torch.tensor([len(c) // (2 * HOP_LENGTH) for c in clips])[:, None]
         contrastive = frame_contrastive(final, gold(targets[0], "final"), options.contrastive_temperature,
-                                        generator=generator, mask=heard.to(device))
+                                        generator=generator, mask=audible.to(device))
         loss = loss + options.contrastive_weight * contrastive
     for layer, teacher_layer in depth.items():
         hint = layer_regression(wrapped.layers[str(layer)](layers[layer]), gold(targets[0], f"layer{teacher_layer}"))
@@ -248,5 +323,27 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
     for n, head in enumerate(wrapped.extra):
         extra = layer_regression(head(final), gold(targets[n + 1], "final"))
         loss = loss + options.extra_weight * (options.l1_weight * extra["l1"] + options.cos_weight * extra["cos"])
+    full = torch.zeros((), device=device)
+    if options.full_context_weight and step % options.full_context_every == 0:
+        # the teacher's own input: the clips padded to 30 s, every one of the 1,500 target frames
+        long = torch.stack([torch.from_numpy(log_mel(c, FULL_FRAMES)) for c in heard]).to(device)
+        whole, _ = encode(encoder, long, frozen_below=frozen)
+        term = layer_regression(whole, gold(targets[0], "final", whole.shape[1]))
+        full = options.l1_weight * term["l1"] + options.cos_weight * term["cos"]
+        loss = loss + options.full_context_weight * full
     return {"loss": loss, "l1": regression["l1"].detach(), "cos": regression["cos"].detach(),
-            "contrastive": contrastive.detach()}
+            "contrastive": contrastive.detach(), "full_context": full.detach()}
+
+
+NOISY = augment.AugmentConfig(tempo=(1.0, 1.0), pitch=(0.0, 0.0), pitch_wobble=0.0, gain_wobble_db=0.0,
+                              reverb_p=0.5, lowpass_p=0.2)
+
+
+def noisy(clip: np.ndarray, options: EncoderDistillOptions, generator: torch.Generator) -> np.ndarray:
+    """The clip as the student hears it: with probability ``augment_p`` through a random room and noise at
+    an SNR from ``augment_snr_db`` (the same length: the targets' frames stay aligned)."""
+    if not options.augment_p or float(torch.rand(1, generator=generator)) >= options.augment_p:
+        return clip
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
+    config = replace(NOISY, snr_db=options.augment_snr_db)
+    return augment.apply_channel(clip, augment.draw_condition(rng, config))[: len(clip)].astype(np.float32)
