@@ -30,6 +30,7 @@ import numpy as np
 
 from app.metrics import Metrics
 from app.settings import DEFAULT_MAX_BATCH_S
+from k2d.audio import SAMPLE_RATE
 from k2d.context import FULL_FRAMES
 from k2d.engine import DecodeOptions, WhisperEngine
 
@@ -129,7 +130,7 @@ class BatchScheduler:
     @property
     def queued_audio_s(self) -> float:
         """Seconds of audio waiting in the queue: what admission control weighs, not the window count."""
-        return sum(len(job.audio) for job in self.pending if job.live) / 16000
+        return sum(len(job.audio) for job in self.pending if job.live) / SAMPLE_RATE
 
     @property
     def seconds_per_window(self) -> float:
@@ -282,7 +283,7 @@ class BatchScheduler:
                 return
             elapsed = time.monotonic() - started
             self.cost.observe(sum(j.units for j in batch), len(batch), elapsed)
-            audio_s = sum(len(j.audio) for j in batch) / 16000
+            audio_s = sum(len(j.audio) for j in batch) / SAMPLE_RATE
             self.metrics.record_batch(self.name, len(batch), audio_s, elapsed, sum(r.tokens for r in results))
             for result in results:
                 for reason in result.triggered:

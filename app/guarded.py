@@ -19,15 +19,14 @@ import json
 import logging
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from app.batching import BatchScheduler, QueueFullError, ShuttingDownError
 from app.metrics import Metrics
+from k2d.cascade import TeacherFallback
 from k2d.engine import DecodeOptions, WindowResult
-from k2d.guard import SampleOn
 
 log = logging.getLogger("k2d")
 Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference seconds
@@ -36,10 +35,9 @@ Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference 
 class Cascade:
     def __init__(self, student: str, teacher: str, student_queue: BatchScheduler, teacher_queue: BatchScheduler,
                  metrics: Metrics, fallback: bool, shadow_fraction: float, harvest: Harvest | None,
-                 fallback_sampling: SampleOn = "all"):
-        """``fallback_sampling``: which of its own flags the teacher standing in for a window samples on."""
-        self.student, self.teacher = student, teacher
-        self.fallback_sampling = fallback_sampling
+                 rule: TeacherFallback = TeacherFallback()):
+        """``fallback``: teacher fallback on by default (a request may opt out); ``rule``: the cascade's rule."""
+        self.student, self.teacher, self.rule = student, teacher, rule
         self.student_queue, self.teacher_queue, self.metrics = student_queue, teacher_queue, metrics
         self.fallback, self.shadow_fraction, self.harvest = fallback, shadow_fraction, harvest
         self._random = random.Random()  # unseeded: every start (and replica) samples different windows
@@ -53,7 +51,7 @@ class Cascade:
 
     async def _window(self, future: asyncio.Future, audio: np.ndarray, options: DecodeOptions, fallback: bool) -> Outcome:
         result, queue_s, inference_s = await future
-        if result.escalate:
+        if self.rule.wanted(result):
             if fallback:
                 return await self._fall_back(result, audio, options, queue_s, inference_s)
             self._trim(result)
@@ -66,18 +64,17 @@ class Cascade:
     async def _fall_back(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions, queue_s: float,
                          inference_s: float) -> Outcome:
         try:
-            (teacher_future,) = self.teacher_queue.submit([audio], result.language,
-                                                          replace(options, sample_on=self.fallback_sampling))
+            (teacher_future,) = self.teacher_queue.submit([audio], result.language, self.rule.options(options))
         except (QueueFullError, ShuttingDownError):
             self._trim(result)
             return result, queue_s, inference_s  # the guarded student's trimmed transcript beats an error
         self.metrics.fallback.labels(self.student, self.teacher, result.flag or "flag").inc()
         redone, teacher_queue_s, teacher_s = await teacher_future
-        return redone.as_fallback_for(result), queue_s + teacher_queue_s, inference_s + teacher_s
+        return self.rule.answer(result, redone), queue_s + teacher_queue_s, inference_s + teacher_s
 
     def _trim(self, result: WindowResult) -> None:
         """A loop with no teacher to go to (this request opted out, or the teacher is full): cut it back."""
-        if result.trim_loop():
+        if self.rule.without_teacher(result):
             self.metrics.guard.labels(self.student, "trimmed").inc()
 
     async def _shadow(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions) -> None:

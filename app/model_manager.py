@@ -16,18 +16,27 @@ from app.batching import BatchScheduler
 from app.guarded import Cascade, Harvest
 from app.metrics import Metrics
 from app.settings import Settings
-from k2d.context import ContextPolicy
-from k2d.engine import DecodeOptions, WhisperEngine, cuda_available
-from k2d.guard import GuardOptions
+from k2d.cascade import TeacherFallback
+from k2d.engine import DecodeOptions
 from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
+from k2d.served import Served, serve_models
 
 
 @dataclass
 class ServedModel:
-    entry: ModelEntry
+    """A model behind its batch queue (``served``: the assembly ``k2d evaluate`` and ``k2d.load`` use too)."""
+
+    served: Served
     scheduler: BatchScheduler
-    default_language: str | None
     cascade: Cascade | None = None  # a student served beside its teacher
+
+    @property
+    def entry(self) -> ModelEntry:
+        return self.served.entry
+
+    @property
+    def default_language(self) -> str | None:
+        return self.served.default_language
 
     @property
     def max_window_s(self) -> float:
@@ -64,54 +73,23 @@ class ModelManager:
         self.registry = Registry(settings.models_dir)
         self.models: dict[str, ServedModel] = {}
 
-    def device(self) -> tuple[str, str]:
-        use_cuda = self.settings.device == "cuda" or (self.settings.device == "auto" and cuda_available())
-        if use_cuda:
-            return "cuda", self.settings.compute_type_cuda
-        return "cpu", self.settings.compute_type_cpu
-
     def load(self) -> None:
-        device, compute_type = self.device()
-        for name in choose_models(self.registry, self.settings):
-            entry = self.registry.get(name)
-            if entry.format != "ctranslate2":
-                raise ValueError(f"{name} is a {entry.format} model; serve its CTranslate2 export")
-            engine = WhisperEngine(
-                entry.resolve(self.registry.store), device, self.settings.device_index if device == "cuda" else [0],
-                compute_type, self.settings.replicas, self.settings.cpu_threads, self._guard(entry),
-                self._policy(entry), entry.repetition_penalty.overridden(self.settings.repetition_penalty),
-                self.settings.cpu_decode_threads,
-            )
-            scheduler = BatchScheduler(name, engine, self.metrics, self.settings.max_batch_size,
-                                       self.settings.max_wait_ms, self.settings.max_queue_windows,
-                                       self.settings.max_batch_s)
-            language = entry.extra.get("default_language") or (None if entry.multilingual else "en")
-            self.models[name] = ServedModel(entry, scheduler, language)
-        self.metrics.pairs = [
-            (name, teacher) for name, served in self.models.items()
-            if served.entry.role == "student" and (teacher := teacher_of(self.registry, served.entry)) in self.models
-        ]
+        settings = self.settings
+        served = serve_models(self.registry, choose_models(self.registry, settings), settings.policy_for,
+                              settings.runtime())
+        for name, model in served.items():
+            scheduler = BatchScheduler(name, model.engine, self.metrics, settings.max_batch_size, settings.max_wait_ms,
+                                       settings.max_queue_windows, settings.max_batch_s)
+            self.models[name] = ServedModel(model, scheduler)
+        self.metrics.pairs = [(name, teacher) for name, model in served.items() if model.entry.role == "student"
+                              and (teacher := teacher_of(self.registry, model.entry)) in self.models]
         self.metrics.declare(list(self.models), self.metrics.pairs)
-        harvest = Harvest(self.settings.harvest_dir, self.settings.harvest_max_mb) if self.settings.harvest_dir else None
+        harvest = Harvest(settings.harvest_dir, settings.harvest_max_mb) if settings.harvest_dir else None
         for student, teacher in self.metrics.pairs:
             self.models[student].cascade = Cascade(
                 student, teacher, self.models[student].scheduler, self.models[teacher].scheduler, self.metrics,
-                self.settings.fallback, self.settings.shadow_fraction, harvest, self.settings.fallback_sampling)
-
-    def _guard(self, entry: ModelEntry) -> GuardOptions:
-        """Students beside their teacher cascade instead of sampling at higher temperatures."""
-        cascades = self.settings.fallback and entry.role == "student" and teacher_of(self.registry, entry) is not None
-        return GuardOptions.for_model(cascades, tuple(self.settings.guard_fallback_on), enabled=self.settings.guard,
-                                      tokens_per_s=self.settings.guard_tokens_per_s,
-                                      compression_ratio=self.settings.guard_compression_ratio,
-                                      logprob=self.settings.guard_logprob)
-
-    def _policy(self, entry: ModelEntry) -> ContextPolicy | None:
-        """Each model's own context (a short-context student's is in its folder); the teacher gets
-        Whisper's 30 s unless the operator opts in."""
-        if entry.role != "student" and self.settings.teacher_context:
-            return ContextPolicy.parse(self.settings.teacher_context)
-        return None
+                settings.teacher_fallback and served[student].teacher is not None, settings.shadow_fraction, harvest,
+                TeacherFallback(settings.teacher_sampling))
 
     def start(self) -> None:
         for served in self.models.values():

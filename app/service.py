@@ -63,7 +63,7 @@ def translates(served: ServedModel) -> bool:
         return False
     if served.entry.role != "student":
         return True
-    card = served.entry.extra.get("card") or {}
+    card = served.entry.card
     return bool(card.get("translates")) or "translate" in (card.get("tasks") or [])
 
 

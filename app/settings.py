@@ -7,19 +7,23 @@ environment.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from k2d.guard import LOOP_REASONS, SampleOn
+from k2d.policy import DecodePolicy
+from k2d.registry import ModelEntry
+from k2d.served import Runtime
 
 DEFAULT_MAX_BATCH_S = 2.0  # engine seconds per generate() call (app.batching bounds each call's work with it)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="K2D_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="K2D_", env_file=".env", extra="ignore", populate_by_name=True)
 
     models_dir: Path = Field(Path("models"), description="Model store folder (registry.json)")
     models: list[str] = Field(default_factory=list,
@@ -63,14 +67,17 @@ class Settings(BaseSettings):
     guard_tokens_per_s: float = Field(12.0, gt=0, description="Token budget per second of window audio")
     guard_compression_ratio: float = Field(2.4, gt=0, description="Flag above this gzip compression ratio")
     guard_logprob: float = Field(-1.0, description="Flag below this average log-probability")
-    fallback: bool = Field(True, description="A student's flagged window is re-decoded by its teacher when served "
-                           "beside it (else: temperature fallback)")
-    guard_fallback_on: list[str] = Field(list(LOOP_REASONS), description="Guard flags that send a student's window "
-                                         "to its teacher (JSON list; add \"logprob\" to also fall back on low "
-                                         "confidence)")
-    fallback_sampling: SampleOn = Field("all", description="Which of its own flags make the teacher standing in for "
-                                        "a student's window sample at rising temperatures: all (Whisper's rule), "
-                                        "loops, none")
+    teacher_fallback: bool = Field(True, validation_alias=AliasChoices("K2D_TEACHER_FALLBACK", "K2D_FALLBACK"),
+                                   description="Teacher fallback: a student's looping window is re-decoded by its "
+                                   "teacher when that is served beside it (off: the student's own temperature fallback)")
+    teacher_fallback_on: list[str] = Field(list(LOOP_REASONS), validation_alias=AliasChoices(
+        "K2D_TEACHER_FALLBACK_ON", "K2D_GUARD_FALLBACK_ON"), description="Guard flags that send a student's window "
+        "to its teacher (JSON list; add \"logprob\" to also send low-confidence windows)")
+    teacher_sampling: SampleOn = Field("all", validation_alias=AliasChoices("K2D_TEACHER_SAMPLING",
+                                                                            "K2D_FALLBACK_SAMPLING"),
+                                       description="Temperature fallback of the teacher standing in for a student's "
+                                       "window: on which of its own flags it samples at rising temperatures — all "
+                                       "(Whisper's rule), loops, none")
     teacher_context: str | None = Field(None, description="Operator opt-in: serve non-students with a short context "
                                         "('PAD/BUCKET' seconds, e.g. '2/2'); default Whisper's 30 s")
     repetition_penalty: float | None = Field(None, ge=1.0, le=2.0, description="Override every model's own "
@@ -95,3 +102,20 @@ class Settings(BaseSettings):
     @property
     def drain_grace_s(self) -> float:
         return self.shutdown_grace_s or self.request_timeout_s + 10
+
+    def decode_policy(self) -> DecodePolicy:
+        """How every served model decodes (the same object ``k2d evaluate`` and ``k2d.load`` take)."""
+        return DecodePolicy(guard=self.guard, guard_tokens_per_s=self.guard_tokens_per_s,
+                            guard_compression_ratio=self.guard_compression_ratio, guard_logprob=self.guard_logprob,
+                            teacher_fallback=self.teacher_fallback, teacher_fallback_on=tuple(self.teacher_fallback_on),
+                            teacher_sampling=self.teacher_sampling, repetition_penalty=self.repetition_penalty,
+                            vad_min_silence_ms=self.vad_min_silence_ms)
+
+    def policy_for(self, entry: ModelEntry) -> DecodePolicy:
+        """Students keep their own context; other models get Whisper's 30 s unless ``teacher_context`` opts in."""
+        policy = self.decode_policy()
+        return policy if entry.role == "student" else replace(policy, context=self.teacher_context)
+
+    def runtime(self) -> Runtime:
+        return Runtime(self.device, tuple(self.device_index), self.compute_type_cpu, self.compute_type_cuda,
+                       self.replicas, self.cpu_threads, self.cpu_decode_threads)

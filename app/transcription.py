@@ -22,11 +22,12 @@ import numpy as np
 from app.errors import RequestTimeoutError, error_body, status_of
 from app.model_manager import ServedModel
 from app.upload import DecodeCancelledError, decode_upload
+from k2d.audio import SAMPLE_RATE
 from k2d.engine import DecodeOptions
 from k2d.textunits import join_texts
+from k2d.transcribe import rebase
 from k2d.windows import MAX_WINDOW_S, Window, split
 
-SAMPLE_RATE = 16000
 SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
 
 
@@ -119,26 +120,15 @@ def result(job: Job, outcomes: list[tuple]) -> dict:
 
 
 def _segments(window: Window, found: list, first_id: int) -> list[dict]:
-    """Window-relative segments → upload-relative, clamped so that offset ≤ start ≤ end ≤ window end."""
-    low, high = window.offset, window.offset + len(window.audio) / SAMPLE_RATE
+    """Window-relative segments → upload-relative JSON (``fallback``: the teacher answered this window)."""
     out = []
-    for seg in found:
-        start = _clamp(window.offset + seg.start, low, high)
-        segment = {"id": first_id + len(out), "start": start, "end": _clamp(window.offset + seg.end, start, high),
-                   "text": seg.text, "tokens": seg.tokens, "fallback": seg.fallback}
+    for seg in rebase(window, found, first_id):
+        segment = {"id": seg.id, "start": seg.start, "end": seg.end, "text": seg.text, "tokens": seg.tokens,
+                   "fallback": seg.from_teacher}
         if seg.words is not None:
-            segment["words"] = [_word(w, window.offset, low, high) for w in seg.words]
+            segment["words"] = seg.words
         out.append(segment)
     return out
-
-
-def _word(word: dict, offset: float, low: float, high: float) -> dict:
-    start = _clamp(offset + word["start"], low, high)
-    return {**word, "start": start, "end": _clamp(offset + word["end"], start, high)}
-
-
-def _clamp(value: float, low: float, high: float) -> float:
-    return round(min(max(value, low), high), 2)
 
 
 def _timings(job: Job, outcomes: list[tuple]) -> dict:

@@ -13,8 +13,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from k2d.audio import SAMPLE_RATE
+
 FULL_FRAMES = 3000  # 30 s of 10 ms mel frames
-FRAMES_PER_S = 100
+FRAMES_PER_S = 100  # mel frames
+ENCODER_FRAME_S = 0.02  # the encoder's stride-2 convolution: one output frame per two mel frames
 POLICY_FILE = "k2d_context.json"
 
 
@@ -33,12 +36,12 @@ class ContextPolicy:
     def full(self) -> bool:
         return self.pad_s <= 0
 
-    def frames(self, samples: int, sample_rate: int = 16000) -> int:
+    def frames(self, samples: int, sample_rate: int = SAMPLE_RATE) -> int:
         """Mel frames the encoder gets for a window of ``samples`` (even, ≤ 3,000)."""
         if self.full:
             return FULL_FRAMES
         seconds = samples / sample_rate + self.pad_s
-        bucket = max(self.bucket_s, 0.02)
+        bucket = max(self.bucket_s, ENCODER_FRAME_S)
         return mel_frames(math.ceil(seconds / bucket - 1e-9) * bucket)
 
     @classmethod

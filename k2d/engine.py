@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from k2d.context import ContextPolicy
+from k2d.audio import SAMPLE_RATE
+from k2d.context import ENCODER_FRAME_S, FRAMES_PER_S, ContextPolicy
 from k2d.features import log_mel
 from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
 
-TIME_PER_TIMESTAMP = 0.02
-HOP_LENGTH = 160  # samples per mel frame
-FRAMES_PER_SECOND = 50  # encoder frames (two mel frames each)
-SAMPLE_RATE = 16000
-MAX_POSITIONS = 448
+TIME_PER_TIMESTAMP = ENCODER_FRAME_S  # Whisper's timestamp tokens step by one encoder frame
+HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_S  # samples per mel frame
+MAX_POSITIONS = 448  # the decoder's positions, prompt included
 # CTranslate2's Whisper.generate(max_length=N) yields at most N // 2 new tokens (measured, 4.8.5)
 GENERATE_LENGTH_FACTOR = 2
 NO_SPEECH_THRESHOLD = 0.6
@@ -48,17 +47,17 @@ class DecodeOptions:
     timestamps: bool = True
     word_timestamps: bool = False
     prompt: str | None = None  # initial prompt (previous text / vocabulary), as in Whisper
-    # which flagged windows are re-decoded by sampling at the guard's temperatures: "all" (Whisper's rule),
-    # "loops" (not merely unsure ones) or "none"; a teacher standing in for its student may sample less
-    sample_on: SampleOn = "all"
+    # temperature fallback: which flagged windows are re-decoded by sampling at the guard's temperatures — "all"
+    # (Whisper's rule), "loops" (not merely unsure ones) or "none"; a teacher standing in may sample less
+    temperature_fallback: SampleOn = "all"
 
     def key(self) -> tuple:
         return (self.task, self.beam_size, round(self.temperature, 3), self.timestamps, self.word_timestamps,
-                self.prompt or "", self.sample_on)
+                self.prompt or "", self.temperature_fallback)
 
     def samples(self, flag: str) -> bool:
         """Whether a window flagged ``flag`` is re-decoded at higher temperatures."""
-        return self.sample_on == "all" or (self.sample_on == "loops" and flag in LOOP_REASONS)
+        return self.temperature_fallback == "all" or (self.temperature_fallback == "loops" and flag in LOOP_REASONS)
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Segment:
     text: str
     tokens: list[int]
     words: list[dict] | None = None
-    fallback: bool = False  # decoded by the teacher because the student's window was flagged
+    from_teacher: bool = False  # teacher fallback: decoded by the teacher because the student's window looped
 
 
 @dataclass
@@ -79,7 +78,7 @@ class WindowResult:
     flag: str | None = None  # why the final transcript is still suspect (None: it passed the guard)
     triggered: list[str] = field(default_factory=list)  # every guard reason seen on the way
     avg_logprob: float = 0.0
-    fallback: bool = False
+    from_teacher: bool = False  # this is the teacher's answer for a student's flagged window
     escalate: bool = False  # flagged for a reason that sends a student's window to its teacher
 
     @property
@@ -105,11 +104,11 @@ class WindowResult:
         self.triggered = [*self.triggered, "trimmed"]
         return True
 
-    def as_fallback_for(self, flagged: WindowResult) -> WindowResult:
+    def answering_for(self, flagged: WindowResult) -> WindowResult:
         """This (teacher) result replaces a flagged student window: say so on it and its segments."""
-        self.fallback, self.triggered = True, flagged.triggered + self.triggered
+        self.from_teacher, self.triggered = True, flagged.triggered + self.triggered
         for segment in self.segments:
-            segment.fallback = True
+            segment.from_teacher = True
         return self
 
 
@@ -193,6 +192,17 @@ class WhisperEngine:
         import ctranslate2
 
         return self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=self.to_cpu)
+
+    def encoder_ms(self, audio: np.ndarray) -> float:
+        """Encoder-only time for one utterance (its first 30 s) at this model's context: where the time goes."""
+        import time
+
+        import ctranslate2
+
+        storage = ctranslate2.StorageView.from_array(self._features([audio[: 30 * SAMPLE_RATE]]))
+        start = time.perf_counter()
+        self.model.encode(storage, to_cpu=True)  # back on the host: the time includes the work, not its launch
+        return (time.perf_counter() - start) * 1000
 
     def detect_languages(self, storage) -> list[str]:
         if not self.multilingual:
@@ -300,7 +310,7 @@ class WhisperEngine:
                                   [tokens + [self.id["<|endoftext|>"]]], num_frames)[0]
         text_index, time_index = (np.array(column) for column in zip(*result.alignments, strict=True))
         jumps = np.pad(np.diff(text_index), (1, 0), constant_values=1).astype(bool)
-        times = time_index[jumps] / FRAMES_PER_SECOND  # one start time per text token (and the final <|endoftext|>)
+        times = time_index[jumps] * ENCODER_FRAME_S  # one start time per text token (and the final <|endoftext|>)
         probs = result.text_token_probs
         offset = 0
         for seg in segments:

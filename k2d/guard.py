@@ -47,18 +47,18 @@ class GuardOptions:
     ngram_count: int = 4
     run_min_units: int | None = 6  # also flag back-to-back repeats this long (has_consecutive_repeat); None: off
     temperatures: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)  # re-decoding a flagged window by sampling
-    fallback_on: tuple[str, ...] = ()  # flags that send this student's window to its teacher (none: no teacher)
+    teacher_on: tuple[str, ...] = ()  # flags that send this student's window to its teacher (none: no teacher)
 
     @classmethod
-    def for_model(cls, cascades: bool, fallback_on: tuple[str, ...] = LOOP_REASONS, **thresholds) -> GuardOptions:
-        """A student that falls back to its teacher (on ``fallback_on`` flags) does not also sample at
+    def for_model(cls, cascades: bool, teacher_on: tuple[str, ...] = LOOP_REASONS, **thresholds) -> GuardOptions:
+        """A student in front of its teacher (teacher fallback on ``teacher_on`` flags) does not also sample at
         higher temperatures; any other model keeps Whisper's temperature fallback."""
         if not cascades:
             return cls(**thresholds)
-        unknown = set(fallback_on) - set(REASONS)
+        unknown = set(teacher_on) - set(REASONS)
         if unknown:
             raise ValueError(f"unknown guard reasons {sorted(unknown)}; known: {list(REASONS)}")
-        return cls(**thresholds, temperatures=(), fallback_on=tuple(fallback_on))
+        return cls(**thresholds, temperatures=(), teacher_on=tuple(teacher_on))
 
     def budget(self, seconds: float) -> int:
         """New tokens a window of ``seconds`` may generate before it counts as a loop."""
@@ -68,7 +68,7 @@ class GuardOptions:
 
     def escalates(self, flag: str | None) -> bool:
         """Whether a window with this flag goes to the teacher (when one is served behind the student)."""
-        return flag is not None and flag in self.fallback_on
+        return flag is not None and flag in self.teacher_on
 
 
 @dataclass(frozen=True)

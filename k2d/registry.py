@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 from k2d.atomic import atomic_write_text
 from k2d.guard import RepetitionPenalty
 
-Format = Literal["ctranslate2", "transformers"]
+Format = Literal["ctranslate2", "transformers", "onnx"]
+Engine = Literal["whisper", "ctc", "transducer"]
 Role = Literal["teacher", "validator", "student"]
 
 REGISTRY_FILE = "registry.json"
@@ -36,6 +37,25 @@ class UnknownModelError(KeyError):
 
 
 @dataclass
+class Serving:
+    """How a model must be served — the contract its training wrote and that the server, ``k2d evaluate``
+    and :func:`k2d.load` all honour, so what was measured is what users get."""
+
+    teacher: str | None = None  # the family it was distilled from: served behind it for loops
+    default_language: str | None = None  # a zh-en student decodes zh unless the request says otherwise
+    repetition_penalty: float = 1.0  # on tokens already generated, for windows up to the limit below
+    repetition_penalty_max_s: float = 15.0
+    engine: Engine = "whisper"  # what runs it: the Whisper engine, or ONNX Runtime for a CTC/transducer head
+
+    @property
+    def penalty(self) -> RepetitionPenalty:
+        return RepetitionPenalty(self.repetition_penalty, self.repetition_penalty_max_s)
+
+
+_SERVING_KEYS = {f.name for f in fields(Serving)}
+
+
+@dataclass
 class ModelEntry:
     name: str
     format: Format
@@ -46,7 +66,24 @@ class ModelEntry:
     quantization: str | None = None
     source: str | None = None
     family: str | None = None
-    extra: dict = field(default_factory=dict)
+    serving: Serving = field(default_factory=Serving)
+    card: dict = field(default_factory=dict)  # the model card of a trained student (k2d_card.json)
+    extra: dict = field(default_factory=dict)  # descriptive only: nothing serves by it
+
+    def __post_init__(self):
+        if isinstance(self.serving, dict):
+            self.serving = Serving(**self.serving)
+
+    @classmethod
+    def from_json(cls, item: dict) -> ModelEntry:
+        """An entry as stored; registries written before the typed contract kept it in ``extra``."""
+        item = dict(item)
+        extra = dict(item.pop("extra", None) or {})
+        serving = {**{k: extra.pop(k) for k in list(extra) if k in _SERVING_KEYS}, **(item.pop("serving", None) or {})}
+        card = item.pop("card", None) or extra.pop("card", None) or {}
+        if "teacher" not in serving and card.get("teacher"):
+            serving["teacher"] = card["teacher"]
+        return cls(**item, serving=Serving(**serving), card=card, extra=extra)
 
     def resolve(self, store: Path) -> Path:
         path = Path(self.path)
@@ -59,9 +96,7 @@ class ModelEntry:
     @property
     def repetition_penalty(self) -> RepetitionPenalty:
         """The decoding penalty this model is served with (recorded at export; 1.0: none)."""
-        default = RepetitionPenalty()
-        return RepetitionPenalty(float(self.extra.get("repetition_penalty", default.value)),
-                                 float(self.extra.get("repetition_penalty_max_s", default.max_window_s)))
+        return self.serving.penalty
 
 
 class Registry:
@@ -76,7 +111,7 @@ class Registry:
         if not self.file.exists():
             return {}
         raw = json.loads(self.file.read_text(encoding="utf-8"))
-        return {item["name"]: ModelEntry(**item) for item in raw.get("models", [])}
+        return {item["name"]: ModelEntry.from_json(item) for item in raw.get("models", [])}
 
     def entries(self) -> list[ModelEntry]:
         return sorted(self._entries.values(), key=lambda e: e.name)
@@ -128,7 +163,7 @@ def resolve_model(name_or_path: str, store: Path | None = None) -> tuple[Path, M
 
 def teacher_of(registry: Registry, student: ModelEntry) -> str | None:
     """The CTranslate2 teacher a student was distilled from, same quantisation first (like with like)."""
-    family = (student.extra.get("card") or {}).get("teacher") or student.extra.get("teacher")
+    family = student.serving.teacher
     if not family:
         return None
     quant = student.quantization or "int8"

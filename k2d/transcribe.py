@@ -1,28 +1,64 @@
-"""One utterance through the serving path, synchronously: what ``k2d evaluate`` measures.
+"""One file through the serving path, synchronously: the Python API and what ``k2d evaluate`` measures.
 
-The server queues windows from many requests; evaluation has one request at a time. Everything
-else is the same code: the same VAD windows, the same engine and context policy, the same loop
-guard, the same teacher fallback for flagged student windows, the same text joining. So a
-reported MER is the MER users get.
+The server queues windows from many requests; here there is one caller at a time. Everything else is
+the same code: the same VAD windows, the same engine assembled by :mod:`k2d.served` (guard, context,
+penalty), the same teacher fallback rule (:class:`k2d.cascade.TeacherFallback`), the same re-based
+segments and text joining. So a reported MER is the MER users get.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from k2d.engine import DecodeOptions, WhisperEngine, WindowResult
-from k2d.guard import SampleOn
+from k2d.audio import SAMPLE_RATE, decode_audio
+from k2d.cascade import TeacherFallback
+from k2d.engine import DecodeOptions, Segment, WindowResult
 from k2d.textunits import join_texts
 from k2d.windows import Window, split
 
 
 @dataclass
+class TimedSegment:
+    """A segment on the whole file's clock (a window's segment plus the window's offset, clamped to it)."""
+
+    id: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    from_teacher: bool = False  # teacher fallback answered this window
+    words: list[dict] | None = None
+
+
+def rebase(window: Window, found: list[Segment], first_id: int = 0) -> list[TimedSegment]:
+    """Window-relative segments → file-relative, clamped so that offset ≤ start ≤ end ≤ window end."""
+    low, high = window.offset, window.offset + len(window.audio) / SAMPLE_RATE
+    out = []
+    for seg in found:
+        start = _clamp(window.offset + seg.start, low, high)
+        words = None if seg.words is None else [
+            {**w, "start": (s := _clamp(window.offset + w["start"], low, high)),
+             "end": _clamp(window.offset + w["end"], s, high)} for w in seg.words]
+        out.append(TimedSegment(first_id + len(out), start, _clamp(window.offset + seg.end, start, high), seg.text,
+                                seg.tokens, seg.from_teacher, words))
+    return out
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return round(min(max(value, low), high), 2)
+
+
+@dataclass
 class Transcript:
     text: str
+    segments: list[TimedSegment] = field(default_factory=list)
     windows: list[WindowResult] = field(default_factory=list)
+    language: str | None = None
 
     @property
     def flagged(self) -> int:
@@ -36,10 +72,11 @@ class Transcript:
 
     @property
     def fallbacks(self) -> int:
-        return sum(1 for w in self.windows if w.fallback)
+        """Windows answered by the teacher (teacher fallback)."""
+        return sum(1 for w in self.windows if w.from_teacher)
 
 
-def decode_windows(engine: WhisperEngine, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
+def decode_windows(engine, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
                    batch_size: int = 8) -> list[WindowResult]:
     """Windows grouped by their feature length (the scheduler's batch key), in batches."""
     results: list[WindowResult | None] = [None] * len(windows)
@@ -49,37 +86,59 @@ def decode_windows(engine: WhisperEngine, windows: list[np.ndarray], language: s
         for begin in range(0, len(indices), batch_size):
             batch = indices[begin : begin + batch_size]
             for i, result in zip(batch, engine.transcribe_batch([windows[i] for i in batch], [language] * len(batch),
-                                                                 options), strict=True):
+                                                                options), strict=True):
                 results[i] = result
     return results  # type: ignore[return-value]
 
 
-def cascade(results: list[WindowResult], windows: list[np.ndarray], teacher: WhisperEngine, options: DecodeOptions,
-            batch_size: int = 8) -> list[WindowResult]:
-    """Flagged student windows re-decoded by the teacher; its transcript replaces the student's."""
-    flagged = [i for i, r in enumerate(results) if r.escalate]
-    if not flagged:
-        return results
-    # the student's language (given or detected) holds for the teacher too
-    redone = decode_windows(teacher, [windows[i] for i in flagged], results[flagged[0]].language, options, batch_size)
-    for i, result in zip(flagged, redone, strict=True):
-        results[i] = result.as_fallback_for(results[i])
-    return results
+class Transcriber:
+    """A served model (and its teacher) called from Python: ``k2d.load(name).transcribe("talk.flac")``."""
 
+    def __init__(self, served):
+        """``served``: a :class:`k2d.served.Served` (build one with :func:`k2d.load`)."""
+        self.served = served
+        self.rule = TeacherFallback(served.policy.teacher_sampling)
 
-def transcribe(engine: WhisperEngine, audio: np.ndarray, language: str | None, options: DecodeOptions,
-               vad: bool = True, min_silence_ms: int = 500, teacher: WhisperEngine | None = None,
-               fallback_sampling: SampleOn = "all") -> Transcript:
-    """Windows → guarded batches → optional teacher fallback → joined text. ``fallback_sampling``: which of
-    its own flags the standing-in teacher re-decodes by sampling (the server's ``K2D_FALLBACK_SAMPLING``)."""
-    windows: list[Window] = split(audio, vad, min_silence_ms, engine.policy.max_window_s)
-    if not windows:
-        return Transcript("")
-    audios = [w.audio for w in windows]
-    results = decode_windows(engine, audios, language, options)
-    if teacher is not None:
-        results = cascade(results, audios, teacher, replace(options, sample_on=fallback_sampling))
-    for result in results:
-        if result.escalate:  # meant for a teacher that is not there: cut the loop instead
-            result.trim_loop()
-    return Transcript(join_texts([r.text for r in results]), results)
+    @property
+    def name(self) -> str:
+        return self.served.name
+
+    @property
+    def engine(self):
+        return self.served.engine
+
+    def transcribe(self, audio: str | Path | BinaryIO | np.ndarray, language: str | None = None,
+                   options: DecodeOptions | None = None) -> Transcript:
+        """Audio (a path, a file object or 16 kHz mono float32 samples) → text and timed segments.
+        ``language``: an ISO code; default the model's own (zh for a zh-en student), else detected."""
+        samples = audio if isinstance(audio, np.ndarray) else decode_audio(audio)
+        policy = self.served.policy
+        options = options or DecodeOptions(beam_size=policy.beam_size)
+        windows = split(samples, policy.vad, policy.vad_min_silence_ms, self.engine.policy.max_window_s)
+        if not windows:
+            return Transcript("", language=language or self.served.default_language)
+        audios = [w.audio for w in windows]
+        results = decode_windows(self.engine, audios, language or self.served.default_language, options)
+        self._fall_back(results, audios, options)
+        segments: list[TimedSegment] = []
+        for window, result in zip(windows, results, strict=True):
+            segments += rebase(window, result.segments, len(segments))
+        languages = [r.language for r in results]
+        return Transcript(join_texts([r.text for r in results]), segments, results,
+                          max(set(languages), key=languages.count))
+
+    __call__ = transcribe
+
+    def _fall_back(self, results: list[WindowResult], audios: list[np.ndarray], options: DecodeOptions) -> None:
+        """Teacher fallback for every flagged window (one batch for the teacher), else the loop cut back."""
+        flagged = [i for i, r in enumerate(results) if self.rule.wanted(r)]
+        teacher = self.served.teacher
+        if flagged and teacher is not None:
+            # the student's language (given or detected) holds for the teacher too
+            redone = decode_windows(teacher.engine, [audios[i] for i in flagged], results[flagged[0]].language,
+                                    self.rule.options(options))
+            for i, answer in zip(flagged, redone, strict=True):
+                results[i] = self.rule.answer(results[i], answer)
+        for i in flagged:
+            if not results[i].from_teacher:
+                self.rule.without_teacher(results[i])

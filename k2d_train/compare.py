@@ -2,7 +2,7 @@
 
 Models are interleaved utterance by utterance (alternating which goes first), so machine drift hits
 every model alike and the speed ratios are measured in one run, never across runs. Each model
-is a ``ServedTranscriber`` (the serving path) with an optional context-policy override, so the
+is the served transcriber of :mod:`k2d.served` with its own DecodePolicy overrides, so the
 ablation "teacher with short context, untrained" is the teacher with ``context="2/2"``.
 Encoder time is measured separately per utterance (the encoder alone, on the policy's frames),
 so the table can split where the time goes.
@@ -13,56 +13,84 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
-from k2d.features import log_mel
-from k2d.guard import LOOP_REASONS, SampleOn, sample_on
+from k2d.guard import LOOP_REASONS, sample_on
 from k2d.manifest import read_manifest
-from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber, latency_stats, score
+from k2d.policy import DecodePolicy
+from k2d_train.stages.s9_evaluate import EvaluateOptions, latency_stats, score, served_transcriber
+
+POLICY_FIELDS = {f.name for f in fields(DecodePolicy)}
 
 
 @dataclass
 class Contender:
+    """One model in a comparison, with what it decodes differently from the run's DecodePolicy."""
+
     label: str
     model: str
-    context: str | None = None  # None: the model's own policy
-    fallback: bool = True
-    fallback_on: tuple[str, ...] = LOOP_REASONS  # guard flags that send a student's window to its teacher
-    repetition_penalty: float | None = None  # None: the model's own
-    fallback_sampling: SampleOn | None = None  # None: the run's (EvaluateOptions.fallback_sampling)
-    beam_size: int | None = None  # None: the run's (EvaluateOptions.beam_size)
+    overrides: dict = field(default_factory=dict)  # DecodePolicy fields
+
+    def __post_init__(self):
+        unknown = sorted(set(self.overrides) - POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"contender {self.label!r}: unknown settings {unknown}; known: {sorted(POLICY_FIELDS)}")
+        self.policy(DecodePolicy())  # a bad value fails now, not after an hour of the others
+
+    def policy(self, run: DecodePolicy) -> DecodePolicy:
+        return replace(run, **self.overrides)
 
     @classmethod
-    def parse(cls, spec: str, fallback: bool = True) -> Contender:
-        """``LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY]``; FLAGS: ``none``, ``loops`` (default) or reasons
-        joined by ``+`` (e.g. ``~loops+logprob``: also fall back on low confidence), plus ``sample-all``,
-        ``sample-loops`` or ``sample-none`` (which of its own flags the teacher standing in samples on)
-        and ``beam-N`` (this contender's beam width, its teacher standing in included, as in the server);
-        PENALTY overrides the model's repetition penalty (``^1.0``: none)."""
+    def parse(cls, spec: str) -> Contender:
+        """The short form ``LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY]``. CONTEXT: ``full`` or ``PAD/BUCKET``;
+        FLAGS joined by ``+``: ``none`` (no teacher fallback), ``loops`` (the default) or guard reasons that
+        send a student's window to its teacher (``loops+logprob``), ``sample-all|loops|none`` (the teacher
+        standing in: its temperature fallback), ``beam-N``; PENALTY: repetition penalty (``^1.0``: none)."""
         label, _, rest = spec.partition("=")
         rest, _, penalty = (rest or label).partition("^")
         rest, _, flags = rest.partition("~")
         name, _, context = rest.partition("@")
-        words = (flags or "loops").split("+")
-        sampling = [sample_on(w.removeprefix("sample-")) for w in words if w.startswith("sample-")]
-        beams = [_beam(w) for w in words if w.startswith("beam-")]
+        overrides: dict = {}
+        if context:
+            overrides["context"] = context
+        if penalty:
+            overrides["repetition_penalty"] = float(penalty)
         reasons: list[str] = []
-        for flag in [w for w in words if not w.startswith(("sample-", "beam-"))] or ["loops"]:
-            reasons += list(LOOP_REASONS) if flag == "loops" else [] if flag == "none" else [flag]
-        return cls(label, name, context or None, fallback and bool(reasons), tuple(reasons) or LOOP_REASONS,
-                   float(penalty) if penalty else None, sampling[-1] if sampling else None,
-                   beams[-1] if beams else None)
+        for word in (flags.split("+") if flags else []):
+            if word.startswith("sample-"):
+                overrides["teacher_sampling"] = sample_on(word.removeprefix("sample-"))
+            elif word.startswith("beam-"):
+                overrides["beam_size"] = _beam(word)
+            elif word == "none":
+                overrides["teacher_fallback"] = False
+            else:
+                reasons += list(LOOP_REASONS) if word == "loops" else [word]
+        if reasons:
+            overrides["teacher_fallback_on"] = tuple(dict.fromkeys(reasons))
+        return cls(label, name, overrides)
 
-    def options(self, run: EvaluateOptions) -> EvaluateOptions:
-        """The run's options with this contender's own: what it sets, it overrides (None keeps the run's)."""
-        own = {"beam_size": self.beam_size, "fallback_sampling": self.fallback_sampling}
-        return replace(run, context=self.context, fallback=self.fallback, fallback_on=self.fallback_on,
-                       repetition_penalty=self.repetition_penalty,
-                       **{key: value for key, value in own.items() if value is not None})
+    @classmethod
+    def from_yaml(cls, path: Path) -> list[Contender]:
+        """``- {label: student, model: k2d-student, teacher_fallback: false, beam_size: 1}`` per contender (the
+        first is the baseline); any other key is a DecodePolicy field."""
+        import yaml
+
+        items = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or []
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "model" in i for i in items):
+            raise ValueError(f"{path}: a YAML list of {{label, model, ...DecodePolicy fields}}")
+        out = []
+        for item in items:
+            item = dict(item)
+            model = item.pop("model")
+            label = str(item.pop("label", model))
+            if "teacher_fallback_on" in item:
+                item["teacher_fallback_on"] = tuple(item["teacher_fallback_on"])
+            out.append(cls(label, model, item))
+        return out
 
 
 def _beam(flag: str) -> int:
@@ -72,23 +100,12 @@ def _beam(flag: str) -> int:
     return int(width)
 
 
-def encoder_ms(transcriber: ServedTranscriber, audio) -> float:
-    """Encoder-only time for one utterance at the model's context (VAD off: the utterance is one window)."""
-    import ctranslate2
-
-    engine = transcriber.engine
-    features = log_mel(audio[: 30 * 16000], engine.frames(audio[: 30 * 16000]), num_mel_bins=engine.mels)
-    storage = ctranslate2.StorageView.from_array(features[None])
-    start = time.perf_counter()
-    engine.model.encode(storage, to_cpu=True)
-    return (time.perf_counter() - start) * 1000
-
-
 def compare(contenders: list[Contender], manifests: dict[str, Path], options: EvaluateOptions, store: Path,
             say=print) -> list[dict]:
     """One row per (set, contender): scores, loops, flagged windows, fallbacks, latency and encoder ms."""
-    engines: dict = {}  # one load per (model, guard, context), however many contenders use it
-    transcribers = {c.label: ServedTranscriber(c.model, c.options(options), store, engines) for c in contenders}
+    engines: dict = {}  # one load per (model, guard, context, penalty), however many contenders use it
+    transcribers = {c.label: served_transcriber(c.model, replace(options, policy=c.policy(options.policy)), store,
+                                                engines) for c in contenders}
     rows = []
     for set_name, manifest in manifests.items():
         items = [(row, decode_audio(row.path(manifest))) for row in read_manifest(manifest)]
@@ -103,7 +120,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                 start = time.perf_counter()
                 result = transcriber(audio, options.language or row.extra.get("language"))
                 latency[contender.label].append((time.perf_counter() - start) * 1000)
-                encode[contender.label].append(encoder_ms(transcriber, audio))
+                encode[contender.label].append(transcriber.engine.encoder_ms(audio))
                 texts[contender.label].append(result.text)
                 counts[contender.label]["flagged"] += result.flagged
                 counts[contender.label]["fallbacks"] += result.fallbacks
@@ -117,17 +134,21 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                    "groups": group_scores(groups, references, texts[label]),
                    **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
-                   "context": transcribers[label].engine.policy.describe(),
-                   "repetition_penalty": transcribers[label].engine.repetition.value,
-                   "fallback_sampling": transcribers[label].fallback_sampling if transcribers[label].teacher else None,
-                   "beam_size": transcribers[label].options.beam_size,
-                   "parameters": transcribers[label].parameters}
+                   **_described(transcribers[label])}
             rows.append(row)
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "
                 f"fallbacks {row['fallbacks']}  p50 {row['latency_ms_p50']:.0f} ms")
         _add_speedups(rows, set_name, contenders[0].label)
     rows.append({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return rows
+
+
+def _described(transcriber) -> dict:
+    """What a row must say about how its model decoded, read off the assembled model itself."""
+    served = transcriber.served
+    return {"context": served.engine.policy.describe(), "repetition_penalty": served.engine.repetition.value,
+            "teacher_sampling": served.policy.teacher_sampling if served.teacher else None,
+            "beam_size": served.policy.beam_size, "parameters": served.entry.parameters if served.entry else None}
 
 
 def group_of(row) -> str:

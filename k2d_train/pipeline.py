@@ -1,201 +1,146 @@
-"""``k2d run CONFIG.yaml``: every K²D stage in order, each stage's output reused when present.
+"""``k2d run CONFIG.yaml``: every K²D stage in order, each stage's result reused when present.
 
-Stages (icefall-style numbered, importable functions in ``k2d_train.stages``): 1 corpus,
-2 pseudo-label, 3 validate, 4 student, 5 distill-encoder (optional: short context and/or a smaller
-encoder), 6 distill (K²D decoder), 7 export, 8 evaluate in and out of domain (+ optional
-ablations), then the model card. A stage records its result in ``<run>/stages/<n>-<name>.json``
-when it finishes; a rerun skips finished stages, and an interrupted stage resumes from its own
-partial outputs (per-file pseudo labels, encoder caches, checkpoints).
+The stages are numbered once, here (``k2d run --list-stages`` prints them); their bodies are
+importable functions (``k2d_train.pipeline_stages``, which call ``k2d_train.stages.s<N>_*``). A stage
+records its result in ``<run>/stages/<name>.json`` when it finishes; a rerun skips finished stages and
+hands their results to the stages after them; an interrupted stage resumes from its own partial outputs
+(per-file pseudo labels, encoder caches, checkpoints). ``--from-stage N`` runs N and everything after
+it again; ``--to-stage N`` stops after N.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from k2d.atomic import atomic_write_text
 from k2d.registry import Registry
-from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions
-from k2d_train.stages.s2_validate import ValidateOptions
-from k2d_train.stages.s4_distill_encoder import EncoderDistillOptions
-from k2d_train.stages.s5_distill import DistillOptions
-from k2d_train.stages.s7_evaluate import EvaluateOptions
+from k2d_train.config import RunConfig, corpus_paths
 
 Say = Callable[[str], None]
-SETS = ("test", "test_ood", "dev", "dev_ood")
-
-
-def _options(cls, section: dict | None, where: str):
-    section = section or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**section)
 
 
 @dataclass
-class StudentShape:
-    decoder_layers: int = 2
-    encoder_layers: int | None = None  # fewer encoder layers (needs distill_encoder)
-    encoder_ffn_ratio: float = 1.0  # thinner encoder FFN (needs distill_encoder)
+class Run:
+    """What a stage gets: the recipe, the store, the corpus paths, and every earlier stage's result."""
+
+    config: RunConfig
+    registry: Registry
+    paths: dict[str, Path]
+    say: Say
+    results: dict[str, dict] = field(default_factory=dict)
 
 
-@dataclass
-class RunConfig:
+@dataclass(frozen=True)
+class Stage:
+    number: int
     name: str
-    run_dir: Path
-    teacher: str
-    validator: str
-    corpus: dict
-    pseudo_label: PseudoLabelOptions
-    validate: ValidateOptions
-    distill: DistillOptions
-    evaluate: EvaluateOptions
-    student: StudentShape = field(default_factory=StudentShape)
-    distill_encoder: EncoderDistillOptions | None = None
-    quantization: str = "int8"
-    repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry
-    ablation_rules: list[str] = field(default_factory=list)
-    ablation_contexts: bool = False  # also measure the untrained short-context rows of the ablation table
-    source: Path | None = None
-
-    @property
-    def decoder_layers(self) -> int:
-        return self.student.decoder_layers
-
-    def packaged_models(self) -> list[str]:
-        """The teacher and validator, where the package index ships them (`k2d models fetch` names)."""
-        from k2d_train.store.catalog import CATALOG
-
-        return sorted({self.teacher, self.validator} & set(CATALOG))
-
-    def use_device(self, device: str) -> None:
-        """Run the CTranslate2 stages (pseudo-label, validate, evaluate) on ``cpu``, ``cuda`` or ``auto``
-        (a GPU when CTranslate2 sees one); distillation already takes a GPU when torch sees one."""
-        if device == "auto":
-            from k2d.engine import cuda_available
-
-            device = "cuda" if cuda_available() else "cpu"
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
-        for options in (self.pseudo_label, self.validate, self.evaluate):
-            options.device = device
-
-    @classmethod
-    def load(cls, path: Path) -> RunConfig:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        allowed = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
-                   "distill_encoder", "distill", "export", "evaluate", "ablation_rules", "ablation_contexts"}
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(allowed)}")
-        base = path.parent
-        encoder = raw.get("distill_encoder")
-        return cls(
-            name=raw.get("name", "k2d-student"),
-            run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
-            teacher=raw.get("teacher", "whisper-base"),
-            validator=raw.get("validator", "whisper-base"),
-            corpus=raw.get("corpus", {"synth": {}}),
-            pseudo_label=_options(PseudoLabelOptions, raw.get("pseudo_label"), "pseudo_label"),
-            validate=_options(ValidateOptions, raw.get("validate"), "validate"),
-            distill=_options(DistillOptions, raw.get("distill"), "distill"),
-            evaluate=_options(EvaluateOptions, raw.get("evaluate"), "evaluate"),
-            student=_options(StudentShape, raw.get("student"), "student"),
-            distill_encoder=_options(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
-            quantization=(raw.get("export") or {}).get("quantization", "int8"),
-            repetition_penalty=float((raw.get("export") or {}).get("repetition_penalty", 1.0)),
-            ablation_rules=list(raw.get("ablation_rules") or []),
-            ablation_contexts=bool(raw.get("ablation_contexts", False)),
-            source=path.resolve(),
-        ).checked()
-
-    def checked(self) -> RunConfig:
-        """Refuse options that contradict each other instead of letting one silently do nothing."""
-        if self.distill.use_nbest and self.pseudo_label.nbest < 2:
-            raise ValueError("config: distill.use_nbest needs pseudo_label.nbest >= 2 (no N-best labels exist otherwise)")
-        if self.pseudo_label.nbest > 1 and not self.distill.use_nbest:
-            raise ValueError(f"config: pseudo_label.nbest is {self.pseudo_label.nbest} but distill.use_nbest is false: "
-                             "the teacher would decode N-best lists that no stage reads (set use_nbest: true or nbest: 1)")
-        return self
-
-    def warnings(self) -> list[str]:
-        """Legal but probably unintended: said before the run starts."""
-        out = []
-        rules = {self.validate.rule, *self.ablation_rules} - {"none", "ngram"}
-        if rules and self.validator == self.teacher:
-            out.append(f"the validator is the teacher itself ({self.teacher}): rules {sorted(rules)} then measure "
-                       "the teacher's agreement with itself, not a second opinion (K²D validates with another model)")
-        return out
+    what: str
+    action: Callable[[Run], dict]
+    wanted: Callable[[RunConfig], bool] = lambda config: True
 
 
-class Stages:
-    """Bookkeeping of finished stages: a JSON result per stage, written atomically."""
-
-    def __init__(self, run_dir: Path, say: Say):
-        self.folder, self.say = run_dir / "stages", say
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def run(self, number: int, name: str, action: Callable[[], dict]) -> dict:
-        marker = self.folder / f"{number}-{name}.json"
-        if marker.exists():
-            self.say(f"[stage {number}] {name}: done before, reusing")
-            return json.loads(marker.read_text())
-        self.say(f"[stage {number}] {name}")
-        started = time.perf_counter()
-        result = action()
-        # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
-        result = {**result, "stage_seconds": round(time.perf_counter() - started, 1)}
-        self.say(f"[stage {number}] {name}: {result['stage_seconds']:.0f} s")
-        atomic_write_text(marker, json.dumps(result, indent=2, ensure_ascii=False, default=str))
-        return result
-
-
-def corpus_paths(config: RunConfig) -> dict[str, Path]:
-    """The unlabelled audio and the labelled sets: in-domain and out-of-domain dev and test."""
-    if "synth" in config.corpus:
-        root = config.run_dir / "corpus"
-        return {"root": root, "audio": root / "lectures.jsonl", **{s: root / f"{s}.jsonl" for s in SETS}}
-    base = config.source.parent if config.source else Path.cwd()
-    paths = {}
-    for key in ("audio", "dataset", *SETS):
-        value = config.corpus.get(key)
-        if value is not None:
-            paths[key] = Path(value) if key == "dataset" and not (base / value).exists() else (base / value).resolve()
-    missing = [key for key in ("test", "test_ood") if key not in paths]
-    if missing or not ({"audio", "dataset"} & set(paths)):
-        raise ValueError(f"config [corpus] needs audio (or dataset) and {', '.join(('test', 'test_ood'))}: an "
-                         "out-of-domain test set (voices and sentences never in training) is required")
-    return paths
-
-
-def run_pipeline(config: RunConfig, registry: Registry, say: Say) -> dict:
+def _stages() -> tuple[Stage, ...]:
     from k2d_train import pipeline_stages as st
 
+    return (
+        Stage(1, "corpus", "unlabelled long-form audio + in/out-of-domain dev/test sets", st.corpus),
+        Stage(2, "pseudo-label", "the teacher transcribes the audio into ≤ 30 s chunks", st.pseudo_labels),
+        Stage(3, "validate", "a validator re-decodes every segment; disagreeing ones are dropped", st.validation),
+        Stage(4, "student", "the student from the teacher: its encoder, spaced decoder layers", st.student_init),
+        Stage(5, "distill-encoder", "the encoder learns short inputs from the teacher's 30 s states",
+              st.encoder_distillation, lambda c: c.distill_encoder is not None),
+        Stage(6, "distill", "the K²D decoder: 0.8·CE + 1.0·KL(T=2), out-of-domain dev picks the step",
+              st.distillation),
+        Stage(8, "export", "CTranslate2 student (and teacher) with the serving contract", st.export_models),
+        Stage(9, "evaluate", "teacher vs student through the serving path, per voice group", st.evaluation),
+        Stage(10, "ablation", "the decoder again on other filtering rules' chunks (ablation_rules)", st.ablations,
+              lambda c: bool(c.ablation_rules)),
+    )
+
+
+def stage_list(config: RunConfig | None = None) -> list[str]:
+    """One line per stage: number, name, what it does (and whether this config runs it)."""
+    lines = []
+    for stage in _stages():
+        off = "" if config is None or stage.wanted(config) else "  (off in this config)"
+        lines.append(f"{stage.number:>2}  {stage.name:<16} {stage.what}{off}")
+    return lines
+
+
+class Markers:
+    """Finished stages: a JSON result per stage, written atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = run_dir / "stages"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, stage: Stage) -> Path:
+        path = self.folder / f"{stage.name}.json"
+        legacy = self.folder / f"{stage.number}-{stage.name}.json"  # runs from before the single numbering
+        if not path.exists() and legacy.exists():
+            legacy.replace(path)
+        return path
+
+    def read(self, stage: Stage) -> dict | None:
+        path = self.path(stage)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write(self, stage: Stage, result: dict) -> None:
+        atomic_write_text(self.path(stage), json.dumps(result, indent=2, ensure_ascii=False, default=str))
+
+    def forget(self, stage: Stage) -> bool:
+        path = self.path(stage)
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+
+
+def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: int = 1,
+                 to_stage: int | None = None) -> dict | None:
+    """Run the stages; return the model card (None when ``to_stage`` stops before the last one)."""
+    from k2d_train.pipeline_stages import model_card
+
+    stages = _stages()
+    last = max(s.number for s in stages)
+    to_stage = last if to_stage is None else to_stage
+    if not 1 <= from_stage <= to_stage <= last:
+        raise ValueError(f"stages run from 1 to {last}: --from-stage {from_stage} --to-stage {to_stage} is not a range")
     for warning in config.warnings():
         say(f"warning: {warning}")
-    stages = Stages(config.run_dir, say)
-    paths = corpus_paths(config)
-    stages.run(1, "corpus", lambda: st.corpus(config, paths))
-    stages.run(2, "pseudo-label", lambda: st.pseudo_labels(config, paths, registry))
-    validated = stages.run(3, "validate", lambda: st.validation(config, registry))
-    student = stages.run(4, "student", lambda: st.student_init(config, registry))
-    encoder = stages.run(5, "distill-encoder", lambda: st.encoder_distillation(config, registry)) \
-        if config.distill_encoder is not None else None
-    trained = stages.run(6, "distill", lambda: st.distillation(config, paths, registry, config.validate.rule))
-    stages.run(7, "export", lambda: st.export_models(config, registry))
-    evaluation = stages.run(8, "evaluate", lambda: st.evaluation(config, paths, registry))
-    for rule in config.ablation_rules:
-        stages.run(8, f"ablation-{rule}", lambda rule=rule: st.ablation(config, paths, registry, rule))
-    ablation = {rule: json.loads((stages.folder / f"8-ablation-{rule}.json").read_text())
-                for rule in config.ablation_rules}
-    card = st.model_card(config, registry, validated, student, encoder, trained, evaluation, ablation, paths)
+    run = Run(config, registry, corpus_paths(config), say)
+    markers = Markers(config.run_dir)
+    for stage in (s for s in stages if s.number >= from_stage):
+        if markers.forget(stage):
+            say(f"[stage {stage.number}] {stage.name}: result forgotten (--from-stage {from_stage})")
+    for stage in stages:
+        if stage.number > to_stage:
+            break
+        if not stage.wanted(config):
+            continue
+        run.results[stage.name] = _run_stage(stage, run, markers, say)
+    if to_stage < last:
+        say(f"stopped after stage {to_stage} (--to-stage)")
+        return None
+    card = model_card(run)
     say(f"student {config.name} registered (role student): {registry.path_of(config.name)}")
     return card
+
+
+def _run_stage(stage: Stage, run: Run, markers: Markers, say: Say) -> dict:
+    done = markers.read(stage)
+    if done is not None:
+        say(f"[stage {stage.number}] {stage.name}: done before, reusing")
+        return done
+    say(f"[stage {stage.number}] {stage.name}")
+    started = time.perf_counter()
+    result = stage.action(run)
+    # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
+    result = {**result, "stage_seconds": round(time.perf_counter() - started, 1)}
+    say(f"[stage {stage.number}] {stage.name}: {result['stage_seconds']:.0f} s")
+    markers.write(stage, result)
+    return result

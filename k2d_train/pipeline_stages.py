@@ -1,18 +1,23 @@
-"""The body of each ``k2d run`` stage; ``pipeline.py`` decides which ones still need to run."""
+"""The body of each ``k2d run`` stage: a function of the :class:`~k2d_train.pipeline.Run` (recipe, store,
+paths and every earlier stage's result) returning this stage's result. ``pipeline.py`` numbers them and
+decides which still need to run."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from k2d.manifest import read_manifest, write_manifest
-from k2d.registry import Registry
-from k2d_train.pipeline import RunConfig
 from k2d_train.store.operations import hf_name
 
+if TYPE_CHECKING:
+    from k2d_train.pipeline import Run
 
-def corpus(config: RunConfig, paths: dict[str, Path]) -> dict:
+
+def corpus(run: Run) -> dict:
+    config, paths = run.config, run.paths
     if "synth" in config.corpus:
         from k2d_train.data.synth import SynthOptions, build_corpus
 
@@ -25,55 +30,61 @@ def corpus(config: RunConfig, paths: dict[str, Path]) -> dict:
     return {key: str(p) for key, p in paths.items()}
 
 
-def pseudo_labels(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
-    from k2d_train.stages.s1_pseudo_label import pseudo_label
+def pseudo_labels(run: Run) -> dict:
+    from k2d_train.stages.s2_pseudo_label import pseudo_label
 
-    source = paths.get("audio") or str(paths["dataset"])  # audio files / manifest, or a Hugging Face dataset
-    return pseudo_label(config.teacher, source, config.run_dir / "pseudo", config.pseudo_label, registry.store)
+    config = run.config
+    source = run.paths.get("audio") or str(run.paths["dataset"])  # audio files / manifest, or a HF dataset
+    return pseudo_label(config.teacher, source, config.run_dir / "pseudo", config.pseudo_label, run.registry.store)
 
 
-def validation(config: RunConfig, registry: Registry) -> dict:
-    from k2d_train.stages.s2_validate import validate
+def validation(run: Run) -> dict:
+    from k2d_train.stages.s3_validate import validate
 
+    config = run.config
     chunks = config.run_dir / "pseudo" / "chunks.jsonl"
     options = dataclasses.replace(config.validate, also_rules=tuple(config.ablation_rules))
-    stats = validate(config.validator, chunks, config.run_dir / "validate", options, registry.store)
+    stats = validate(config.validator, chunks, config.run_dir / "validate", options, run.registry.store)
     return {"rules": stats, "total_chunks": sum(1 for _ in read_manifest(chunks))}
 
 
-def student_init(config: RunConfig, registry: Registry) -> dict:
-    from k2d_train.stages.s3_student import build_student
+def student_init(run: Run) -> dict:
+    from k2d_train.stages.s4_student import build_student
 
-    teacher_dir = registry.path_of(hf_name(config.teacher))
+    config = run.config
     shape = config.student
-    if (shape.encoder_layers or shape.encoder_ffn_ratio < 1) and config.distill_encoder is None:
-        raise ValueError("config [student]: a smaller encoder must be trained: add a [distill_encoder] section")
-    kept, teacher_params, student_params = build_student(teacher_dir, config.run_dir / "student-init",
-                                                         shape.decoder_layers, shape.encoder_layers,
-                                                         shape.encoder_ffn_ratio)
+    kept, teacher_params, student_params = build_student(run.registry.path_of(hf_name(config.teacher)),
+                                                         config.run_dir / "student-init", shape.decoder_layers,
+                                                         shape.encoder_layers, shape.encoder_ffn_ratio)
     return {"kept_layers": kept, "teacher_parameters": teacher_params, "student_parameters": student_params,
             "shape": shape.__dict__}
 
 
-def encoder_distillation(config: RunConfig, registry: Registry) -> dict:
-    from k2d_train.stages.s4_distill_encoder import distill_encoder
+def encoder_distillation(run: Run) -> dict:
+    from k2d_train.stages.s5_distill_encoder import distill_encoder
 
+    config, registry = run.config, run.registry
+    options = config.distill_encoder
+    extra = run.paths.get("extra_audio")
+    if options.extra_audio is None and extra is not None and extra.exists():
+        options = replace(options, extra_audio=str(extra))  # the corpus stage wrote encoder-only audio
     return distill_encoder(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init",
-                           config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-encoder",
-                           config.distill_encoder, config.run_dir / "student-encoder", registry.store,
+                           config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-encoder", options,
+                           config.run_dir / "student-encoder", registry.store,
                            teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
 
 
-def student_start(config: RunConfig) -> Path:
+def student_start(run: Run) -> Path:
     """The decoder stage starts from the distilled encoder when there is one."""
-    trained = config.run_dir / "student-encoder"
-    return trained if config.distill_encoder is not None and trained.is_dir() else config.run_dir / "student-init"
+    trained = run.config.run_dir / "student-encoder"
+    return trained if "distill-encoder" in run.results and trained.is_dir() else run.config.run_dir / "student-init"
 
 
-def kept_for_rule(config: RunConfig, rule: str) -> Path:
+def kept_for_rule(run: Run, rule: str) -> Path:
     """``kept.jsonl`` of the configured rule, or a re-filtered copy for an ablation rule."""
-    from k2d_train.stages.s2_validate import kept_chunks
+    from k2d_train.stages.s3_validate import kept_chunks
 
+    config = run.config
     if rule == config.validate.rule:
         return config.run_dir / "validate" / "kept.jsonl"
     out = config.run_dir / f"ablation-{rule}" / "kept.jsonl"
@@ -84,82 +95,94 @@ def kept_for_rule(config: RunConfig, rule: str) -> Path:
     return out
 
 
-def distillation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
-    from k2d_train.stages.s5_distill import distill
+def distillation(run: Run, rule: str | None = None) -> dict:
+    from k2d_train.stages.s6_distill import distill
 
+    config, registry, paths = run.config, run.registry, run.paths
+    rule = rule or config.validate.rule
     main = rule == config.validate.rule
     folder = config.run_dir if main else config.run_dir / f"ablation-{rule}"
     final = registry.store / config.name / "hf" if main else folder / "final"
     dev = paths.get("dev_ood") or paths.get("dev")  # the kept checkpoint is the best on voices never heard
     report_dev = [paths["dev"]] if paths.get("dev_ood") and paths.get("dev") else []
-    start = student_start(config)
-    report = distill(registry.path_of(hf_name(config.teacher)), start, kept_for_rule(config, rule),
+    report = distill(registry.path_of(hf_name(config.teacher)), student_start(run), kept_for_rule(run, rule),
                      folder / "distill", config.distill, dev=dev, resume=True, final_dir=final, report_dev=report_dev,
                      teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
     if main:
-        from k2d_train.stages.s3_student import register_student
+        from k2d_train.stages.s4_student import register_student
 
-        init = json.loads((config.run_dir / "stages" / "4-student.json").read_text())
+        init = run.results["student"]
         register_student(registry, config.name, final, init["student_parameters"], registry.get(config.teacher),
                          f"k2d-run:{config.source}", init["kept_layers"])
     return report
 
 
-def export_models(config: RunConfig, registry: Registry) -> dict:
+def export_models(run: Run) -> dict:
     from k2d_train.store.operations import export
 
+    config, registry = run.config, run.registry
     q = config.quantization
     student = export(registry, hf_name(config.name), q, config.name)
     teacher_name = f"{config.teacher}-{q.replace('_', '-')}"
     if teacher_name not in registry or not registry.path_of(teacher_name).is_dir():
         export(registry, config.teacher, q, teacher_name)
     # served (and evaluated) as it will be: beside its teacher for fallback, in its own language
-    student.extra = {**student.extra, "teacher": registry.get(config.teacher).family or config.teacher,
-                     "default_language": config.pseudo_label.language, "repetition_penalty": config.repetition_penalty}
+    student.serving = replace(student.serving, teacher=registry.get(config.teacher).family or config.teacher,
+                              default_language=config.pseudo_label.language,
+                              repetition_penalty=config.export.repetition_penalty)
     registry.add(student)
     return {"student": student.name, "teacher": teacher_name}
 
 
-def evaluation(config: RunConfig, paths: dict[str, Path], registry: Registry) -> dict:
-    """Teacher and student side by side through the serving path, in and out of domain."""
-    from k2d_train.compare import Contender, compare
+def evaluation(run: Run) -> dict:
+    """Teacher and student side by side through the serving path, in and out of domain, per voice group."""
+    import json
 
-    exported = json.loads((config.run_dir / "stages" / "7-export.json").read_text())
+    from k2d_train.compare import Contender, compare, group_markdown
+
+    config = run.config
+    exported = run.results["export"]
     contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
     if config.ablation_contexts:
-        contenders += [Contender("teacher, short context", exported["teacher"], "2/2"),
-                       Contender("student, no teacher fallback", exported["student"], fallback=False)]
-    sets = {name: paths[name] for name in ("test", "test_ood") if name in paths}
-    rows = compare(contenders, sets, config.evaluate, registry.store)
+        contenders += [Contender("teacher, short context", exported["teacher"], {"context": "2/2"}),
+                       Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
+    sets = {name: run.paths[name] for name in ("test", "test_ood") if name in run.paths}
+    rows = compare(contenders, sets, config.evaluate, run.registry.store, run.say)
+    for line in group_markdown(rows):
+        run.say(line)
     (config.run_dir / "evaluate").mkdir(parents=True, exist_ok=True)
     (config.run_dir / "evaluate" / "compare.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
     return {"rows": rows, "compute_type": config.evaluate.compute_type, "device": config.evaluate.device}
 
 
-def ablation(config: RunConfig, paths: dict[str, Path], registry: Registry, rule: str) -> dict:
+def ablations(run: Run) -> dict:
     """Same training on the chunks another rule keeps, then test MER in and out of domain: what filtering buys."""
-    from k2d_train.stages.s7_evaluate import transcribe_manifest
+    from k2d_train.stages.s9_evaluate import transcribe_manifest
     from k2d_train.store.convert import transformers_to_ct2
 
-    report = distillation(config, paths, registry, rule)
-    folder = config.run_dir / f"ablation-{rule}"
-    transformers_to_ct2(folder / "final", folder / "ct2", config.quantization)
-    scores = {}
-    for name in ("test", "test_ood"):
-        if name in paths:
-            summary = transcribe_manifest(str(folder / "ct2"), paths[name], folder / f"{name}-hypotheses.jsonl",
-                                          config.evaluate, registry.store)
-            scores[name] = summary.scores
-    kept = sum(1 for _ in read_manifest(folder / "kept.jsonl"))
-    return {"scores": scores, "kept_chunks": kept, "steps": report["steps"]}
+    config, out = run.config, {}
+    for rule in config.ablation_rules:
+        report = distillation(run, rule)
+        folder = config.run_dir / f"ablation-{rule}"
+        transformers_to_ct2(folder / "final", folder / "ct2", config.quantization)
+        scores = {}
+        for name in ("test", "test_ood"):
+            if name in run.paths:
+                summary = transcribe_manifest(str(folder / "ct2"), run.paths[name], folder / f"{name}-hypotheses.jsonl",
+                                              config.evaluate, run.registry.store)
+                scores[name] = summary.scores
+        kept = sum(1 for _ in read_manifest(folder / "kept.jsonl"))
+        out[rule] = {"scores": scores, "kept_chunks": kept, "steps": report["steps"]}
+    return out
 
 
-def model_card(config: RunConfig, registry: Registry, validated: dict, student: dict, encoder: dict | None,
-               trained: dict, evaluation: dict, ablation: dict, paths: dict[str, Path]) -> dict:
+def model_card(run: Run) -> dict:
     from k2d.context import ContextPolicy
     from k2d_train.model_card import write_card
 
-    rule = config.validate.rule
+    config, registry, results = run.config, run.registry, run.results
+    rule, student, trained = config.validate.rule, results["student"], results["distill"]
+    validated, encoder, evaluation = results["validate"], results.get("distill-encoder"), results["evaluate"]
     policy = ContextPolicy.of_model(registry.path_of(config.name))
     card = {
         "name": config.name, "teacher": config.teacher, "validator": config.validator,
@@ -173,13 +196,14 @@ def model_card(config: RunConfig, registry: Registry, validated: dict, student: 
         "steps": trained["steps"], "examples": trained["examples"], "best_dev": trained.get("best"),
         "evaluation": [r for r in evaluation["rows"] if "set" in r],
         "compute_type": evaluation["compute_type"], "device": evaluation["device"],
-        "test_manifests": {name: str(paths[name]) for name in ("test", "test_ood") if name in paths},
+        "test_manifests": {name: str(run.paths[name]) for name in ("test", "test_ood") if name in run.paths},
         "config": str(config.source), "language": config.pseudo_label.language,
     }
-    if ablation:
-        card["ablation"] = ablation
+    if results.get("ablation"):
+        card["ablation"] = {k: v for k, v in results["ablation"].items() if k != "stage_seconds"}
     write_card(registry.path_of(config.name), card)
     entry = registry.get(config.name)
-    entry.extra = {**entry.extra, "card": card, "default_language": config.pseudo_label.language}
+    entry.card = card
+    entry.serving = replace(entry.serving, default_language=config.pseudo_label.language)
     registry.add(entry)
     return card

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from k2d.manifest import read_manifest  # noqa: E402
-from k2d.registry import ModelEntry, Registry  # noqa: E402
+from k2d.registry import ModelEntry, Registry, Serving  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -75,5 +75,5 @@ def served_store(registry, tmp_path_factory) -> Registry:
     base, tiny = registry.get("whisper-base"), registry.get("whisper-tiny.en")
     scratch.add(ModelEntry(**{**base.__dict__, "path": str(registry.path_of("whisper-base"))}))
     scratch.add(ModelEntry(**{**tiny.__dict__, "path": str(registry.path_of("whisper-tiny.en")), "role": "student",
-                              "extra": {"teacher": "whisper-base", "default_language": "en"}}))
+                              "serving": Serving(teacher="whisper-base", default_language="en")}))
     return scratch

@@ -12,7 +12,7 @@ import httpx
 import yaml
 
 from app.settings import Settings
-from k2d_train.pipeline import RunConfig
+from k2d_train.config import RunConfig
 from tests.conftest import DATA, REPO, free_port, running_server
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -16,8 +16,8 @@ from k2d.audio import decode_audio
 from k2d.features import log_mel
 from k2d_train.checkpoints import CheckpointStore
 from k2d_train.encoder_states import BucketBatches
-from k2d_train.stages.s3_student import build_student
-from k2d_train.stages.s5_distill import DevScore, DistillOptions, distill
+from k2d_train.stages.s4_student import build_student
+from k2d_train.stages.s6_distill import DevScore, DistillOptions, distill
 from tests.conftest import MANIFEST, REPO, free_port
 
 
@@ -101,7 +101,7 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
 DRIVER = """
 import sys
 from pathlib import Path
-from k2d_train.stages.s5_distill import DevScore, DistillOptions, distill
+from k2d_train.stages.s6_distill import DevScore, DistillOptions, distill
 teacher, student, kept, out, final = map(Path, sys.argv[1:6])
 distill(teacher, student, kept, out, DistillOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0,
                                                    warmup_steps=1, learning_rate=1e-4), final_dir=final)

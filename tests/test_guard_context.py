@@ -11,8 +11,10 @@ from k2d.audio import decode_audio
 from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import DecodeOptions, WhisperEngine
 from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, check, collapse_repeats, compression_ratio
+from k2d.policy import DecodePolicy
+from k2d.served import Served
 from k2d.textunits import join_texts, raw_units
-from k2d.transcribe import decode_windows, transcribe
+from k2d.transcribe import Transcriber, decode_windows
 from tests.conftest import MANIFEST
 
 DATA = MANIFEST.parent
@@ -201,6 +203,13 @@ def test_short_context_windows_batch_by_bucket_and_keep_their_order(base, manife
         assert all(own < mer(other.text, text) for j, other in enumerate(rows) if j != i), (i, text)
 
 
+def transcribe(engine, audio, language, options, vad=True, teacher=None, teacher_sampling="all"):
+    """An engine (and a teacher engine) through the served path, without a registry."""
+    policy = DecodePolicy(vad=vad, teacher_sampling=teacher_sampling)
+    behind = Served("teacher", None, teacher, DecodePolicy()) if teacher is not None else None
+    return Transcriber(Served("model", None, engine, policy, behind)).transcribe(audio, language, options)
+
+
 def test_flagged_student_windows_fall_back_to_the_teacher(registry, base):
     """A student whose guard flags everything (a 2-token budget) returns the teacher's transcript."""
     student = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8",
@@ -213,12 +222,13 @@ def test_flagged_student_windows_fall_back_to_the_teacher(registry, base):
     teacher = transcribe(base, audio, "en", options)
     assert guarded.fallbacks == len(guarded.windows) and guarded.flagged == 0
     assert guarded.text == teacher.text and "gradient" in guarded.text.lower()
-    assert all(s.fallback for w in guarded.windows for s in w.segments)
+    assert all(s.from_teacher for w in guarded.windows for s in w.segments)
+    assert all(s.from_teacher for s in guarded.segments) and guarded.segments[-1].end <= len(audio) / 16000
 
 
 def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
     """A flagged window is re-decoded by sampling unless the options say otherwise; the cascade passes
-    that choice to the teacher standing in (``fallback_sampling``; the server's K2D_FALLBACK_SAMPLING);
+    that choice to the teacher standing in (``teacher_sampling``; the server's K2D_TEACHER_SAMPLING);
     "loops" samples on a loop but not on mere low confidence."""
     tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000 * 30) / 16000)).astype(np.float32)
     calls: list[bool] = []
@@ -228,11 +238,12 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
         calls.append(temperature > 0)
         return real(storage, windows, languages, options, temperature)
 
-    assert DecodeOptions(sample_on="loops").samples("token_budget")
-    assert not DecodeOptions(sample_on="loops").samples("logprob") and not DecodeOptions(sample_on="none").samples("logprob")
+    assert DecodeOptions(temperature_fallback="loops").samples("token_budget")
+    assert not DecodeOptions(temperature_fallback="loops").samples("logprob")
+    assert not DecodeOptions(temperature_fallback="none").samples("logprob")
     base._generate = spy
     try:
-        once = base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1, sample_on="none"))[0]
+        once = base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1, temperature_fallback="none"))[0]
         assert once.flag and calls == [False]
         calls.clear()
         base.transcribe_batch([tone], ["zh"], DecodeOptions(beam_size=1))
@@ -241,11 +252,11 @@ def test_a_standing_in_teacher_can_decode_once_instead_of_sampling(base):
         student = WhisperEngine(base.path, "cpu", [0], "int8", guard=GuardOptions.for_model(True))
         calls.clear()
         guarded = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
-                             fallback_sampling="none")
+                             teacher_sampling="none")
         assert guarded.fallbacks == 1 and calls == [False]
         calls.clear()
         looping = transcribe(student, tone, "zh", DecodeOptions(beam_size=1), vad=False, teacher=base,
-                             fallback_sampling="loops")  # the tone loops: a loop is sampled on
+                             teacher_sampling="loops")  # the tone loops: a loop is sampled on
         assert looping.fallbacks == 1 and calls[0] is False and any(calls[1:])
     finally:
         del base._generate

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -96,7 +97,7 @@ def test_shadow_scoring_measures_disagreement_and_harvests_a_corpus(served_store
         assert 0 <= disagreement < 0.5  # tiny.en and base agree on this clear English sentence
     rows = list(read_manifest(tmp_path / "h" / "harvest.jsonl"))
     assert rows and "gradient" in rows[0].text.lower() and rows[0].path(tmp_path / "h" / "harvest.jsonl").exists()
-    from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
+    from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions, pseudo_label
 
     result = pseudo_label("whisper-base", tmp_path / "h" / "harvest.jsonl", tmp_path / "pl", PseudoLabelOptions(beam_size=1),
                           registry.store)
@@ -108,23 +109,24 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     evaluation; its teacher keeps its own; an operator (or a compare contender) can override it."""
     from app.metrics import Metrics
     from app.model_manager import ModelManager
-    from k2d.registry import ModelEntry, Registry
+    from k2d.policy import DecodePolicy
+    from k2d.registry import Registry
     from k2d_train.compare import Contender
-    from k2d_train.stages.s7_evaluate import EvaluateOptions, ServedTranscriber
+    from k2d_train.stages.s9_evaluate import EvaluateOptions, served_transcriber
 
     store = Registry(tmp_path)
     for entry in served_store.entries():
-        extra = {**entry.extra, "repetition_penalty": 1.2} if entry.role == "student" else entry.extra
-        store.add(ModelEntry(**{**entry.__dict__, "extra": extra}))
+        serving = replace(entry.serving, repetition_penalty=1.2) if entry.role == "student" else entry.serving
+        store.add(replace(entry, serving=serving))
     manager = ModelManager(Settings(models_dir=tmp_path, port=free_port()), Metrics())
     manager.load()
     assert manager.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.2
     assert manager.models["whisper-base"].scheduler.engine.repetition.value == 1.0
     override = ModelManager(Settings(models_dir=tmp_path, port=free_port(), repetition_penalty=1.05,
-                                     fallback_sampling="none"), Metrics())
+                                     teacher_sampling="none"), Metrics())
     override.load()
     assert override.models["whisper-tiny.en"].scheduler.engine.repetition.value == 1.05
-    assert manager.models["whisper-tiny.en"].cascade.fallback_sampling == "all"
+    assert manager.models["whisper-tiny.en"].cascade.rule.sampling == "all"
     cascade = override.models["whisper-tiny.en"].cascade
     submitted = []
 
@@ -135,21 +137,31 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     cascade.teacher_queue.submit = full_queue  # the teacher's queue sees the options the stand-in decodes with
     looping = WindowResult("en", [], 40, "token_budget", ["token_budget"], -0.2, escalate=True)
     asyncio.run(cascade._fall_back(looping, np.zeros(16000, np.float32), DecodeOptions(), 0.0, 0.0))
-    assert [o.sample_on for o in submitted] == ["none"]
+    assert [o.temperature_fallback for o in submitted] == ["none"]
 
-    evaluated = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
-    assert evaluated.engine.repetition.value == 1.2 and evaluated.teacher.repetition.value == 1.0
-    contender = Contender.parse("plain=whisper-tiny.en~none^1.0")
-    assert (contender.model, contender.fallback, contender.repetition_penalty) == ("whisper-tiny.en", False, 1.0)
-    quick = Contender.parse("quick=whisper-tiny.en~sample-none")
-    assert (quick.fallback, quick.fallback_on, quick.fallback_sampling) == (True, LOOP_REASONS, "none")
-    wider = Contender.parse("wider=whisper-tiny.en~loops+logprob+sample-loops")
-    assert (wider.fallback_on, wider.fallback_sampling) == ((*LOOP_REASONS, "logprob"), "loops")
-    assert Contender.parse("own=whisper-tiny.en").fallback_sampling is None
-    greedy = Contender.parse("greedy=whisper-tiny.en@1/1~loops+beam-1")
-    assert (greedy.context, greedy.beam_size, greedy.fallback_on) == ("1/1", 1, LOOP_REASONS)
-    assert Contender.parse("own=whisper-tiny.en").beam_size is None
+    evaluated = served_transcriber("whisper-tiny.en", EvaluateOptions(language="en"), tmp_path)
+    assert evaluated.engine.repetition.value == 1.2 and evaluated.served.teacher.engine.repetition.value == 1.0
+    run = DecodePolicy()
+    plain = Contender.parse("plain=whisper-tiny.en~none^1.0").policy(run)
+    assert (plain.teacher_fallback, plain.repetition_penalty) == (False, 1.0)
+    quick = Contender.parse("quick=whisper-tiny.en~sample-none").policy(run)
+    assert (quick.teacher_fallback, quick.teacher_fallback_on, quick.teacher_sampling) == (True, LOOP_REASONS, "none")
+    wider = Contender.parse("wider=whisper-tiny.en~loops+logprob+sample-loops").policy(run)
+    assert (wider.teacher_fallback_on, wider.teacher_sampling) == ((*LOOP_REASONS, "logprob"), "loops")
+    assert Contender.parse("own=whisper-tiny.en").overrides == {}
+    greedy = Contender.parse("greedy=whisper-tiny.en@1/1~loops+beam-1").policy(run)
+    assert (greedy.context, greedy.beam_size, greedy.teacher_fallback_on) == ("1/1", 1, LOOP_REASONS)
     with pytest.raises(ValueError, match="beam-N"):
         Contender.parse("wide=whisper-tiny.en~beam-0")
-    plain = ServedTranscriber("whisper-tiny.en", EvaluateOptions(language="en", repetition_penalty=1.0), tmp_path)
-    assert plain.engine.repetition.value == 1.0 and plain.teacher.repetition.value == 1.0
+    listed = tmp_path / "contenders.yaml"
+    listed.write_text("- {label: teacher, model: whisper-base}\n"
+                      "- {label: quick, model: whisper-tiny.en, teacher_sampling: none, beam_size: 1}\n")
+    teacher, yaml_quick = Contender.from_yaml(listed)
+    assert (teacher.label, yaml_quick.policy(run).teacher_sampling, yaml_quick.policy(run).beam_size) == \
+        ("teacher", "none", 1)
+    listed.write_text("- {label: typo, model: whisper-base, beam_sise: 1}\n")
+    with pytest.raises(ValueError, match="beam_sise"):
+        Contender.from_yaml(listed)
+    unpenalised = served_transcriber("whisper-tiny.en", EvaluateOptions(
+        language="en", policy=DecodePolicy(repetition_penalty=1.0)), tmp_path)
+    assert unpenalised.engine.repetition.value == 1.0 and unpenalised.served.teacher.engine.repetition.value == 1.0

@@ -8,7 +8,7 @@ import pytest
 
 from k2d.manifest import read_manifest
 from k2d_train.labels import chunk_label_ids
-from k2d_train.stages.s2_validate import kept_chunks
+from k2d_train.stages.s3_validate import kept_chunks
 from tests.conftest import MANIFEST
 
 
@@ -51,7 +51,7 @@ def test_dropped_segments_split_a_chunk_into_runs_of_kept_ones():
 def test_a_saved_hugging_face_dataset_is_pseudo_labelled(registry, tmp_path):
     from datasets import Audio, Dataset
 
-    from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, pseudo_label
+    from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions, pseudo_label
 
     clips = [str(MANIFEST.parent / r.audio) for r in read_manifest(MANIFEST) if r.text][:2]
     Dataset.from_dict({"audio": clips}).cast_column("audio", Audio()).save_to_disk(str(tmp_path / "ds"))

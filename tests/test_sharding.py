@@ -71,7 +71,7 @@ def test_waiting_for_a_shard_can_time_out(tmp_path):
 def test_a_dataset_is_materialised_once_by_the_main_process_and_listed_alike_everywhere(tmp_path):
     from datasets import Audio, Dataset
 
-    from k2d_train.stages.s1_pseudo_label import PseudoLabelOptions, _listing, _sources
+    from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions, _listing, _sources
 
     clips = [str(DATA / name) for name in SPEECH[:3]]
     Dataset.from_dict({"audio": clips}).cast_column("audio", Audio()).save_to_disk(str(tmp_path / "ds"))
@@ -147,7 +147,7 @@ def test_two_processes_write_the_rows_one_process_writes(registry, tmp_path):
     assert validated["two"] == validated["one"] and validated["one"][1]
 
     # each shard resumes on its own: a lost part is relabelled by its owner alone, the merge is unchanged
-    from k2d_train.stages.s1_pseudo_label import list_audio
+    from k2d_train.stages.s2_pseudo_label import list_audio
 
     position = [audio_id for audio_id, _ in list_audio(corpus)].index("sub__clip07")
     (double / "parts" / "sub__clip07.jsonl").unlink()

@@ -175,3 +175,19 @@ def test_a_failed_assembly_leaves_nothing_in_the_store(tmp_path, member, size):
     with pytest.raises(FetchError):
         assemble(model, destination, cache)
     assert list(destination.iterdir()) == []
+
+
+def test_a_registry_written_before_the_typed_serving_contract_still_serves_the_same(tmp_path):
+    """Stores from before ``serving`` kept teacher, language and penalty in ``extra`` (and the card there)."""
+    from k2d.registry import Registry
+
+    legacy = {"models": [{"name": "k2d-student", "format": "ctranslate2", "path": "k2d-student/ct2", "role": "student",
+                          "extra": {"teacher": "whisper-base", "default_language": "zh", "repetition_penalty": 1.1,
+                                    "card": {"teacher": "whisper-base", "steps": 180}, "shape": "6+4"}}]}
+    (tmp_path / "registry.json").write_text(json.dumps(legacy))
+    entry = Registry(tmp_path).get("k2d-student")
+    assert (entry.serving.teacher, entry.serving.default_language, entry.repetition_penalty.value) == \
+        ("whisper-base", "zh", 1.1)
+    assert entry.card["steps"] == 180 and entry.extra == {"shape": "6+4"} and entry.serving.engine == "whisper"
+    Registry(tmp_path).save()
+    assert json.loads((tmp_path / "registry.json").read_text())["models"][0]["serving"]["teacher"] == "whisper-base"

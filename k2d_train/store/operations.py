@@ -65,6 +65,8 @@ def register_hf(registry: Registry, family: ModelEntry, hf_dir: Path, parameters
         quantization="float32",
         source=family.source,
         family=family.name,
+        serving=family.serving,
+        card=family.card,
         extra=family.extra,
     )
     registry.add(entry)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from k2d.registry import ModelEntry, Registry
+from k2d.registry import ModelEntry, Registry, Serving
 from k2d_train.store.operations import hf_name
 from k2d_train.store.publish import partial_dir, publish
 
@@ -118,7 +118,7 @@ def register_student(registry: Registry, name: str, hf_dir: Path, parameters: in
     entry = ModelEntry(
         name=hf_name(name), format="transformers", path=os.path.relpath(hf_dir, registry.store), role="student",
         parameters=parameters, languages=teacher.languages, quantization="float32", source=source, family=name,
-        extra={"teacher": teacher.family, "kept_decoder_layers": kept_layers},
+        serving=Serving(teacher=teacher.family), extra={"kept_decoder_layers": kept_layers},
     )
     registry.add(entry)
     return entry

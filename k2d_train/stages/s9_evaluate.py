@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +21,43 @@ from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
-from k2d.engine import DecodeOptions, WhisperEngine
-from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, sample_on
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
-from k2d.registry import Registry, resolve_model, teacher_of
+from k2d.policy import DecodePolicy
+from k2d.registry import resolve_model
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
-from k2d.transcribe import Transcript, transcribe
+from k2d.served import EngineCache, Runtime, serve_one
+from k2d.transcribe import Transcriber, Transcript
 
 
 @dataclass
 class EvaluateOptions:
+    """Where and how ``k2d evaluate`` / ``compare`` / stage 8 decode: a runtime and the serving DecodePolicy.
+    A config's ``evaluate:`` section may name DecodePolicy fields (``beam_size``, ``teacher_sampling``...)
+    directly beside these."""
+
     language: str | None = None
-    beam_size: int = 5
+    use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
     device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 0
     decode_threads: int = 1  # the server's default (K2D_CPU_DECODE_THREADS)
-    use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
-    vad: bool = True
-    guard: bool = True
-    fallback: bool = True  # a student's flagged windows go to its teacher, as served
-    fallback_on: tuple[str, ...] = LOOP_REASONS  # which guard flags do (the server's default)
-    context: str | None = None  # "full" or "PAD/BUCKET" seconds: override the model's context policy
-    repetition_penalty: float | None = None  # override the model's own (its registry entry's)
-    fallback_sampling: SampleOn = "all"  # which of its own flags the standing-in teacher samples on
+    policy: DecodePolicy = field(default_factory=DecodePolicy)
 
-    def __post_init__(self):
-        sample_on(self.fallback_sampling)
+    @classmethod
+    def from_section(cls, section: dict | None) -> EvaluateOptions:
+        """A config's ``evaluate:`` mapping; DecodePolicy's fields go to the policy, unknown keys are refused."""
+        section = dict(section or {})
+        own = {f.name for f in fields(cls)} - {"policy"}
+        policy_keys = {f.name for f in fields(DecodePolicy)}
+        unknown = sorted(set(section) - own - policy_keys)
+        if unknown:
+            raise ValueError(f"config [evaluate]: unknown keys {unknown}; known: {sorted(own | policy_keys)}")
+        policy = DecodePolicy(**{k: section.pop(k) for k in list(section) if k in policy_keys})
+        return cls(**section, policy=policy)
+
+    def runtime(self) -> Runtime:
+        return Runtime(self.device, compute_type_cpu=self.compute_type, compute_type_cuda=self.compute_type,
+                       cpu_threads=self.cpu_threads, decode_threads=self.decode_threads)
 
 
 @dataclass
@@ -63,48 +73,9 @@ class EvaluateSummary:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
 
 
-def parse_context(text: str | None) -> ContextPolicy | None:
-    """None → the model's own policy; otherwise ``ContextPolicy.parse``."""
-    return None if text is None else ContextPolicy.parse(text)
-
-
-class ServedTranscriber:
-    """A CTranslate2 model exactly as the server runs it (and its teacher, for fallback)."""
-
-    def __init__(self, model: str, options: EvaluateOptions, store: Path, engines: dict | None = None):
-        """``engines``: models already loaded, shared between transcribers (a teacher that is both a
-        contender and a student's fallback is loaded once)."""
-        path, entry = resolve_model(model, store)
-        self.engines = {} if engines is None else engines
-        registry = Registry(store)
-        teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
-        guard = GuardOptions(enabled=options.guard)
-        self.teacher = self._engine(registry.path_of(teacher), options, guard, None,
-                                    registry.get(teacher).repetition_penalty) \
-            if options.fallback and teacher else None
-        own_guard = GuardOptions.for_model(self.teacher is not None, tuple(options.fallback_on), enabled=options.guard)
-        penalty = (entry.repetition_penalty if entry is not None else RepetitionPenalty()).overridden(
-            options.repetition_penalty)
-        self.engine = self._engine(path, options, own_guard, parse_context(options.context), penalty)
-        self.default_language = entry.extra.get("default_language") if entry else None
-        self.parameters = entry.parameters if entry else None
-        self.options = DecodeOptions(beam_size=options.beam_size, temperature=0.0)
-        self.vad, self.fallback_sampling = options.vad, options.fallback_sampling
-
-    def _engine(self, path: Path, options: EvaluateOptions, guard: GuardOptions,
-                policy: ContextPolicy | None, penalty: RepetitionPenalty) -> WhisperEngine:
-        if not (path / "model.bin").exists():
-            raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
-        key = (path, guard, policy, penalty)
-        if key not in self.engines:
-            self.engines[key] = WhisperEngine(path, options.device, [0], options.compute_type,
-                                              cpu_threads=options.cpu_threads, guard=guard, policy=policy,
-                                              repetition=penalty, decode_threads=options.decode_threads)
-        return self.engines[key]
-
-    def __call__(self, audio: np.ndarray, language: str | None) -> Transcript:
-        return transcribe(self.engine, audio, language or self.default_language, self.options, self.vad,
-                          teacher=self.teacher, fallback_sampling=self.fallback_sampling)
+def served_transcriber(model: str, options: EvaluateOptions, store: Path, cache: EngineCache | None = None) -> Transcriber:
+    """A CTranslate2 model exactly as the server runs it, its teacher behind it (one assembly: k2d.served)."""
+    return Transcriber(serve_one(model, store, options.policy, options.runtime(), cache))
 
 
 class HFTranscriber:
@@ -138,7 +109,7 @@ class HFTranscriber:
 def transcriber_for(model: str, options: EvaluateOptions, store: Path):
     path, _ = resolve_model(model, store)
     if (path / "model.bin").exists():
-        return ServedTranscriber(model, options, store)
+        return served_transcriber(model, options, store)
     if (path / "config.json").exists():
         return HFTranscriber(path)
     raise ValueError(f"{model}: neither a CTranslate2 nor a transformers model directory")

@@ -1,0 +1,153 @@
+"""A ``k2d run`` recipe (YAML) as typed options for every stage, checked before anything runs.
+
+Each section maps onto one stage's options dataclass; unknown keys and contradictory options are
+refused with a message that says what to write instead. ``configs/*.yaml`` are the shipped recipes
+(``configs/own-data.yaml``: your own recordings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions
+from k2d_train.stages.s3_validate import ValidateOptions
+from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions
+from k2d_train.stages.s6_distill import DistillOptions
+from k2d_train.stages.s9_evaluate import EvaluateOptions
+
+SETS = ("test", "test_ood", "dev", "dev_ood")
+SECTIONS = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
+            "distill_encoder", "distill", "export", "evaluate", "ablation_rules", "ablation_contexts"}
+
+
+def section(cls, values: dict | None, where: str):
+    """``values`` as ``cls``; unknown keys are an error that lists the known ones."""
+    values = values or {}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class StudentShape:
+    decoder_layers: int = 2
+    encoder_layers: int | None = None  # fewer encoder layers (needs distill_encoder)
+    encoder_ffn_ratio: float = 1.0  # thinner encoder FFN (needs distill_encoder)
+
+
+@dataclass
+class ExportOptions:
+    quantization: str = "int8"
+    repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry
+
+
+@dataclass
+class RunConfig:
+    name: str
+    run_dir: Path
+    teacher: str
+    validator: str
+    corpus: dict
+    pseudo_label: PseudoLabelOptions
+    validate: ValidateOptions
+    distill: DistillOptions
+    evaluate: EvaluateOptions
+    student: StudentShape = field(default_factory=StudentShape)
+    distill_encoder: EncoderDistillOptions | None = None
+    export: ExportOptions = field(default_factory=ExportOptions)
+    ablation_rules: list[str] = field(default_factory=list)
+    ablation_contexts: bool = False  # also measure the untrained short-context rows of the ablation table
+    source: Path | None = None
+
+    @property
+    def quantization(self) -> str:
+        return self.export.quantization
+
+    def packaged_models(self) -> list[str]:
+        """The teacher and validator, where the package index ships them (`k2d models fetch` names)."""
+        from k2d_train.store.catalog import CATALOG
+
+        return sorted({self.teacher, self.validator} & set(CATALOG))
+
+    def use_device(self, device: str) -> None:
+        """Run the CTranslate2 stages (pseudo-label, validate, evaluate) on ``cpu``, ``cuda`` or ``auto``
+        (a GPU when CTranslate2 sees one); distillation already takes a GPU when torch sees one."""
+        if device == "auto":
+            from k2d.engine import cuda_available
+
+            device = "cuda" if cuda_available() else "cpu"
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+        for options in (self.pseudo_label, self.validate, self.evaluate):
+            options.device = device
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        unknown = sorted(set(raw) - SECTIONS)
+        if unknown:
+            raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
+        base = path.parent
+        encoder = raw.get("distill_encoder")
+        return cls(
+            name=raw.get("name", "k2d-student"),
+            run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
+            teacher=raw.get("teacher", "whisper-base"),
+            validator=raw.get("validator", "whisper-base"),
+            corpus=raw.get("corpus", {"synth": {}}),
+            pseudo_label=section(PseudoLabelOptions, raw.get("pseudo_label"), "pseudo_label"),
+            validate=section(ValidateOptions, raw.get("validate"), "validate"),
+            distill=section(DistillOptions, raw.get("distill"), "distill"),
+            evaluate=EvaluateOptions.from_section(raw.get("evaluate")),
+            student=section(StudentShape, raw.get("student"), "student"),
+            distill_encoder=section(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
+            export=section(ExportOptions, raw.get("export"), "export"),
+            ablation_rules=list(raw.get("ablation_rules") or []),
+            ablation_contexts=bool(raw.get("ablation_contexts", False)),
+            source=path.resolve(),
+        ).checked()
+
+    def checked(self) -> RunConfig:
+        """Refuse options that contradict each other instead of letting one silently do nothing."""
+        if self.distill.use_nbest and self.pseudo_label.nbest < 2:
+            raise ValueError("config: distill.use_nbest needs pseudo_label.nbest >= 2 (no N-best labels exist otherwise)")
+        if self.pseudo_label.nbest > 1 and not self.distill.use_nbest:
+            raise ValueError(f"config: pseudo_label.nbest is {self.pseudo_label.nbest} but distill.use_nbest is false: "
+                             "the teacher would decode N-best lists that no stage reads (set use_nbest: true or nbest: 1)")
+        if (self.student.encoder_layers or self.student.encoder_ffn_ratio < 1) and self.distill_encoder is None:
+            raise ValueError("config [student]: a smaller encoder must be trained: add a [distill_encoder] section")
+        return self
+
+    def warnings(self) -> list[str]:
+        """Legal but probably unintended: said before the run starts."""
+        out = []
+        rules = {self.validate.rule, *self.ablation_rules} - {"none", "ngram"}
+        if rules and self.validator == self.teacher:
+            out.append(f"the validator is the teacher itself ({self.teacher}): rules {sorted(rules)} then measure "
+                       "the teacher's agreement with itself, not a second opinion (K²D validates with another model)")
+        return out
+
+
+def corpus_paths(config: RunConfig) -> dict[str, Path]:
+    """The unlabelled audio and the labelled sets: in-domain and out-of-domain dev and test."""
+    if "synth" in config.corpus:
+        root = config.run_dir / "corpus"
+        return {"root": root, "audio": root / "lectures.jsonl", "extra_audio": root / "encoder_audio.jsonl",
+                **{s: root / f"{s}.jsonl" for s in SETS}}
+    base = config.source.parent if config.source else Path.cwd()
+    paths = {}
+    for key in ("audio", "dataset", *SETS):
+        value = config.corpus.get(key)
+        if value is not None:
+            paths[key] = Path(value) if key == "dataset" and not (base / value).exists() else (base / value).resolve()
+    missing = [key for key in ("test", "test_ood") if key not in paths]
+    if missing or not ({"audio", "dataset"} & set(paths)):
+        raise ValueError(f"config [corpus] needs audio (or dataset) and {', '.join(('test', 'test_ood'))}: an "
+                         "out-of-domain test set (voices and sentences never in training) is required")
+    return paths
