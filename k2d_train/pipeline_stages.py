@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from k2d.manifest import read_manifest, write_manifest
+from k2d_train.config import TEST_SETS
 from k2d_train.store.operations import hf_name
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def evaluation(run: Run) -> dict:
     if config.ablation_contexts:
         contenders += [Contender("teacher, short context", exported["teacher"], {"context": "2/2"}),
                        Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
-    sets = {name: run.paths[name] for name in ("test", "test_ood") if name in run.paths}
+    sets = {name: run.paths[name] for name in TEST_SETS if name in run.paths and run.paths[name].exists()}
     rows = compare(contenders, sets, config.evaluate, run.registry.store, run.say)
     for line in group_markdown(rows):
         run.say(line)
@@ -166,8 +167,8 @@ def ablations(run: Run) -> dict:
         folder = config.run_dir / f"ablation-{rule}"
         transformers_to_ct2(folder / "final", folder / "ct2", config.quantization)
         scores = {}
-        for name in ("test", "test_ood"):
-            if name in run.paths:
+        for name in TEST_SETS:
+            if name in run.paths and run.paths[name].exists():
                 summary = transcribe_manifest(str(folder / "ct2"), run.paths[name], folder / f"{name}-hypotheses.jsonl",
                                               config.evaluate, run.registry.store)
                 scores[name] = summary.scores
@@ -196,7 +197,7 @@ def model_card(run: Run) -> dict:
         "steps": trained["steps"], "examples": trained["examples"], "best_dev": trained.get("best"),
         "evaluation": [r for r in evaluation["rows"] if "set" in r],
         "compute_type": evaluation["compute_type"], "device": evaluation["device"],
-        "test_manifests": {name: str(run.paths[name]) for name in ("test", "test_ood") if name in run.paths},
+        "test_manifests": {name: str(run.paths[name]) for name in TEST_SETS if name in run.paths},
         "config": str(config.source), "language": config.pseudo_label.language,
     }
     if results.get("ablation"):

@@ -50,5 +50,7 @@ if [ "$EXTRAS" != serve ] && ! command -v nvidia-smi >/dev/null 2>&1; then
   "${PIP[@]}" "torch==2.13.0" ${K2D_TORCH_INDEX_URL:+--index-url "$K2D_TORCH_INDEX_URL"}
 fi
 "${PIP[@]}" -e ".[$EXTRAS]"
+# Kokoro's Mandarin speaker packs come from the npm registry (kokoro-js), not PyPI: fetched once, checked
+if [ "$EXTRAS" != serve ]; then "$PY" -m k2d_train.data.kokoro fetch; fi
 touch "$STAMP"
 echo "setup: installed k2d[$EXTRAS] into $VENV"

@@ -18,7 +18,7 @@ from k2d_train.data.synth import SynthOptions, build_corpus, lecture_pairs
 from k2d_train.data.voices import VOICES, MandarinVoice, bopomofo_of, voice, voices
 
 TINY = SynthOptions(seed=0, lectures=1, lecture_minutes=0.3, test_utterances=3, dev_utterances=3,
-                    ood_test_utterances=3, ood_dev_utterances=3)
+                    ood_test_utterances=3, ood_dev_utterances=3, encoder_minutes=0.3)
 SETS = ("test", "dev", "test_ood", "dev_ood")
 
 
@@ -49,7 +49,36 @@ def test_every_manifest_exists_and_its_audio_decodes(corpus):
             assert row.text and row.extra["language"] == "zh"
             assert "+" in row.extra["voice"]
     report = json.loads((corpus / "voices.json").read_text())
-    assert set(report["used"]) == {"lectures", *SETS}
+    assert set(report["used"]) == {"lectures", "test_ood_noisy", *SETS}
+
+
+def test_every_test_row_names_its_voice_group_and_the_noisy_copy_is_the_same_utterances_harder(corpus):
+    ood, noisy = rows(corpus, "test_ood"), rows(corpus, "test_ood_noisy")
+    assert [r.extra["group"] for r in ood] == [r.extra["voice"].split("+")[0] for r in ood]
+    assert [(r.text, r.extra["group"]) for r in noisy] == [(r.text, r.extra["group"]) for r in ood]
+    for clean, harder in zip(ood, noisy, strict=True):
+        a, b = decode_audio(clean.path(corpus / "x")), decode_audio(harder.path(corpus / "x"))
+        assert len(b) == pytest.approx(len(a) / 0.92, rel=0.02)  # slower
+        quiet = lambda x: float(np.percentile(np.abs(x), 10))  # noqa: E731 - the floor between words
+        assert quiet(b) > 2 * quiet(a)
+
+
+def test_encoder_only_audio_is_cut_at_sentence_ends_into_short_spans(corpus):
+    spans = rows(corpus, "encoder_audio")
+    assert spans and len({r.extra["id"] for r in spans}) == len(spans)
+    for row in spans:
+        length = len(decode_audio(row.path(corpus / "x"))) / SAMPLE_RATE
+        assert 4 <= row.extra["end"] - row.extra["start"] <= 16 and row.extra["end"] <= length + 0.01
+
+
+def test_training_engines_choose_who_lectures_and_never_touch_held_out_voices():
+    from k2d_train.data.synth import all_pairs
+
+    classic = lecture_pairs(40, random.Random(0), ["gcin", "espeak"])
+    assert {p.mandarin.engine for p in classic} == {"gcin", "espeak"}
+    assert {p.mandarin.engine for p in lecture_pairs(40, random.Random(0))} == {"gcin", "espeak", "kokoro"}
+    assert all_pairs(True, ["gcin"]) == all_pairs(True)
+    assert {p.mandarin.name for p in all_pairs(True)} >= {"kokoro-xiaoyi", "kokoro-yunyang", "gcin-5"}
 
 
 def test_ood_voices_of_both_languages_never_lecture(corpus):

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from k2d.audio import SAMPLE_RATE, write_audio
+from k2d.audio import SAMPLE_RATE, decode_audio, write_audio
 from k2d.manifest import write_manifest
 from k2d_train.data import augment
-from k2d_train.data.sentences import ood_sentence_bank, sentence_bank
+from k2d_train.data.sentences import clear_bank, ood_sentence_bank, sentence_bank
 from k2d_train.data.voices import VOICES, VoiceSpec, speak_mixed, voices
 
 CORPUS_VERSION = 2  # bump when the same options would give different audio
-_SPLITS = {"lectures": 1, "test": 2, "dev": 3, "test_ood": 4, "dev_ood": 5}
+_SPLITS = {"lectures": 1, "test": 2, "dev": 3, "test_ood": 4, "dev_ood": 5, "encoder": 6, "test_ood_clear": 7}
 _PAD_S = 0.25
 
 
@@ -53,6 +53,16 @@ class SynthOptions:
     augment: bool = True  # training conditions for lectures + in-domain sets, OOD conditions for OOD sets
     min_utterance_s: float = 3.0  # dev/test utterance length bounds, 0.25 s silence each side included
     max_utterance_s: float = 15.0
+    # which engines the training voices may come from (None: all); e.g. [gcin, espeak] leaves out the clear
+    # neural voices (an ablation); held-out voices are never affected
+    training_engines: list[str] | None = None
+    # test_ood_noisy: every test_ood utterance again at 0.92× speed under white noise at 15 dB SNR
+    ood_noisy: bool = True
+    # test_ood_clear: the held-out clear (neural) voices reading plain Mandarin the teacher gets nearly right
+    ood_clear_utterances: int = 0
+    # unlabelled audio for the encoder stage only (no teacher labels needed): every training voice pair,
+    # harsher rooms and noise, cut into 4-12 s spans (encoder_audio.jsonl)
+    encoder_minutes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,17 +77,23 @@ class Pair:
         return f"{self.mandarin.name}+{self.english.name}"
 
 
-def all_pairs(heldout: bool) -> list[Pair]:
-    return [Pair(zh, en) for zh in voices("zh", heldout) for en in voices("en", heldout)]
+def training_voices(language: str, engines: list[str] | None = None) -> list[VoiceSpec]:
+    return [v for v in voices(language, False) if engines is None or v.engine in engines or language == "en"]
 
 
-def lecture_pairs(lectures: int, rng: random.Random) -> list[Pair]:
+def all_pairs(heldout: bool, engines: list[str] | None = None) -> list[Pair]:
+    zh = voices("zh", True) if heldout else training_voices("zh", engines)
+    en = voices("en", True) if heldout else training_voices("en", engines)
+    return [Pair(z, e) for z in zh for e in en]
+
+
+def lecture_pairs(lectures: int, rng: random.Random, engines: list[str] | None = None) -> list[Pair]:
     """The lecturer of each lecture: ``lectures // 2`` distinct training pairs, each giving two or more lectures.
 
     Pair k joins Mandarin voice k mod n_zh with English voice (k + k // lcm) mod n_en: as soon as there are
     as many pairs as voices in the larger language every training voice lectures, and no pair repeats.
     """
-    zh, en = voices("zh", False), voices("en", False)
+    zh, en = training_voices("zh", engines), training_voices("en", engines)
     count = max(1, min(lectures // 2, len(zh) * len(en)))
     cycle = math.lcm(len(zh), len(en))
     pairs = [Pair(zh[k % len(zh)], en[(k + k // cycle) % len(en)]) for k in range(count)]
@@ -141,14 +157,74 @@ def _utterances(split: str, count: int, sentences: Iterator[str], pairs: list[Pa
     for i in tqdm(range(count), desc=f"synth {split}", unit="utt"):
         rng = _item_rng(options, split, i)
         pair = pairs[int(rng.integers(len(pairs)))]
-        condition = _condition(options, split.endswith("_ood"), rng)
+        condition = _condition(options, "_ood" in split, rng)
         texts, audio = _utterance(sentences, pair, condition, options, rng)
         name = f"{split}/{split}_{i:04d}.flac"
         write_audio(out / name, _record(audio, condition, options, rng))
         conditions[name] = condition.to_json()
-        rows.append({"audio": name, "text": "，".join(texts), "language": "zh", "voice": pair.name})
+        rows.append({"audio": name, "text": "，".join(texts), "language": "zh", "voice": pair.name,
+                     "group": pair.mandarin.name})
     write_manifest(out / f"{split}.jsonl", rows)
     return rows
+
+
+NOISY_TEMPO, NOISY_SNR_DB = 0.92, 15.0
+
+
+def _noisy_copy(rows: list[dict], split: str, out: Path, options: SynthOptions) -> list[dict]:
+    """The same utterances slower and under white noise: does a model keep its accuracy when the audio
+    gets harder (the teacher-easy voices above all)?"""
+    (out / split).mkdir(parents=True, exist_ok=True)
+    copies = []
+    for i, row in enumerate(tqdm(rows, desc=f"synth {split}", unit="utt")):
+        audio = augment.time_stretch(decode_audio(out / row["audio"]), NOISY_TEMPO)
+        noisy = augment.add_noise(audio, NOISY_SNR_DB, "white", options.seed * 7919 + i)
+        name = f"{split}/{split}_{i:04d}.flac"
+        write_audio(out / name, np.clip(noisy, -1, 1).astype(np.float32))
+        copies.append({**row, "audio": name, "condition": f"{NOISY_TEMPO}x speed, white noise {NOISY_SNR_DB:g} dB SNR"})
+    write_manifest(out / f"{split}.jsonl", copies)
+    return copies
+
+
+ENCODER_NOISE = augment.AugmentConfig(snr_db=(5.0, 30.0), reverb_p=0.6, rt60=(0.2, 0.9), lowpass_p=0.3)
+
+
+def _encoder_audio(sentences: list[str], out: Path, options: SynthOptions) -> list[dict]:
+    """Unlabelled audio for the encoder stage alone: every training voice pair in turn, harsher conditions,
+    cut at sentence ends into spans of 4-12 s (``encoder_audio.jsonl``: {audio, id, start, end})."""
+    pairs = all_pairs(False, options.training_engines)
+    order = random.Random(options.seed + 17)
+    order.shuffle(pairs)
+    (out / "encoder").mkdir(parents=True, exist_ok=True)
+    rows, target = [], int(options.encoder_minutes * 60 * SAMPLE_RATE)
+    files = max(1, math.ceil(options.encoder_minutes / 1.5))
+    with tqdm(total=round(options.encoder_minutes * 60), desc="synth encoder audio", unit="s") as progress:
+        for index in range(files):
+            rng = _item_rng(options, "encoder", index)
+            pair, condition = pairs[index % len(pairs)], augment.draw_condition(rng, ENCODER_NOISE)
+            pieces, ends, length = [], [], 0
+            while length < target / files:
+                audio = _say(order.choice(sentences), pair, condition, rng)
+                pieces += [audio, np.zeros(int(rng.uniform(0.2, 0.8) * SAMPLE_RATE), np.float32)]
+                length += len(pieces[-2]) + len(pieces[-1])
+                ends.append(length / SAMPLE_RATE)
+                progress.update(round((len(pieces[-2]) + len(pieces[-1])) / SAMPLE_RATE))
+            name = f"encoder/encoder_{index:03d}.flac"
+            write_audio(out / name, _record(np.concatenate(pieces), condition, options, rng))
+            rows += [{"audio": name, "id": f"enc{index:03d}-{n:03d}", "start": start, "end": end}
+                     for n, (start, end) in enumerate(_spans(ends, rng))]
+    write_manifest(out / "encoder_audio.jsonl", rows)
+    return rows
+
+
+def _spans(ends: list[float], rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Consecutive sentences grouped into spans of about 4-12 s (each drawn), ending at sentence ends."""
+    spans, start, limit = [], 0.0, float(rng.uniform(4, 12))
+    for end in ends:
+        if end - start >= limit:
+            spans.append((round(start, 3), round(end, 3)))
+            start, limit = end, float(rng.uniform(4, 12))
+    return spans
 
 
 def _lectures(sentences: list[str], pairs: list[Pair], out: Path, options: SynthOptions, conditions: dict) -> list[dict]:
@@ -204,7 +280,7 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
         return False
     out.mkdir(parents=True, exist_ok=True)
     conditions: dict[str, dict] = {}
-    lecturers = lecture_pairs(options.lectures, random.Random(options.seed))
+    lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines)
     speakers = sorted(set(lecturers), key=lambda p: p.name)  # in-domain sets: exactly the lectures' speakers
     bank = iter(sentence_bank(options.seed))
     sets = {
@@ -216,7 +292,15 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     ood = iter(ood_sentence_bank(options.seed))
     for split, count in (("test_ood", options.ood_test_utterances), ("dev_ood", options.ood_dev_utterances)):
         sets[split] = _utterances(split, count, ood, all_pairs(True), out, options, conditions)
+    if options.ood_noisy:
+        sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"], "test_ood_noisy", out, options)
+    if options.ood_clear_utterances:
+        clear = [p for p in all_pairs(True) if p.mandarin.engine == "kokoro"]
+        sets["test_ood_clear"] = _utterances("test_ood_clear", options.ood_clear_utterances,
+                                             iter(clear_bank(options.seed)), clear, out, options, conditions)
     sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
+    if options.encoder_minutes > 0:
+        _encoder_audio(lecture_sentences, out, options)
     (out / "voices.json").write_text(json.dumps(_voices_report(sets), ensure_ascii=False, indent=2) + "\n")
     (out / "conditions.json").write_text(json.dumps(conditions, indent=1) + "\n")
     stamp.write_text(json.dumps(_stamp(options), indent=2) + "\n")
