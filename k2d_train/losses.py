@@ -63,3 +63,38 @@ def frame_contrastive(predicted: torch.Tensor, target: torch.Tensor, temperature
         pred, gold = pred[pick], gold[pick]
     logits = pred @ gold.T / temperature
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, frames: torch.Tensor, lengths: torch.Tensor,
+              blank: int = 0) -> torch.Tensor:
+    """The transducer loss (Graves 2012) in plain torch: −log p(y | x) summed over every alignment, by the
+    forward recursion over the (frame t, label u) lattice, one anti-diagonal t + u = d at a time (each step
+    is vectorised over u; autograd gives the gradient).
+
+    ``logits`` (B, T, U + 1, V), ``targets`` (B, U) padded, ``frames`` / ``lengths`` each item's real T and U.
+    Returns the batch mean of each item's loss divided by its label count, so long and short chunks weigh
+    alike."""
+    log_probs = logits.float().log_softmax(-1)
+    batch, steps, width, _ = log_probs.shape  # width = U + 1
+    blank_lp = log_probs[..., blank]  # (B, T, U+1): stay at u, move to t + 1
+    index = targets.clamp(min=0)[:, None, :, None].expand(batch, steps, width - 1, 1)
+    label_lp = log_probs[:, :, :-1].gather(-1, index).squeeze(-1)  # (B, T, U): emit label u at (t, u), stay at t
+    floor = -1e30
+    u = torch.arange(width, device=logits.device)
+    alpha = torch.full((batch, width), floor, device=logits.device)
+    alpha[:, 0] = 0.0
+    diagonals = [alpha]
+    for d in range(1, steps + width - 1):
+        t_prev = d - 1 - u  # the cell (t - 1, u) this one is reached from by a blank
+        ok_blank = (t_prev >= 0) & (t_prev < steps)
+        came_blank = alpha + blank_lp[:, t_prev.clamp(0, steps - 1), u]
+        t_here = d - u  # the cell (t, u - 1) this one is reached from by a label
+        ok_label = (u > 0) & (t_here >= 0) & (t_here < steps)
+        shifted = torch.cat([torch.full((batch, 1), floor, device=logits.device), alpha[:, :-1]], dim=1)
+        came_label = shifted + label_lp[:, t_here.clamp(0, steps - 1), (u - 1).clamp(min=0)]
+        alpha = torch.logaddexp(torch.where(ok_blank, came_blank, floor), torch.where(ok_label, came_label, floor))
+        alpha = torch.where((t_here >= 0) & (t_here < steps), alpha, floor)
+        diagonals.append(alpha)
+    final = torch.stack([diagonals[int(f) - 1 + int(n)][b, int(n)] + blank_lp[b, int(f) - 1, int(n)]
+                         for b, (f, n) in enumerate(zip(frames, lengths, strict=True))])
+    return (-final / lengths.clamp(min=1).float()).mean()

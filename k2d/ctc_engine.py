@@ -1,0 +1,160 @@
+"""A CTC or transducer student served by ONNX Runtime: the distilled encoder plus a non-autoregressive head.
+
+Whisper's decoder generates one token per step and can repeat itself until its budget runs out; a CTC
+head labels every encoder frame at once (one forward pass, then a greedy collapse), and a transducer
+emits at most a few units per frame — neither can loop, so there is no guard and no teacher fallback to
+pay for. The engine has the interface the scheduler, the transcriber and the routers use
+(:class:`k2d.engine.WhisperEngine`'s ``frames``, ``transcribe_batch``, ``policy``, ``workers``...).
+Timestamps come from the alignment: the frame at which each unit is emitted (20 ms steps).
+
+Why ONNX Runtime: the model is an encoder and a small head, which is exactly what ONNX Runtime runs well
+on CPUs and GPUs (int8 dynamic quantisation, one session shared by every worker thread) — no tokenizer
+or beam search to carry, and it is already one of the service's dependencies (faster-whisper's VAD).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from k2d.audio import SAMPLE_RATE
+from k2d.context import ENCODER_FRAME_S, ContextPolicy
+from k2d.engine import DecodeOptions, Segment, WindowResult
+from k2d.features import log_mel
+from k2d.guard import GuardOptions, RepetitionPenalty
+from k2d.textunits import is_han
+from k2d.units import WORD_START, Units
+
+HEAD_FILE = "k2d_head.json"  # {"kind": "ctc" | "transducer", "language": "zh", ...}
+MODEL_FILE = "model.onnx"  # mel (B, mels, frames) → CTC log-probs (B, T, V) or transducer encoder (B, T, J)
+JOINER_FILE = "transducer.npz"  # the transducer's predictor and joiner weights (greedy search in numpy)
+SEGMENT_GAP_S = 0.8  # a pause this long between two units starts a new segment
+
+
+class CTCEngine:
+    def __init__(self, path: Path, device: str = "cpu", replicas: int = 1, cpu_threads: int = 0,
+                 policy: ContextPolicy | None = None):
+        import onnxruntime
+
+        self.path = Path(path)
+        self.head = json.loads((self.path / HEAD_FILE).read_text())
+        self.kind = self.head["kind"]
+        self.units = Units.load(self.path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cpu_threads
+        options.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+        self.session = onnxruntime.InferenceSession(str(self.path / MODEL_FILE), options, providers=providers)
+        self.joiner = dict(np.load(self.path / JOINER_FILE)) if self.kind == "transducer" else None
+        self.policy = policy or ContextPolicy.of_model(self.path)
+        self.mels = int(self.head.get("mels", 80))
+        self.language = self.head.get("language", "zh")
+        self.workers = max(1, replicas)
+        self.multilingual = False  # one language model: a request may name it, or nothing
+        self.guard = GuardOptions(enabled=False)  # nothing to guard: no decoder that can loop
+        self.repetition = RepetitionPenalty()
+
+    def knows_language(self, language: str) -> bool:
+        return language == self.language
+
+    def frames(self, window: np.ndarray) -> int:
+        return self.policy.frames(len(window))
+
+    def _features(self, windows: list[np.ndarray]) -> np.ndarray:
+        frames = max(self.frames(w) for w in windows)
+        return np.stack([log_mel(w, frames, num_mel_bins=self.mels) for w in windows])
+
+    def encoder_ms(self, audio: np.ndarray) -> float:
+        """The whole forward pass (encoder and head: the head is a few percent of it) for one utterance."""
+        features = self._features([audio[: 30 * SAMPLE_RATE]])
+        start = time.perf_counter()
+        self.session.run(None, {"mel": features})
+        return (time.perf_counter() - start) * 1000
+
+    def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
+                         options: DecodeOptions) -> list[WindowResult]:
+        (output,) = self.session.run(None, {"mel": self._features(windows)})
+        results = []
+        for window, frames in zip(windows, output, strict=True):
+            usable = min(len(frames), int(np.ceil(len(window) / SAMPLE_RATE / ENCODER_FRAME_S)) + 1)
+            if self.kind == "ctc":
+                emitted, confidence = ctc_greedy(frames[:usable], self.units.blank)
+            else:
+                emitted, confidence = transducer_greedy(frames[:usable], self.joiner, self.units.blank)
+            segments = self.segments(emitted, len(window) / SAMPLE_RATE, options.word_timestamps)
+            results.append(WindowResult(self.language, segments, len(emitted), avg_logprob=confidence))
+        return results
+
+    def segments(self, emitted: list[tuple[int, int]], window_s: float, words: bool) -> list[Segment]:
+        """(frame, unit) pairs → segments split at pauses, each unit placed at the frame it was emitted."""
+        groups: list[list[tuple[int, int]]] = []
+        for frame, unit in emitted:
+            if groups and (frame - groups[-1][-1][0]) * ENCODER_FRAME_S < SEGMENT_GAP_S:
+                groups[-1].append((frame, unit))
+            else:
+                groups.append([(frame, unit)])
+        out = []
+        for group in groups:
+            start = group[0][0] * ENCODER_FRAME_S
+            end = min(window_s, (group[-1][0] + 1) * ENCODER_FRAME_S)
+            segment = Segment(round(start, 2), round(max(start, end), 2), self.units.text([u for _, u in group]),
+                              [u for _, u in group])
+            if words:
+                segment.words = self._words(group, window_s)
+            out.append(segment)
+        return [s for s in out if s.text]
+
+    def _words(self, group: list[tuple[int, int]], window_s: float) -> list[dict]:
+        """Every Mandarin character is a word; English pieces join until the next word start."""
+        words: list[dict] = []
+        for frame, unit in group:
+            symbol = self.units.symbols[unit]
+            at = round(frame * ENCODER_FRAME_S, 2)
+            joins = words and not is_han(symbol[0]) and not symbol.startswith(WORD_START) and not is_han(words[-1]["word"][0])
+            if joins:
+                words[-1]["word"] += symbol
+                words[-1]["end"] = round(min(window_s, at + ENCODER_FRAME_S), 2)
+            else:
+                words.append({"word": symbol.removeprefix(WORD_START), "start": at,
+                              "end": round(min(window_s, at + ENCODER_FRAME_S), 2), "probability": None})
+        return words
+
+
+def ctc_greedy(logprobs: np.ndarray, blank: int) -> tuple[list[tuple[int, int]], float]:
+    """Best unit per frame, repeats merged, blanks dropped: [(frame, unit)], and the mean best log-prob."""
+    best = logprobs.argmax(-1)
+    keep = (best != blank) & np.concatenate([[True], best[1:] != best[:-1]])
+    frames = np.flatnonzero(keep)
+    confidence = float(logprobs.max(-1).mean()) if len(logprobs) else 0.0
+    return [(int(f), int(best[f])) for f in frames], confidence
+
+
+def transducer_greedy(encoded: np.ndarray, weights: dict[str, np.ndarray], blank: int,
+                      max_per_frame: int = 3) -> tuple[list[tuple[int, int]], float]:
+    """Frame-synchronous greedy search: at each frame emit units until the joiner says blank (at most
+    ``max_per_frame``: a bound, not a loop guard — a transducer moves on with the frames). The predictor is
+    stateless: it sees the last ``context`` units (Ghodsi et al. 2020)."""
+    context = int(weights["context"])
+    history = [blank] * context
+    emitted, scores = [], []
+    embed, pred_w, pred_b = weights["embed"], weights["pred_w"], weights["pred_b"]
+    out_w, out_b = weights["out_w"], weights["out_b"]
+
+    def predictor() -> np.ndarray:
+        return np.concatenate([embed[u] for u in history[-context:]]) @ pred_w + pred_b
+
+    predicted = predictor()
+    for frame, enc in enumerate(encoded):
+        for _ in range(max_per_frame):
+            logits = np.tanh(enc + predicted) @ out_w + out_b
+            unit = int(logits.argmax())
+            scores.append(float(logits[unit] - np.logaddexp.reduce(logits)))
+            if unit == blank:
+                break
+            emitted.append((frame, unit))
+            history.append(unit)
+            predicted = predictor()
+    return emitted, float(np.mean(scores)) if scores else 0.0

@@ -1,0 +1,321 @@
+"""``k2d distill-ctc``: stage 2 of the seed method — a CTC or transducer head on the distilled encoder.
+
+Yang et al. (arXiv 2303.10917) pre-train a student encoder on teachers' embeddings (stage 1, here
+``k2d distill-encoder``), then fine-tune it on the ASR task with a neural transducer. Here the head learns
+from the same validated pseudo-labels as the K²D decoder, in units of Mandarin characters + English
+pieces (``k2d_train.units``). The distilled encoder is frozen (its states are cached once, like the
+decoder stage's), optionally with its top layers trained too. SpecAugment-style masks fall on the
+cached states; the out-of-domain dev set picks the kept step; resumable; progress bars.
+
+``streaming: true`` trains on the frames the streaming server computes (``k2d.streaming``: each 0.64 s
+chunk encoded with 1.28 s of left context and no future), so the same head runs incrementally.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from k2d.context import ContextPolicy
+from k2d.manifest import read_manifest
+from k2d.scoring import ErrorCounts, mer_counts
+from k2d.streaming import StreamWindows
+from k2d_train.checkpoints import CheckpointStore
+from k2d_train.encoder_states import BucketBatches, ClipReader, EncoderStates, cache_name, weights_fingerprint
+from k2d_train.losses import rnnt_loss
+from k2d_train.units import UnitCoder, build_units
+
+HEADS = ("ctc", "transducer")
+
+
+@dataclass
+class CTCOptions:
+    head: str = "ctc"  # ctc | transducer (stateless predictor + joiner)
+    hidden: int = 768
+    joint: int = 320  # transducer: joiner width
+    context: int = 2  # transducer: units the stateless predictor sees
+    english_vocab: int = 256
+    max_steps: int = 800
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+    mask_time: int = 2  # SpecAugment-style masks on the (cached) encoder states
+    mask_channels: int = 2
+    eval_every: int = 100
+    save_every: int = 100
+    dev_limit: int = 40
+    keep_checkpoints: int = 2
+    seed: int = 0
+    streaming: bool = False
+    chunk_s: float = 0.64
+    left_s: float = 1.28
+    label_script: str = "simplified"
+    quantization: str = "int8"  # the ONNX export: int8 (dynamic quantisation) | float32
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"distill_ctc.head {self.head!r}: choose {' or '.join(HEADS)}")
+
+    @property
+    def windows(self) -> StreamWindows | None:
+        return StreamWindows(self.chunk_s, self.left_s) if self.streaming else None
+
+
+class CTCHead(torch.nn.Module):
+    def __init__(self, width: int, hidden: int, units: int):
+        super().__init__()
+        self.norm, self.inner, self.out = torch.nn.LayerNorm(width), torch.nn.Linear(width, hidden), \
+            torch.nn.Linear(hidden, units)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.inner(self.norm(states)))).log_softmax(-1)
+
+
+class TransducerHead(torch.nn.Module):
+    """Encoder projection + stateless predictor (the last ``context`` units' embeddings) + joiner."""
+
+    def __init__(self, width: int, joint: int, units: int, context: int):
+        super().__init__()
+        self.context = context
+        self.norm, self.enc = torch.nn.LayerNorm(width), torch.nn.Linear(width, joint)
+        self.embed = torch.nn.Embedding(units, joint)
+        self.pred = torch.nn.Linear(context * joint, joint)
+        self.out = torch.nn.Linear(joint, units)
+
+    def encode(self, states: torch.Tensor) -> torch.Tensor:
+        return self.enc(self.norm(states))
+
+    def predict(self, targets: torch.Tensor, blank: int = 0) -> torch.Tensor:
+        """(B, U) → (B, U + 1, J): the predictor's output before each label and after the last."""
+        history = F.pad(targets, (self.context, 0), value=blank)
+        steps = [history[:, i : i + targets.shape[1] + 1] for i in range(self.context)]
+        return self.pred(torch.cat([self.embed(s) for s in steps], dim=-1))
+
+    def joint_logits(self, encoded: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(encoded[:, :, None] + predicted[:, None]))
+
+    def numpy_weights(self) -> dict[str, np.ndarray]:
+        """What greedy search needs at serving time (``k2d.ctc_engine.transducer_greedy``)."""
+        grab = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+        return {"context": np.array(self.context), "embed": grab(self.embed.weight), "pred_w": grab(self.pred.weight.T),
+                "pred_b": grab(self.pred.bias), "out_w": grab(self.out.weight.T), "out_b": grab(self.out.bias)}
+
+
+def make_head(options: CTCOptions, width: int, units: int) -> torch.nn.Module:
+    if options.head == "ctc":
+        return CTCHead(width, options.hidden, units)
+    return TransducerHead(width, options.joint, units, options.context)
+
+
+def stream_states(encoder, audio: np.ndarray, windows: StreamWindows, policy: ContextPolicy) -> torch.Tensor:
+    """The frames the streaming server computes: every chunk encoded with its left context, its own frames kept."""
+    from k2d.features import log_mel
+    from k2d_train.encoder import encode
+
+    kept = []
+    for index in range(windows.chunks(len(audio))):
+        window, first = windows.window(audio, index)
+        features = torch.from_numpy(log_mel(window, policy.frames(len(window))))[None]
+        hidden, _ = encode(encoder, features)
+        kept.append(hidden[0, first : first + windows.chunk_frames])
+    return torch.cat(kept)
+
+
+class States:
+    """Frozen-encoder states of every clip the head learns from (cached as float16, like EncoderStates)."""
+
+    def __init__(self, encoder, student_dir: Path, folder: Path, options: CTCOptions, policy: ContextPolicy):
+        self.encoder, self.options, self.policy = encoder, options, policy
+        identity = f"ctc:{weights_fingerprint(student_dir)}@{policy}"
+        self.windows = options.windows
+        if self.windows is None:
+            self.plain = EncoderStates(encoder, folder, torch.device("cpu"), policy.frames, identity=identity)
+        self.folder, self.identity = folder, f"{identity}/stream{self.windows}"
+        self.reader = ClipReader()
+
+    @torch.no_grad()
+    def get(self, audio: Path, start: float, end: float, key: str) -> torch.Tensor:
+        if self.windows is None:
+            return self.plain.get(audio, start, end, key)["final"]
+        path = self.folder / cache_name(key, audio, start, end, self.identity)
+        if path.exists():
+            return torch.from_numpy(np.load(path)["final"].astype(np.float32))
+        states = stream_states(self.encoder, self.reader.clip(audio, start, end), self.windows, self.policy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, final=states.numpy().astype(np.float16))
+        tmp.replace(path)
+        return torch.from_numpy(states.numpy().astype(np.float16).astype(np.float32))
+
+
+def _frames(clip_s: float) -> int:
+    return int(np.ceil(clip_s / 0.02)) + 1
+
+
+def _masked(states: torch.Tensor, options: CTCOptions, generator: torch.Generator) -> torch.Tensor:
+    out = states.clone()
+    steps, width = out.shape[1], out.shape[2]
+    for b in range(out.shape[0]):
+        for _ in range(options.mask_time):
+            span = int(torch.randint(0, 21, (1,), generator=generator))
+            low = int(torch.randint(0, max(1, steps - span), (1,), generator=generator))
+            out[b, low : low + span] = 0
+        for _ in range(options.mask_channels):
+            span = int(torch.randint(0, width // 16 + 1, (1,), generator=generator))
+            low = int(torch.randint(0, max(1, width - span), (1,), generator=generator))
+            out[b, :, low : low + span] = 0
+    return out
+
+
+def head_loss(head, states: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
+              lengths: torch.Tensor) -> torch.Tensor:
+    if isinstance(head, CTCHead):
+        logprobs = head(states).transpose(0, 1)  # (T, B, V)
+        return F.ctc_loss(logprobs, targets, frames, lengths, blank=0, reduction="mean", zero_infinity=True)
+    losses = []  # one item at a time: the joint tensor is T × (U + 1) × V per item
+    for b in range(states.shape[0]):
+        t, u = int(frames[b]), int(lengths[b])
+        item = targets[b : b + 1, :u]
+        logits = head.joint_logits(head.encode(states[b : b + 1, :t]), head.predict(item))
+        losses.append(rnnt_loss(logits, item, frames[b : b + 1], lengths[b : b + 1]))
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def greedy(head, states: torch.Tensor) -> list[int]:
+    """Unit ids of one clip's states, as the server decodes them (k2d.ctc_engine)."""
+    from k2d.ctc_engine import ctc_greedy, transducer_greedy
+
+    if isinstance(head, CTCHead):
+        emitted, _ = ctc_greedy(head(states[None])[0].numpy(), 0)
+    else:
+        emitted, _ = transducer_greedy(head.encode(states[None])[0].numpy(), head.numpy_weights(), 0)
+    return [u for _, u in emitted]
+
+
+def dev_mer(head, states: States, dev: Path, coder: UnitCoder, limit: int) -> float:
+    counts = ErrorCounts()
+    head.eval()
+    for index, row in enumerate(list(read_manifest(dev))[:limit]):
+        hidden = states.get(row.path(dev), 0.0, 1e9, f"dev-{dev.stem}-{index}")
+        counts += mer_counts(row.text or "", coder.units.text(greedy(head, hidden)))
+    head.train()
+    return counts.rate
+
+
+def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOptions, dev: Path | None = None,
+                out_dir: Path | None = None, resume: bool = True) -> dict:
+    """Train the head; write ``out_dir`` (head weights, units, options, the encoder's policy) for export."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import WhisperForConditionalGeneration, get_linear_schedule_with_warmup
+
+    accelerator = Accelerator()
+    set_seed(options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
+    policy = ContextPolicy.of_model(student_dir)
+    rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
+    coder = build_units([r.extra["teacher_text"] for r in rows], run_dir / "units", options.english_vocab,
+                        options.label_script)
+    states = States(encoder, student_dir, run_dir / "encoder_cache", options, policy)
+    examples = []
+    for row in tqdm(rows, desc="encoder states (frozen)", disable=not accelerator.is_main_process):
+        ids = coder.encode(row.extra["teacher_text"], options.label_script)
+        hidden = states.get(row.path(kept), row.extra["start"], row.extra["end"], row.extra["id"])
+        usable = min(len(hidden), _frames(row.extra["end"] - row.extra["start"]))
+        if ids and usable > len(ids):
+            examples.append((hidden[:usable], ids))
+    if not examples:
+        raise ValueError(f"{kept}: no chunk with a label to learn from")
+    head = make_head(options, encoder.config.d_model, len(coder.units))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=options.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
+    sampler = BucketBatches([len(h) // 100 for h, _ in examples], options.batch_size, options.seed)
+    loader = torch.utils.data.DataLoader(list(range(len(examples))), batch_sampler=sampler, collate_fn=lambda b: b)
+    head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
+    checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
+    step = checkpoints.restore(accelerator) if resume else 0
+    generator = torch.Generator().manual_seed(options.seed + step)
+    best = _best_state(run_dir)
+    log = (run_dir / "train_log.jsonl").open("a")
+    progress = tqdm(total=options.max_steps, initial=step, desc=f"distill {options.head}")
+    started, first = time.perf_counter(), step
+    last: dict = {}
+    while step < options.max_steps:
+        sampler.use_epoch(*divmod(step, sampler.per_process()))
+        for batch in loader:
+            loss = head_loss(head, *_collate([examples[i] for i in batch], options, generator))
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(head.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            last = {"step": step, "loss": round(float(loss.detach()), 4)}
+            progress.update(1)
+            progress.set_postfix(loss=last["loss"], steps_s=f"{(step - first) / max(time.perf_counter() - started, 1e-9):.2f}")
+            if dev is not None and (step % options.eval_every == 0 or step == options.max_steps):
+                last["dev_mer"] = round(dev_mer(accelerator.unwrap_model(head), states, dev, coder, options.dev_limit), 4)
+                progress.write(f"step {step}: dev MER {last['dev_mer']}")
+                if best is None or last["dev_mer"] < best["dev_mer"]:
+                    best = {"step": step, "dev_mer": last["dev_mer"]}
+                    _save_head(accelerator.unwrap_model(head), run_dir / "best", best)
+            log.write(json.dumps(last) + "\n")
+            log.flush()
+            if step % options.save_every == 0 or step >= options.max_steps:
+                checkpoints.save(accelerator, step)
+            if step >= options.max_steps:
+                break
+    progress.close()
+    log.close()
+    if best is None:
+        _save_head(accelerator.unwrap_model(head), run_dir / "best", {"step": step})
+    report = {"steps": step, "examples": len(examples), "units": len(coder.units), "last": last, "best": best,
+              "options": asdict(options), "context": policy.describe(), "seconds": round(time.perf_counter() - started, 1)}
+    if out_dir is not None:
+        _publish(run_dir, student_dir, out_dir, options, report)
+    return report
+
+
+def _collate(items, options: CTCOptions, generator: torch.Generator):
+    frames = torch.tensor([len(h) for h, _ in items])
+    lengths = torch.tensor([len(ids) for _, ids in items])
+    states = torch.zeros(len(items), int(frames.max()), items[0][0].shape[1])
+    targets = torch.zeros(len(items), int(lengths.max()), dtype=torch.long)
+    for i, (hidden, ids) in enumerate(items):
+        states[i, : len(hidden)] = hidden
+        targets[i, : len(ids)] = torch.tensor(ids)
+    return _masked(states, options, generator), frames, targets, lengths
+
+
+def _best_state(run_dir: Path) -> dict | None:
+    marker = run_dir / "best" / "k2d_best.json"
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _save_head(head, folder: Path, state: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(head.state_dict(), folder / "head.pt.tmp")
+    (folder / "head.pt.tmp").replace(folder / "head.pt")
+    (folder / "k2d_best.json").write_text(json.dumps(state))
+
+
+def _publish(run_dir: Path, student_dir: Path, out_dir: Path, options: CTCOptions, report: dict) -> None:
+    """The trained head with what export needs: units, options, the encoder it reads (by path)."""
+    from k2d_train.store.publish import partial_dir, publish
+
+    staging = partial_dir(out_dir)
+    for path in (run_dir / "units").iterdir():
+        (staging / path.name).write_bytes(path.read_bytes())
+    (staging / "head.pt").write_bytes((run_dir / "best" / "head.pt").read_bytes())
+    (staging / "k2d_ctc.json").write_text(json.dumps({"options": asdict(options), "encoder": str(student_dir),
+                                                      "report": report}, indent=2, default=str))
+    publish(staging, out_dir)
