@@ -23,7 +23,7 @@ from app.admission import Admission, EarlyRefusal
 from app.lifecycle import DrainingServer, Lifecycle, RequestGuard
 from app.metrics import Metrics
 from app.model_manager import ModelManager
-from app.routers import health, openai, transcribe
+from app.routers import health, openai, realtime, transcribe
 from app.settings import Settings
 
 log = logging.getLogger("k2d")
@@ -50,11 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Whisper teacher and K²D student, batched across concurrent requests.")
     app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
     app.state.lifecycle, app.state.admission = Lifecycle(), admission
+    app.state.streams = 0  # open WebSocket transcription streams (K2D_MAX_STREAMS)
     errors.install(app)
     app.add_exception_handler(RequestValidationError, _invalid_form)
     app.include_router(health.router)
     app.include_router(transcribe.router)
     app.include_router(openai.router)
+    app.include_router(realtime.router)
     app.add_middleware(EarlyRefusal, admission=admission, models=models, settings=settings,
                        paths=frozenset({"/transcribe", "/v1/audio/transcriptions"}))
     app.add_middleware(errors.UploadLimit, max_bytes=int(settings.max_upload_mb * 1e6))

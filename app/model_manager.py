@@ -56,15 +56,19 @@ class ServedModel:
 def choose_models(registry: Registry, settings: Settings) -> list[str]:
     if settings.models:
         return settings.models
-    students = [e for e in registry.by_role("student") if e.resolve(registry.store).is_dir()]
-    if not students:
-        teachers = [e for e in registry.by_role("teacher") if e.resolve(registry.store).is_dir()]
+    present = lambda e: e.resolve(registry.store).is_dir()  # noqa: E731
+    students = [e for e in registry.by_role("student") if present(e)]
+    fast = [e for e in registry.by_role("student", "onnx") if present(e)]  # CTC / transducer students
+    if not students and not fast:
+        teachers = [e for e in registry.by_role("teacher") if present(e)]
         if not teachers:
             raise UnknownModelError("no CTranslate2 model in the store; run `make models` (k2d models fetch)")
         return [teachers[0].name]
-    student = max(students, key=lambda e: e.resolve(registry.store).stat().st_mtime)
+    student = max(students or fast, key=lambda e: e.resolve(registry.store).stat().st_mtime)
     teacher = teacher_of(registry, student)
-    return [student.name] + ([teacher] if teacher else [])
+    # the non-autoregressive students of the same teacher are served beside the K²D one
+    siblings = [e.name for e in fast if e.name != student.name and e.serving.teacher == student.serving.teacher]
+    return [student.name, *siblings] + ([teacher] if teacher else [])
 
 
 class ModelManager:

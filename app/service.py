@@ -49,10 +49,11 @@ def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None
     if language is not None:
         if language not in LANGUAGES:
             raise UnsupportedOptionError(f"unknown language {language!r} (use an ISO 639-1 code such as zh or en)")
-        if not engine.multilingual and language != "en":
-            raise UnsupportedOptionError(f"model {name!r} is English-only; language must be en")
-        if engine.multilingual and engine.tokenizer.token_to_id(f"<|{language}|>") is None:
-            raise UnsupportedOptionError(f"model {name!r} does not know the language {language!r}")
+        if not engine.knows_language(language):
+            raise UnsupportedOptionError(f"model {name!r} does not transcribe the language {language!r}"
+                                         f"{' (English only)' if engine.knows_language('en') else ''}")
+    if request.options.prompt and not getattr(engine, "takes_prompt", True):
+        raise UnsupportedOptionError(f"model {name!r} has no decoder to prompt (a CTC / transducer student)")
     if request.options.task == "translate" and not translates(served):
         raise UnsupportedOptionError(f"model {name!r} does not translate; use task=transcribe or a teacher model")
 

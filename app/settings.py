@@ -55,6 +55,8 @@ class Settings(BaseSettings):
                                      "before decoding); sized to drain well within the request timeout")
     max_concurrent_decodes: int = Field(4, ge=1, description="Uploads decoded (and VAD-split) at once; the rest wait")
 
+    max_streams: int = Field(8, ge=1, description="WebSocket transcription streams served at once (more: close code "
+                             "1013, try again later)")
     max_upload_mb: float = Field(25.0, gt=0)
     max_audio_s: float = Field(600.0, gt=0, description="Longest audio accepted (seconds)")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, inference")

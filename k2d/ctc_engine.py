@@ -54,8 +54,14 @@ class CTCEngine:
         self.language = self.head.get("language", "zh")
         self.workers = max(1, replicas)
         self.multilingual = False  # one language model: a request may name it, or nothing
+        self.takes_prompt = False  # no decoder to prompt
         self.guard = GuardOptions(enabled=False)  # nothing to guard: no decoder that can loop
         self.repetition = RepetitionPenalty()
+
+    @property
+    def streams(self) -> bool:
+        """Trained on chunked frames (``distill_ctc.streaming``): it can transcribe live, chunk by chunk."""
+        return self.kind == "ctc" and bool(self.head.get("streaming"))
 
     def knows_language(self, language: str) -> bool:
         return language == self.language
@@ -67,6 +73,23 @@ class CTCEngine:
         frames = max(self.frames(w) for w in windows)
         return np.stack([log_mel(w, frames, num_mel_bins=self.mels) for w in windows])
 
+    def chunked_logprobs(self, audio: np.ndarray) -> np.ndarray:
+        """A streaming model's frames of a whole window, computed as live: chunk by chunk with left context
+        (what the WebSocket stream decodes), so both paths give the same transcript."""
+        from k2d.streaming import StreamWindows
+
+        windows = StreamWindows(**self.head["streaming"])
+        kept = []
+        for index in range(windows.chunks(len(audio))):
+            window, first = windows.window(audio, index)
+            kept.append(self.window_logprobs(window)[first : first + windows.chunk_frames])
+        return np.concatenate(kept)
+
+    def window_logprobs(self, window: np.ndarray) -> np.ndarray:
+        """CTC log-probabilities (T, V) of one window of audio, at this model's context (streaming chunks)."""
+        (output,) = self.session.run(None, {"mel": self._features([window])})
+        return output[0]
+
     def encoder_ms(self, audio: np.ndarray) -> float:
         """The whole forward pass (encoder and head: the head is a few percent of it) for one utterance."""
         features = self._features([audio[: 30 * SAMPLE_RATE]])
@@ -76,9 +99,10 @@ class CTCEngine:
 
     def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
                          options: DecodeOptions) -> list[WindowResult]:
-        (output,) = self.session.run(None, {"mel": self._features(windows)})
+        outputs = [self.chunked_logprobs(w) for w in windows] if self.streams else \
+            self.session.run(None, {"mel": self._features(windows)})[0]
         results = []
-        for window, frames in zip(windows, output, strict=True):
+        for window, frames in zip(windows, outputs, strict=True):
             usable = min(len(frames), int(np.ceil(len(window) / SAMPLE_RATE / ENCODER_FRAME_S)) + 1)
             if self.kind == "ctc":
                 emitted, confidence = ctc_greedy(frames[:usable], self.units.blank)
@@ -110,17 +134,19 @@ class CTCEngine:
     def _words(self, group: list[tuple[int, int]], window_s: float) -> list[dict]:
         """Every Mandarin character is a word; English pieces join until the next word start."""
         words: list[dict] = []
+        english = False  # the last word is English and still open
         for frame, unit in group:
             symbol = self.units.symbols[unit]
             at = round(frame * ENCODER_FRAME_S, 2)
-            joins = words and not is_han(symbol[0]) and not symbol.startswith(WORD_START) and not is_han(words[-1]["word"][0])
-            if joins:
+            han = is_han(symbol[0])
+            end = round(min(window_s, at + ENCODER_FRAME_S), 2)
+            if english and not han and not symbol.startswith(WORD_START):
                 words[-1]["word"] += symbol
-                words[-1]["end"] = round(min(window_s, at + ENCODER_FRAME_S), 2)
+                words[-1]["end"] = end
             else:
-                words.append({"word": symbol.removeprefix(WORD_START), "start": at,
-                              "end": round(min(window_s, at + ENCODER_FRAME_S), 2), "probability": None})
-        return words
+                words.append({"word": symbol.removeprefix(WORD_START), "start": at, "end": end, "probability": None})
+            english = not han
+        return [w for w in words if w["word"]]
 
 
 def ctc_greedy(logprobs: np.ndarray, blank: int) -> tuple[list[tuple[int, int]], float]:

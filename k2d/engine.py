@@ -136,6 +136,7 @@ def _words_within(words: list[dict], text: str) -> list[dict]:
 
 
 class WhisperEngine:
+    takes_prompt = True  # an initial prompt goes to the decoder, as in Whisper
     def __init__(self, path: Path, device: str, device_index: list[int], compute_type: str,
                  replicas: int = 1, cpu_threads: int = 0, guard: GuardOptions | None = None,
                  policy: ContextPolicy | None = None, repetition: RepetitionPenalty | None = None,
@@ -192,6 +193,12 @@ class WhisperEngine:
         import ctranslate2
 
         return self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=self.to_cpu)
+
+    def knows_language(self, language: str) -> bool:
+        """English-only Whisper: en; multilingual: every language its tokenizer has a token for."""
+        if not self.multilingual:
+            return language == "en"
+        return self.tokenizer.token_to_id(f"<|{language}|>") is not None
 
     def encoder_ms(self, audio: np.ndarray) -> float:
         """Encoder-only time for one utterance (its first 30 s) at this model's context: where the time goes."""

@@ -70,12 +70,12 @@ def build_engine(path: Path, entry: ModelEntry | None, policy: DecodePolicy, run
                  cache: EngineCache | None = None):
     """The engine of one model: its guard (sending loops to a teacher instead of sampling when it
     ``cascades``), its context (the policy's override, else its own), its repetition penalty."""
+    from k2d.ctc_engine import HEAD_FILE, CTCEngine
     from k2d.engine import WhisperEngine
     from k2d.guard import RepetitionPenalty
 
-    if entry is not None and entry.serving.engine != "whisper":
-        raise ValueError(f"{entry.name}: engine {entry.serving.engine!r} is served by k2d.ctc (see `k2d models list`)")
-    if not (path / "model.bin").exists():
+    non_autoregressive = (entry is not None and entry.serving.engine != "whisper") or (path / HEAD_FILE).exists()
+    if not non_autoregressive and not (path / "model.bin").exists():
         raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
     guard = policy.guard_for(cascades)
     context = policy.context_policy()
@@ -84,8 +84,11 @@ def build_engine(path: Path, entry: ModelEntry | None, policy: DecodePolicy, run
     key = (Path(path).resolve(), guard, context, penalty, runtime)
     if cache is not None and key in cache:
         return cache[key]
-    engine = WhisperEngine(path, device, indices, compute_type, runtime.replicas, runtime.cpu_threads, guard, context,
-                           penalty, runtime.decode_threads)
+    if non_autoregressive:  # a CTC / transducer head: ONNX Runtime, nothing that can loop to guard
+        engine = CTCEngine(path, device, runtime.replicas * len(indices), runtime.cpu_threads, context)
+    else:
+        engine = WhisperEngine(path, device, indices, compute_type, runtime.replicas, runtime.cpu_threads, guard,
+                               context, penalty, runtime.decode_threads)
     if cache is not None:
         cache[key] = engine
     return engine
@@ -99,8 +102,8 @@ def serve_models(registry: Registry, names: list[str], policy_for: Callable[[Mod
     teachers = {name: teacher_of(registry, entry) for name, entry in entries.items() if entry.role == "student"}
     served: dict[str, Served] = {}
     for name, entry in entries.items():
-        if entry.format != "ctranslate2":
-            raise ValueError(f"{name} is a {entry.format} model; serve its CTranslate2 export")
+        if entry.format not in ("ctranslate2", "onnx"):
+            raise ValueError(f"{name} is a {entry.format} model; serve its CTranslate2 (or ONNX) export")
         policy = policy_for(entry)
         cascades = policy.teacher_fallback and teachers.get(name) in entries
         engine = build_engine(entry.resolve(registry.store), entry, policy, runtime, cascades, cache)

@@ -42,3 +42,54 @@ class StreamWindows:
 
     def to_dict(self) -> dict:
         return {"chunk_s": self.chunk_s, "left_s": self.left_s}
+
+
+class StreamDecoder:
+    """Live transcription with a streaming CTC student: audio in as it arrives, new text out per chunk.
+
+    Each complete chunk is encoded with its left context (:class:`StreamWindows`, as in training), its
+    frames are labelled, and units continue the greedy CTC path across chunk boundaries (a unit repeated
+    over a boundary is one unit). ``finish`` encodes the last, partial chunk. Work per call is bounded by
+    the audio given: one encoder pass per 0.64 s chunk."""
+
+    def __init__(self, engine, windows: StreamWindows | None = None):
+        streaming = engine.head.get("streaming")
+        if engine.kind != "ctc" or not streaming:
+            raise ValueError(f"{engine.path.name} was not trained for streaming (distill_ctc.streaming: true)")
+        self.engine, self.windows = engine, windows or StreamWindows(**streaming)
+        self.audio = np.zeros(0, np.float32)
+        self.done_chunks, self.units, self.previous = 0, [], engine.units.blank
+
+    @property
+    def text(self) -> str:
+        return self.engine.units.text(self.units)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+    def feed(self, samples: np.ndarray) -> str:
+        """Append 16 kHz mono samples; return the text that became final with the chunks completed now."""
+        self.audio = np.concatenate([self.audio, samples.astype(np.float32)])
+        before = len(self.units)
+        while (self.done_chunks + 1) * self.windows.chunk_samples <= len(self.audio):
+            self._decode_chunk()
+        return self.engine.units.text(self.units[before:]) if len(self.units) > before else ""
+
+    def finish(self) -> str:
+        """Decode what is left of the last chunk; the whole transcript."""
+        if self.done_chunks * self.windows.chunk_samples < len(self.audio):
+            self._decode_chunk()
+        return self.text
+
+    def _decode_chunk(self) -> None:
+        window, first = self.windows.window(self.audio, self.done_chunks)
+        logprobs = self.engine.window_logprobs(window)
+        own = logprobs[first : first + self.windows.chunk_frames]
+        last_frames = max(1, round((len(window) / SAMPLE_RATE) / ENCODER_FRAME_S) - first)
+        for unit in own[:last_frames].argmax(-1):
+            if unit != self.previous and unit != self.engine.units.blank:
+                self.units.append(int(unit))
+            self.previous = int(unit)
+        self.done_chunks += 1
+

@@ -17,13 +17,14 @@ from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions
 from k2d_train.stages.s3_validate import ValidateOptions
 from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions
 from k2d_train.stages.s6_distill import DistillOptions
+from k2d_train.stages.s7_distill_ctc import CTCOptions
 from k2d_train.stages.s9_evaluate import EvaluateOptions
 
 # what stage 9 reports: in domain; out of domain; the same, noisier; held-out clear voices, plain Mandarin
 TEST_SETS = ("test", "test_ood", "test_ood_noisy", "test_ood_clear")
 SETS = (*TEST_SETS, "dev", "dev_ood")
 SECTIONS = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
-            "distill_encoder", "distill", "export", "evaluate", "ablation_rules", "ablation_contexts"}
+            "distill_encoder", "distill", "distill_ctc", "export", "evaluate", "ablation_rules", "ablation_contexts"}
 
 
 def section(cls, values: dict | None, where: str):
@@ -62,6 +63,7 @@ class RunConfig:
     evaluate: EvaluateOptions
     student: StudentShape = field(default_factory=StudentShape)
     distill_encoder: EncoderDistillOptions | None = None
+    distill_ctc: CTCOptions | None = None  # a CTC / transducer student on the distilled encoder (stage 7)
     export: ExportOptions = field(default_factory=ExportOptions)
     ablation_rules: list[str] = field(default_factory=list)
     ablation_contexts: bool = False  # also measure the untrained short-context rows of the ablation table
@@ -70,6 +72,11 @@ class RunConfig:
     @property
     def quantization(self) -> str:
         return self.export.quantization
+
+    @property
+    def ctc_name(self) -> str:
+        """The registry name of the CTC / transducer student (stage 7)."""
+        return f"{self.name}-{self.distill_ctc.head}{'-streaming' if self.distill_ctc.streaming else ''}"
 
     def packaged_models(self) -> list[str]:
         """The teacher and validator, where the package index ships them (`k2d models fetch` names)."""
@@ -96,7 +103,7 @@ class RunConfig:
         if unknown:
             raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
         base = path.parent
-        encoder = raw.get("distill_encoder")
+        encoder, ctc = raw.get("distill_encoder"), raw.get("distill_ctc")
         return cls(
             name=raw.get("name", "k2d-student"),
             run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
@@ -109,6 +116,7 @@ class RunConfig:
             evaluate=EvaluateOptions.from_section(raw.get("evaluate")),
             student=section(StudentShape, raw.get("student"), "student"),
             distill_encoder=section(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
+            distill_ctc=section(CTCOptions, ctc, "distill_ctc") if ctc is not None else None,
             export=section(ExportOptions, raw.get("export"), "export"),
             ablation_rules=list(raw.get("ablation_rules") or []),
             ablation_contexts=bool(raw.get("ablation_contexts", False)),

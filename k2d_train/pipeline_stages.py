@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.config import TEST_SETS
 from k2d_train.store.operations import hf_name
@@ -118,6 +120,39 @@ def distillation(run: Run, rule: str | None = None) -> dict:
     return report
 
 
+def ctc_distillation(run: Run) -> dict:
+    from k2d_train.stages.s7_distill_ctc import distill_ctc
+
+    config = run.config
+    dev = run.paths.get("dev_ood") or run.paths.get("dev")
+    return distill_ctc(student_start(run), config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-ctc",
+                       config.distill_ctc, dev=dev, out_dir=config.run_dir / "ctc-final")
+
+
+def export_ctc_student(run: Run, teacher_family: str) -> str:
+    """The CTC / transducer student as ONNX, registered as a student served by ONNX Runtime."""
+    from k2d.registry import ModelEntry, Serving
+    from k2d_train.store.onnx_export import export_ctc
+
+    config, registry = run.config, run.registry
+    name = config.ctc_name
+    out = registry.store / name / f"onnx-{config.distill_ctc.quantization}"
+    export_ctc(config.run_dir / "ctc-final", out, config.distill_ctc.quantization, config.pseudo_label.language)
+    parameters = sum(int(np.prod(a.shape)) for a in _onnx_weights(out))
+    registry.add(ModelEntry(name, "onnx", str(out.relative_to(registry.store)), role="student", parameters=parameters,
+                            languages=[config.pseudo_label.language], quantization=config.distill_ctc.quantization,
+                            source=f"k2d-run:{config.source}", family=name,
+                            serving=Serving(teacher=teacher_family, default_language=config.pseudo_label.language,
+                                            engine=config.distill_ctc.head)))
+    return name
+
+
+def _onnx_weights(folder: Path):
+    import onnx
+
+    return [onnx.numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer]
+
+
 def export_models(run: Run) -> dict:
     from k2d_train.store.operations import export
 
@@ -132,7 +167,10 @@ def export_models(run: Run) -> dict:
                               default_language=config.pseudo_label.language,
                               repetition_penalty=config.export.repetition_penalty)
     registry.add(student)
-    return {"student": student.name, "teacher": teacher_name}
+    exported = {"student": student.name, "teacher": teacher_name}
+    if "distill-ctc" in run.results:
+        exported["ctc_student"] = export_ctc_student(run, student.serving.teacher)
+    return exported
 
 
 def evaluation(run: Run) -> dict:
@@ -144,6 +182,8 @@ def evaluation(run: Run) -> dict:
     config = run.config
     exported = run.results["export"]
     contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
+    if exported.get("ctc_student"):
+        contenders.append(Contender(f"{config.distill_ctc.head} student", exported["ctc_student"]))
     if config.ablation_contexts:
         contenders += [Contender("teacher, short context", exported["teacher"], {"context": "2/2"}),
                        Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]

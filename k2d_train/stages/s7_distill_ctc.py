@@ -313,6 +313,7 @@ def _publish(run_dir: Path, student_dir: Path, out_dir: Path, options: CTCOption
     from k2d_train.store.publish import partial_dir, publish
 
     staging = partial_dir(out_dir)
+    staging.mkdir()
     for path in (run_dir / "units").iterdir():
         (staging / path.name).write_bytes(path.read_bytes())
     (staging / "head.pt").write_bytes((run_dir / "best" / "head.pt").read_bytes())

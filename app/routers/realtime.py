@@ -1,0 +1,129 @@
+"""``WS /v1/realtime/transcription``: live transcription with a streaming CTC student.
+
+The client sends audio as it is captured — binary frames of 16 kHz mono PCM16, or OpenAI-style JSON
+``{"type": "input_audio_buffer.append", "audio": <base64 PCM16>}`` — and ``input_audio_buffer.commit``
+to end an utterance. The server answers with OpenAI's realtime transcription events where they fit:
+``transcription_session.created``, then ``conversation.item.input_audio_transcription.delta`` as each
+0.64 s chunk is decoded and ``...completed`` with the whole transcript on commit or close; ``error``
+events for bad input. Bounded work: an utterance may not exceed ``K2D_MAX_AUDIO_S``, a message 1 MiB,
+and at most ``K2D_MAX_STREAMS`` streams run at once (more are refused with close code 1013).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+
+import numpy as np
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from app.dependencies import key_matches
+from k2d.audio import SAMPLE_RATE
+from k2d.streaming import StreamDecoder
+
+router = APIRouter()
+MAX_MESSAGE_BYTES = 1 << 20
+TRY_AGAIN_LATER = 1013  # RFC 6455: the server is overloaded
+POLICY_VIOLATION = 1008
+_items = itertools.count(1)
+
+
+class StreamError(ValueError):
+    """Bad input on a stream: reported as an ``error`` event; the connection stays usable unless fatal."""
+
+
+def pcm16(data: bytes) -> np.ndarray:
+    if len(data) % 2:
+        raise StreamError("audio must be 16-bit PCM: an odd number of bytes arrived")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def audio_of(message: dict) -> np.ndarray | None:
+    """The samples a message carries, or None for a control message; StreamError for anything else."""
+    if message.get("bytes") is not None:
+        return pcm16(message["bytes"])
+    try:
+        event = json.loads(message.get("text") or "")
+    except json.JSONDecodeError as err:
+        raise StreamError("text messages must be JSON events") from err
+    if not isinstance(event, dict):
+        raise StreamError("an event is a JSON object with a type")
+    if event.get("type") == "input_audio_buffer.append":
+        try:
+            return pcm16(base64.b64decode(event.get("audio") or "", validate=True))
+        except (binascii.Error, ValueError) as err:
+            raise StreamError("input_audio_buffer.append needs base64 PCM16 audio") from err
+    if event.get("type") == "input_audio_buffer.commit":
+        return None
+    raise StreamError(f"unknown event type {event.get('type')!r}: send input_audio_buffer.append or .commit")
+
+
+def _event(kind: str, **fields) -> str:
+    return json.dumps({"type": kind, **fields}, ensure_ascii=False)
+
+
+def _error(message: str, code: str = "invalid_request") -> str:
+    return _event("error", error={"type": "invalid_request_error", "code": code, "message": message})
+
+
+@router.websocket("/v1/realtime/transcription")
+async def realtime_transcription(websocket: WebSocket, model: str | None = None) -> None:
+    state = websocket.app.state
+    settings, models = state.settings, state.models
+    authorization = websocket.headers.get("authorization")
+    if not key_matches(authorization, settings.api_key):
+        await websocket.close(code=POLICY_VIOLATION, reason="missing or wrong API key")
+        return
+    streaming = [n for n, s in models.models.items() if getattr(s.served.engine, "streams", False)]
+    name = model or (streaming[0] if streaming else None)
+    if name not in streaming:
+        await websocket.close(code=POLICY_VIOLATION, reason="no streaming model: serve a CTC student trained "
+                              "with distill_ctc.streaming (model=NAME to choose)")
+        return
+    if state.streams >= settings.max_streams:
+        await websocket.close(code=TRY_AGAIN_LATER, reason=f"{settings.max_streams} streams already running")
+        return
+    state.streams += 1
+    try:
+        await websocket.accept()
+        await _serve(websocket, models.models[name].served.engine, name, settings.max_audio_s)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        state.streams -= 1
+
+
+async def _serve(websocket: WebSocket, engine, name: str, max_audio_s: float) -> None:
+    decoder = StreamDecoder(engine)
+    item = f"item_{next(_items)}"
+    await websocket.send_text(_event("transcription_session.created", model=name, sample_rate=SAMPLE_RATE,
+                                     chunk_ms=round(decoder.windows.chunk_s * 1000), audio_format="pcm16"))
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if len(message.get("bytes") or b"") + len(message.get("text") or "") > MAX_MESSAGE_BYTES:
+            await websocket.send_text(_error(f"a message may carry at most {MAX_MESSAGE_BYTES} bytes", "too_large"))
+            continue
+        try:
+            samples = audio_of(message)
+        except StreamError as err:
+            await websocket.send_text(_error(str(err)))
+            continue
+        if samples is None:  # commit: the utterance is over
+            transcript = await asyncio.to_thread(decoder.finish)
+            await websocket.send_text(_event("conversation.item.input_audio_transcription.completed", item_id=item,
+                                             transcript=transcript))
+            decoder, item = StreamDecoder(engine), f"item_{next(_items)}"
+            continue
+        if decoder.seconds + len(samples) / SAMPLE_RATE > max_audio_s:
+            await websocket.send_text(_error(f"an utterance may last at most {max_audio_s:g} s: commit it first",
+                                             "audio_too_long"))
+            continue
+        delta = await asyncio.to_thread(decoder.feed, samples)
+        if delta:
+            await websocket.send_text(_event("conversation.item.input_audio_transcription.delta", item_id=item,
+                                             delta=delta))
