@@ -77,6 +77,7 @@ class Metrics:
         from k2d.guard import REASONS
 
         for model in models:
+            self.batch_size.labels(model)  # the window count the fallback alert divides by
             for reason in REASONS:
                 self.guard.labels(model, reason)
         for student, teacher in pairs:

@@ -52,5 +52,12 @@ fi
 "${PIP[@]}" -e ".[$EXTRAS]"
 # Kokoro's Mandarin speaker packs come from the npm registry (kokoro-js), not PyPI: fetched once, checked
 if [ "$EXTRAS" != serve ]; then "$PY" -m k2d_train.data.kokoro fetch; fi
+# promtool (Debian's prometheus package, the binary alone) checks the shipped alert rules in the tests
+if [ "$EXTRAS" = dev ] && [ "$VENV" != system ] && [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null; then
+  scratch=$(mktemp -d)
+  (cd "$scratch" && apt-get download -qq prometheus >/dev/null 2>&1 && dpkg-deb -x prometheus_*.deb x \
+    && cp x/usr/bin/promtool "$OLDPWD/$VENV/bin/") || echo "setup: promtool not installed (alert-rule test skips)" >&2
+  rm -rf "$scratch"
+fi
 touch "$STAMP"
 echo "setup: installed k2d[$EXTRAS] into $VENV"

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import httpx
 import yaml
@@ -97,3 +98,33 @@ def test_every_dashboard_query_names_a_metric_the_live_server_exports(served_sto
         exported = {line.split("{")[0].split(" ")[0] for line in httpx.get(url + "/metrics").text.splitlines()
                     if line and not line.startswith("#")}
     assert wanted and wanted <= exported, wanted - exported
+
+
+def test_the_shipped_alert_rules_fire_on_a_drifting_student_and_not_on_a_faithful_one():
+    """promtool runs the rules on synthetic series (deploy/prometheus/alerts.test.yml): the student whose
+    shadowed windows disagree with its teacher alerts after 10 minutes, the one that agrees never does."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool") or str(REPO / ".venv/bin/promtool")
+    if not Path(promtool).exists():
+        raise AssertionError("promtool is not installed: scripts/setup.sh dev installs it (Debian's prometheus)")
+    folder = REPO / "deploy/prometheus"
+    assert "alerts.yml" in yaml.safe_load((folder / "prometheus.yml").read_text())["rule_files"]
+    done = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=folder, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    mounted = COMPOSE["services"]["prometheus"]["volumes"]
+    assert any(v.startswith("./deploy/prometheus/alerts.yml:") for v in mounted)
+
+
+def test_every_series_an_alert_reads_is_one_the_service_exports():
+    from prometheus_client import generate_latest
+
+    from app.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.declare(["k2d-student", "whisper-base-int8"], [("k2d-student", "whisper-base-int8")])
+    exported = generate_latest(metrics.registry).decode()
+    rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
+    used = set(re.findall(r"\b(k2d_[a-z_]+)\[", rules))
+    assert used and all(re.search(rf"^{name}[{{ ]", exported, re.M) for name in used), used
