@@ -20,20 +20,21 @@ demo: models
 
 # Measurements (not tests): serving throughput with/without batching, and teacher vs student load test.
 bench-serving: models
-	@$(PY) scripts/bench_serving.py
+	@$(K2D) bench serving
 
 loadtest: setup
 	@$(PY) -m loadtest --out runs/loadtest
 
-# Reliability: 64 concurrent clients for 30 s against a server it starts on 127.0.0.1; fails on any 5xx.
+# Reliability (opt-in tests): 64 concurrent clients for 30 s against a server process on 127.0.0.1 (fails on
+# any 5xx), and abandoned uploads leaving the server idle within seconds.
 soak: models
-	@$(PY) scripts/soak.py --concurrency 64 --duration 30 --out runs/soak.json
+	@$(PY) -m pytest -m soak -s
 
 # Images, for real (a check with podman, minutes; not part of `make test`): build the CPU serving and training
 # images, serve the store `make demo` wrote, the image healthcheck, Prometheus answering every dashboard query,
 # and the compose `train` command on configs/tiny.yaml. Report: runs/images/report.md.
 images: setup
-	@$(PY) scripts/verify_images.py --out runs/images
+	@$(PY) -m pytest -m images -s
 
 lint: setup
 	@$(VENV)/bin/ruff check .

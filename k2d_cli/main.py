@@ -165,9 +165,11 @@ def loadtest_command(ctx: typer.Context) -> None:
 
 
 def _register_training() -> None:
+    from k2d_cli.bench import bench_app
     from k2d_cli.train import register
 
     register(app, run_guarded, say)
+    app.add_typer(bench_app, name="bench")
 
 
 _register_training()

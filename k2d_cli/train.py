@@ -17,45 +17,11 @@ from k2d.registry import Registry, default_store
 from k2d_cli.common import StoreOption, fail
 
 data_app = typer.Typer(help="Corpora for training and tests.", no_args_is_help=True)
-bench_app = typer.Typer(help="Speed measurements (benchmarks, not tests).", no_args_is_help=True)
 
 
 def register(app: typer.Typer, guarded, say) -> None:
     """Attach the training commands to the root ``k2d`` app."""
     app.add_typer(data_app, name="data")
-    app.add_typer(bench_app, name="bench")
-
-    @bench_app.command("speed")
-    def bench_speed(
-        pair: Annotated[list[str], typer.Option(help="base (store's teacher + student) | large-v2 | medium | small")] = [
-            "base"],
-        batch: Annotated[list[int], typer.Option(help="Batch sizes")] = [1, 8],
-        compute_type: Annotated[list[str], typer.Option(help="int8, float16, int8_float16, ...")] = ["int8"],
-        device: str = "cpu",
-        tokens: Annotated[int, typer.Option(help="Forced decode length")] = 100,
-        repeats: int = 5,
-        threads: Annotated[int, typer.Option(help="CPU threads (0: default)")] = 0,
-        context: Annotated[list[float], typer.Option(help="Student encoder input in seconds (0: Whisper's 30 s); the "
-                                                         "teacher always gets 30 s")] = [0.0],
-        student_encoder_layers: Annotated[int | None, typer.Option(help="Random pairs: a shallower student encoder")] = None,
-        out: Annotated[Path | None, typer.Option(help="Folder for results.json and README.md")] = None,
-        store: StoreOption = None,
-    ) -> None:
-        """Encode and forced-length decode timings, teacher vs student interleaved, medians."""
-        import platform
-        import sys
-
-        from k2d_train.bench import model_pairs, speed_benchmark, speed_markdown
-
-        registry = Registry(store or default_store())
-        pairs = guarded(lambda: model_pairs(pair, registry, say, student_encoder_layers))
-        rows = guarded(lambda: speed_benchmark(pairs, batch, compute_type, device, tokens, repeats, threads, say, context))
-        text = speed_markdown(rows, "k2d " + " ".join(sys.argv[1:]), f"{platform.machine()}, {device}")
-        say(text)
-        if out:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-            (out / "README.md").write_text(text)
 
     @data_app.command("synth")
     def synth(
@@ -76,6 +42,14 @@ def register(app: typer.Typer, guarded, say) -> None:
                                ood_dev_utterances=ood_dev, augment=augment)
         built = guarded(lambda: build_corpus(out, options))
         say(f"corpus {'written' if built else 'already present'} in {out}")
+
+    @data_app.command("long-audio", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                                      "help_option_names": []}, add_help_option=False)
+    def long_audio(ctx: typer.Context) -> None:
+        """Minute-long files from a manifest's utterances joined with pauses (long-form evaluation)."""
+        from k2d_train.data.long_audio import main
+
+        guarded(lambda: main(ctx.args))
 
     @app.command("pseudo-label")
     def pseudo_label_command(

@@ -5,7 +5,7 @@ Each variant is a ``WhisperEngine`` as the server builds it (``K2D_CPU_THREADS``
 does the same work (one beam search per utterance, no sampling). Variants are interleaved utterance by
 utterance, and the transcripts are compared: the threads must change the time, never the text.
 
-    python scripts/cpu_threads.py --model teacher=whisper-base-int8 --model student=k2d-student \
+    k2d bench threads --model teacher=whisper-base-int8 --model student=k2d-student \
         --manifest runs/demo/corpus/dev.jsonl --variant 2/0 --variant 1/0 --variant 2/1 \
         --out docs/benchmarks/cpu-threads/README.md
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from k2d.engine import DecodeOptions, WhisperEngine
 from k2d.guard import GuardOptions
 from k2d.manifest import read_manifest
 from k2d.registry import resolve_model
+from k2d_train.bench import command_line
 
 
 def engines(model: str, store: Path | None, variants: list[str]) -> dict[str, WhisperEngine]:
@@ -39,7 +39,7 @@ def engines(model: str, store: Path | None, variants: list[str]) -> dict[str, Wh
     return built
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="LABEL=registered name or CT2 folder")
     parser.add_argument("--manifest", type=Path, required=True)
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--language", default="zh")
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     models = {label: engines(name, args.store, args.variant)
               for label, _, name in (spec.partition("=") for spec in args.model)}
@@ -64,7 +64,7 @@ def main() -> None:
             (result,) = models[label][variant].transcribe_batch([window], [args.language], options)
             ms[(label, variant)].append((time.perf_counter() - start) * 1000)
             texts[(label, variant)].append(result.text)
-    lines = [f"`python {' '.join(sys.argv)}` ({len(rows)} utterances, beam {args.beam_size}, guard off)", "",
+    lines = [f"`{command_line()}` ({len(rows)} utterances, beam {args.beam_size}, guard off)", "",
              "| model | encoder / decoder threads | p50 ms | mean ms | same transcripts as the first variant |",
              "|---|---|---|---|---|"]
     for label, variant in ms:

@@ -7,7 +7,7 @@ every layer adds and what does not shrink with depth (token embedding, the 51,86
 projection and softmax per beam, beam search). That split says which lever is left once a student
 keeps few layers.
 
-    python scripts/decoder_cost.py --model teacher=whisper-base-int8 --model d4=k2d-student \
+    k2d bench decoder-cost --model teacher=whisper-base-int8 --model d4=k2d-student \
         --model d2=<2-layer student> --store models --out docs/benchmarks/decoder-cost-cpu/result.md
 
 A measurement, not a test.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from k2d.audio import decode_audio
 from k2d.engine import GENERATE_LENGTH_FACTOR, DecodeOptions, WhisperEngine
 from k2d.features import log_mel
 from k2d.registry import resolve_model
+from k2d_train.bench import command_line
 from k2d_train.store.ct2_format import read_model_bin
 from k2d_train.store.ct2_to_hf import whisper_shape
 
@@ -54,7 +54,7 @@ def decoder_layers(path: Path) -> int:
     return whisper_shape(read_model_bin(path / "model.bin"))["decoder_layers"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="LABEL=registered name or CT2 folder")
     parser.add_argument("--store", type=Path, default=None)
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     audio = decode_audio(args.audio)[: int(args.seconds * 16000)]
     frames = int(args.seconds * 100)
@@ -86,7 +86,7 @@ def main() -> None:
     for label, layers, ms, count in rows:
         print(f"{label:<14} {layers} decoder layers  {ms:.2f} ms/token  ({count} tokens)", flush=True)
     slope, intercept = np.polyfit([r[1] for r in rows], [r[2] for r in rows], 1)
-    command = " ".join(["python scripts/decoder_cost.py", *sys.argv[1:]])
+    command = command_line()
     lines = [f"`{command}`", "",
              "| model | decoder layers | ms per token (median of "
              f"{args.repeats}) | tokens |", "|---|---|---|---|"]

@@ -3,32 +3,29 @@
 Checks that long uploads — several VAD windows each — still transcribe correctly with a short-context
 student; the reference is the joined texts. Writes ``long.jsonl`` and the FLAC files to ``OUT``.
 
-    .venv/bin/python scripts/make_long_audio.py runs/demo/corpus/test_ood.jsonl runs/long-ood [--per-file 12]
+    k2d data long-audio runs/demo/corpus/test_ood.jsonl runs/long-ood [--per-file 12]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from k2d.audio import SAMPLE_RATE, decode_audio, write_audio  # noqa: E402
-from k2d.manifest import read_manifest  # noqa: E402
-from k2d.textunits import join_texts  # noqa: E402
+from k2d.audio import SAMPLE_RATE, decode_audio, write_audio
+from k2d.manifest import read_manifest
+from k2d.textunits import join_texts
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-file", type=int, default=12)
     parser.add_argument("--pause-s", type=float, default=0.8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = list(read_manifest(args.manifest))
     pause = np.zeros(int(args.pause_s * SAMPLE_RATE), np.float32)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ in flight for ``--requests`` requests. Reports foreground latency percentiles pe
 ratio (the issue's bar: on/off ≤ 1.10 at concurrency 4), and what the shadow lane produced: the
 disagreement histogram's count and mean from ``/metrics``.
 
-    .venv/bin/python scripts/bench_shadow.py --model k2d-student --manifest runs/demo/corpus/test_ood.jsonl \
+    k2d bench shadow --model k2d-student --manifest runs/demo/corpus/test_ood.jsonl \
         [--fraction 0.1] [--concurrency 4] [--requests 32] [--out docs/benchmarks/shadow-cpu]
 """
 
@@ -16,21 +16,17 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.settings import Settings  # noqa: E402
-from loadtest.__main__ import hardware  # noqa: E402
-from loadtest.report import percentile  # noqa: E402
-from loadtest.runner import Clip, load_clips, run_sweep  # noqa: E402
-from tests.conftest import free_port, running_server  # noqa: E402
+from k2d_train.bench import command_line
+from loadtest.__main__ import hardware
+from loadtest.harness import REPO, serving
+from loadtest.report import percentile
+from loadtest.runner import Clip, load_clips, run_sweep
 
 
 def shadow_stats(url: str) -> dict:
@@ -56,8 +52,8 @@ def settled_shadow_stats(url: str, fraction: float, patience_s: float = 120.0) -
 
 
 def phase(model: str, clips: list[Clip], fraction: float, concurrency: int, requests: int, language: str | None) -> dict:
-    settings = Settings(port=free_port(), shadow_fraction=fraction)
-    with running_server(settings) as (url, _):
+    with serving({"K2D_SHADOW_FRACTION": str(fraction)}) as server:
+        url = server.url
         started = time.perf_counter()
         sweep = asyncio.run(run_sweep(url, [model], clips, [concurrency], requests, 1, 2, language, 300.0, 1800.0))
         wall = time.perf_counter() - started
@@ -67,7 +63,7 @@ def phase(model: str, clips: list[Clip], fraction: float, concurrency: int, requ
     return {"fraction": fraction, "latencies_ms": latencies, "errors": errors, "wall_s": round(wall, 1), **shadow}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--manifest", type=Path, required=True)
@@ -76,7 +72,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--language", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-shadow")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     clips = load_clips(args.manifest)  # read once, shared by the four phases
     phases = [phase(args.model, clips, f, args.concurrency, args.requests, args.language)
               for f in (0.0, args.fraction, args.fraction, 0.0)]  # ABBA
@@ -91,7 +87,7 @@ def main() -> None:
                      "disagreement_mean_mer": next((p["mean_mer"] for p in phases if p["fraction"] == fraction
                                                     and p["mean_mer"] is not None), None)})
     ratio = rows[1]["p50_ms"] / rows[0]["p50_ms"]
-    command = "python scripts/bench_shadow.py " + " ".join(sys.argv[1:])
+    command = command_line()
     lines = [f"`{command}` on {hardware()}", "",
              f"Foreground p50 with {args.fraction:.0%} shadow ÷ without: **{ratio:.3f}** "
              f"(concurrency {args.concurrency}, ABBA phases of {args.requests} requests)", "",

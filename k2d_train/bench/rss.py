@@ -3,7 +3,7 @@
 Each set is served alone (``K2D_MODELS``), every clip of the manifest is sent once to its first model,
 and the server's RSS is sampled throughout (after the models are loaded, at the peak, at the end).
 
-    K2D_MODELS_DIR=<store> .venv/bin/python scripts/served_rss.py runs/full/corpus/test_ood.jsonl \\
+    K2D_MODELS_DIR=<store> k2d bench rss runs/full/corpus/test_ood.jsonl \\
         teacher=whisper-base-int8 student=k2d-student-full "student+teacher=k2d-student-full,whisper-base-int8"
 """
 
@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from soak import RssSampler, start_server, stop_server  # noqa: E402  (scripts/ is on the path when run as a script)
-
-from k2d.manifest import read_manifest  # noqa: E402
+from k2d.manifest import read_manifest
+from k2d_train.bench import command_line
+from loadtest.harness import RssSampler, Server
 
 
 def measure(models: list[str], clips: list[Path], language: str) -> dict:
-    server, url, _ = start_server({"K2D_MODELS": json.dumps(models)})
+    server = Server({"K2D_MODELS": json.dumps(models)})
+    url = server.url
     sampler = RssSampler(server.pid)
     sampler.start()
     try:
@@ -36,19 +34,19 @@ def measure(models: list[str], clips: list[Path], language: str) -> dict:
     finally:
         sampler.stop.set()
         sampler.join()
-        stop_server(server)
+        server.stop()
     return sampler.summary()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("sets", nargs="+", help="LABEL=MODEL[,MODEL...]; requests go to the first model")
     parser.add_argument("--language", default="zh")
     parser.add_argument("--limit", type=int, default=10, help="clips sent per set")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     clips = [row.path(args.manifest) for row in read_manifest(args.manifest)][: args.limit]
-    lines = [f"`python scripts/served_rss.py {' '.join(sys.argv[1:])}`", "",
+    lines = [f"`{command_line()}`", "",
              "| served | models | RSS loaded MB | RSS peak MB | RSS end MB |", "|---|---|---|---|---|"]
     for spec in args.sets:
         label, _, names = spec.partition("=")

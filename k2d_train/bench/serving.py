@@ -5,7 +5,7 @@
 2. The service's overhead: the same clips through the engine directly (decode, VAD windows,
    one ``generate`` per clip, no HTTP, no queue) versus the server at concurrency 1.
 
-    .venv/bin/python scripts/bench_serving.py [--model NAME] [--requests 32] [--out docs/benchmarks/serving-cpu]
+    k2d bench serving [--model NAME] [--requests 32] [--out docs/benchmarks/serving-cpu]
 """
 
 from __future__ import annotations
@@ -14,22 +14,18 @@ import argparse
 import io
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from app.settings import Settings  # noqa: E402
-from app.upload import decode_upload  # noqa: E402
-from k2d.engine import DecodeOptions, WhisperEngine  # noqa: E402
-from k2d.manifest import read_manifest  # noqa: E402
-from k2d.registry import Registry, default_store  # noqa: E402
-from k2d.windows import split  # noqa: E402
-from loadtest.__main__ import hardware, run  # noqa: E402
-from tests.conftest import free_port, running_server  # noqa: E402
+from k2d.audio import decode_audio
+from k2d.engine import DecodeOptions, WhisperEngine
+from k2d.manifest import read_manifest
+from k2d.registry import Registry, default_store
+from k2d.windows import split
+from k2d_train.bench import command_line
+from loadtest.__main__ import hardware, run
+from loadtest.harness import REPO, serving
 
 MANIFEST = REPO / "tests" / "data" / "manifest.jsonl"
 
@@ -49,19 +45,19 @@ def direct_latencies(path: Path, manifest: Path, threads: int) -> list[float]:
     for _ in range(3):
         for data in clips:
             start = time.perf_counter()
-            windows = split(decode_upload(io.BytesIO(data), 600.0), vad=True)
+            windows = split(decode_audio(io.BytesIO(data), 600.0), vad=True)
             engine.transcribe_batch([w.audio for w in windows], [None] * len(windows), DecodeOptions())
             out.append(time.perf_counter() - start)
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="served model [default: the newest student, else whisper-base]")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "serving-cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     registry = Registry(default_store())
     students = registry.by_role("student")
     model = args.model or (students[-1].name if students else "whisper-base")
@@ -69,10 +65,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = speech_manifest(Path(tmp))
         for label, batch in (("batching", 8), ("no_batching", 1)):
-            settings = Settings(models_dir=registry.store, models=[model], port=free_port(), max_batch_size=batch,
-                                max_wait_ms=10, cpu_threads=args.threads, max_queue_windows=1024)
-            with running_server(settings) as (url, _):
-                summary = run(url, manifest, args.out / label, [model], [1, 16], args.requests, rounds=1, warmup=2)
+            settings = {"K2D_MODELS_DIR": str(registry.store), "K2D_MODELS": json.dumps([model]),
+                        "K2D_MAX_BATCH_SIZE": str(batch), "K2D_MAX_WAIT_MS": "10", "K2D_CPU_THREADS": str(args.threads),
+                        "K2D_MAX_QUEUE_WINDOWS": "1024"}
+            with serving(settings) as server:
+                summary = run(server.url, manifest, args.out / label, [model], [1, 16], args.requests, rounds=1,
+                              warmup=2)
             results[label] = {r["concurrency"]: r for r in summary["results"]}
         direct = direct_latencies(registry.path_of(model), manifest, args.threads)
     served = results["batching"][1]["latency_s"]
@@ -84,7 +82,7 @@ def main() -> None:
                                            / results["no_batching"][1]["requests_per_s"], 3)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# Serving benchmark: {model}", "", f"{results['hardware']}; `{' '.join(sys.argv)}`", "",
+    lines = [f"# Serving benchmark: {model}", "", f"{results['hardware']}; `{command_line()}`", "",
              "| config | concurrency | req/s | p50 s | p95 s |", "|---|---|---|---|---|"]
     for label in ("batching", "no_batching"):
         for level in (1, 16):

@@ -10,12 +10,12 @@ What a GPU box's ``docker compose up`` does, on this machine's CPU and with podm
 5. the training image's compose command (``bootstrap``) on configs/tiny.yaml into fresh named
    volumes, as docker-compose.yml mounts them, then once more (nothing to do), then the serving
    image on the store it wrote.
-A measurement and a check, not a unit test: it needs podman and minutes. Report: ``--out``/report.{json,md}.
+A measurement and a check, not a unit test: it needs podman and minutes (``make images`` runs it through
+``pytest -m images``, tests/test_images.py). Report: ``runs/images/report.{json,md}``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import httpx
 import yaml
-from soak import free_port, start_server, stop_server  # scripts/ is on the path when run as a script
 
-REPO = Path(__file__).resolve().parents[1]
+from loadtest.harness import REPO, free_port, serving
+
 BASE = "localhost/debian-py:bookworm"
 PODMAN = ["podman", "--runtime", "runc"]  # crun fails on this machine's hybrid cgroups; runc works
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -198,11 +198,8 @@ def check_serving(store: Path, report: dict) -> None:
             report["healthcheck"] = {"returncode": health.returncode, "output": (health.stdout + health.stderr).strip()}
             time.sleep(8)  # several scrapes after the traffic, so every rate() has two samples
             report["dashboard"] = query_all(prometheus)
-    server, url, _ = start_server({"K2D_MODELS_DIR": str(store)})  # `k2d serve` outside any container
-    try:
-        report["host_first_request"] = transcribe(url)
-    finally:
-        stop_server(server)
+    with serving({"K2D_MODELS_DIR": str(store)}) as server:  # `k2d serve` outside any container
+        report["host_first_request"] = transcribe(server.url)
 
 
 def check_training(report: dict, config: str) -> None:
@@ -258,18 +255,12 @@ def failures(report: dict) -> list[str]:
     return problems
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=Path(os.environ.get("K2D_MODELS_DIR", REPO / "models")),
-                        help="a store `make demo` wrote (default: $K2D_MODELS_DIR or ./models)")
-    parser.add_argument("--train-config", default="configs/tiny.yaml", help="config for the training image's run")
-    parser.add_argument("--skip-training", action="store_true", help="build both images, run only the serving one")
-    parser.add_argument("--out", type=Path, default=REPO / "runs/images")
-    args = parser.parse_args()
-    if not (args.store / "registry.json").exists():
-        raise SystemExit(f"no model store at {args.store}: run `make demo` first (or pass --store)")
+def verify(store: Path, out: Path, train_config: str = "configs/tiny.yaml", skip_training: bool = False) -> list[str]:
+    """Build and run everything above; the report goes to ``out``; the problems found are returned."""
+    if not (store / "registry.json").exists():
+        raise FileNotFoundError(f"no model store at {store}: run `make demo` first")
     ensure_tools()
-    report: dict = {"store": str(args.store.resolve())}
+    report: dict = {"store": str(store.resolve())}
     try:
         report["base_build_s"] = base_image()
         report["serve_build_s"] = build("k2d:cpu")
@@ -277,17 +268,10 @@ def main() -> None:
         report["serve_image_mb"], report["train_image_mb"] = image_mb("k2d:cpu"), image_mb("k2d:train-cpu")
         say(f"built in {report['serve_build_s']} s / {report['train_build_s']} s: "
             f"{report['serve_image_mb']} MB / {report['train_image_mb']} MB")
-        check_serving(args.store.resolve(), report)
-        if not args.skip_training:
-            check_training(report, args.train_config)
+        check_serving(store.resolve(), report)
+        if not skip_training:
+            check_training(report, train_config)
     finally:
-        write_report(report, args.out)
-    problems = failures(report)
-    say(f"report: {args.out / 'report.md'}")
-    if problems:
-        raise SystemExit("\n".join(problems))
-    say("all checks passed")
-
-
-if __name__ == "__main__":
-    main()
+        write_report(report, out)
+    say(f"report: {out / 'report.md'}")
+    return failures(report)
