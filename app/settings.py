@@ -30,10 +30,10 @@ class Settings(BaseSettings):
                               description="Models to load; default: the newest student and its teacher")
     default_model: str | None = Field(None, description="Model used when a request names none (default: the student)")
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when CTranslate2 sees one")
     device_index: list[int] = Field(default_factory=lambda: [0], description="GPUs to use (one worker set per index)")
-    compute_type_cuda: str = "int8_float16"
-    compute_type_cpu: str = "int8"
+    compute_type_cuda: str = Field("int8_float16", description="CTranslate2 compute type on a GPU")
+    compute_type_cpu: str = Field("int8", description="CTranslate2 compute type on a CPU")
     replicas: int = Field(1, ge=1, description="Workers per device, all pulling from the same per-model queue")
     cpu_threads: int = Field(0, ge=0, description="Intra-op threads per CPU worker (0: CTranslate2's default)")
     cpu_decode_threads: int = Field(1, ge=0, description="Intra-op threads that decode on a CPU worker (a second "
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
 
     max_streams: int = Field(8, ge=1, description="WebSocket transcription streams served at once (more: close code "
                              "1013, try again later)")
-    max_upload_mb: float = Field(25.0, gt=0)
+    max_upload_mb: float = Field(25.0, gt=0, description="Largest upload accepted (413 beyond it)")
     max_audio_s: float = Field(600.0, gt=0, description="Longest audio accepted (seconds)")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, inference")
     shutdown_grace_s: float | None = Field(None, gt=0, description="SIGTERM: time in-flight requests get to finish "
@@ -89,10 +89,10 @@ class Settings(BaseSettings):
     harvest_dir: Path | None = Field(None, description="Opt-in: write shadowed windows (audio + teacher labels) here "
                                      "as a k2d run corpus")
     harvest_max_mb: float = Field(500.0, gt=0, description="Harvest size cap; the oldest files are rotated out")
-    vad_min_silence_ms: int = 500
+    vad_min_silence_ms: int = Field(500, description="A pause this long ends a VAD speech region (Silero VAD)")
     rtfx_window_s: float = Field(60.0, gt=0, description="Sliding window of the RTFx gauges")
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in the images)")
+    port: int = Field(8000, description="Port to listen on")
 
     @model_validator(mode="after")
     def _grace_covers_a_request(self) -> Settings:
@@ -121,3 +121,24 @@ class Settings(BaseSettings):
     def runtime(self) -> Runtime:
         return Runtime(self.device, tuple(self.device_index), self.compute_type_cpu, self.compute_type_cuda,
                        self.replicas, self.cpu_threads, self.cpu_decode_threads)
+
+
+def reference() -> str:
+    """Every setting as a Markdown table (docs/settings.md is this text; a test keeps the two equal)."""
+    lines = ["# Service settings", "", "Every knob of `k2d serve`, read from `K2D_*` environment variables (or a `.env` "
+             "file). Generated from `app/settings.py` by `k2d settings`; do not edit by hand.", "",
+             "| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        aliases = getattr(field.validation_alias, "choices", None) or []
+        names = [f"`{a}`" for a in aliases] or [f"`K2D_{name.upper()}`"]
+        shown = "" if default is None else f"`{json_default(default)}`"
+        lines.append(f"| {names[0]}{' (was ' + ', '.join(names[1:]) + ')' if names[1:] else ''} | {shown} | "
+                     f"{(field.description or '').replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def json_default(value) -> str:
+    import json
+
+    return str(value) if isinstance(value, Path) else json.dumps(value) if isinstance(value, list | bool) else str(value)

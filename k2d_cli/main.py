@@ -156,6 +156,14 @@ def serve_command(
     run_guarded(lambda: serve(Settings(**overrides)))
 
 
+@app.command("settings")
+def settings_command() -> None:
+    """Every K2D_* setting of the service, with its default and meaning (Markdown: docs/settings.md)."""
+    from app.settings import reference
+
+    sys.stdout.write(reference())
+
+
 @app.command("loadtest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def loadtest_command(ctx: typer.Context) -> None:
     """Load-test teacher versus student through the running service (same options as python -m loadtest)."""

@@ -155,6 +155,30 @@ def register(app: typer.Typer, guarded, say) -> None:
                                                  student_dir, registry.store))
         say(json.dumps(report["last"]))
 
+    @app.command("distill-ctc")
+    def distill_ctc_command(
+        kept: Annotated[Path, typer.Argument(help="kept.jsonl from validate", exists=True, dir_okay=False)],
+        out: Annotated[Path, typer.Option(help="Run folder (units, encoder cache, checkpoints, log)")],
+        encoder: Annotated[Path, typer.Option(help="The student (transformers folder) whose encoder is used, e.g. "
+                                                   "runs/demo/student-encoder", exists=True, file_okay=False)],
+        name: Annotated[str, typer.Option(help="Registry name of the exported ONNX student")],
+        head: Annotated[str, typer.Option(help="ctc | transducer")] = "ctc",
+        streaming: Annotated[bool, typer.Option(help="Train on the live stream's chunked frames")] = False,
+        max_steps: int = 800,
+        dev: Annotated[Path | None, typer.Option(help="Labelled dev manifest that picks the kept step")] = None,
+        teacher: Annotated[str, typer.Option(help="Its teacher's family, served beside it")] = "whisper-base",
+        store: StoreOption = None,
+    ) -> None:
+        """A CTC or transducer head on a distilled encoder, exported to ONNX int8 and registered as a student."""
+        from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
+        from k2d_train.store.onnx_export import publish_ctc_student
+
+        registry = Registry(store or default_store())
+        options = guarded(lambda: CTCOptions(head=head, streaming=streaming, max_steps=max_steps))
+        report = guarded(lambda: distill_ctc(encoder, kept, out, options, dev=dev, out_dir=out / "final"))
+        guarded(lambda: publish_ctc_student(registry, name, out / "final", "int8", "zh", teacher, f"k2d-distill-ctc:{kept}"))
+        say(json.dumps({"best": report["best"], "units": report["units"], "registered": name}))
+
     @app.command("compare")
     def compare_command(
         model: Annotated[list[str] | None, typer.Option(help="LABEL=MODEL[@CONTEXT][~FLAGS][^PENALTY], first is the "

@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.config import TEST_SETS
 from k2d_train.store.operations import hf_name
@@ -129,30 +127,6 @@ def ctc_distillation(run: Run) -> dict:
                        config.distill_ctc, dev=dev, out_dir=config.run_dir / "ctc-final")
 
 
-def export_ctc_student(run: Run, teacher_family: str) -> str:
-    """The CTC / transducer student as ONNX, registered as a student served by ONNX Runtime."""
-    from k2d.registry import ModelEntry, Serving
-    from k2d_train.store.onnx_export import export_ctc
-
-    config, registry = run.config, run.registry
-    name = config.ctc_name
-    out = registry.store / name / f"onnx-{config.distill_ctc.quantization}"
-    export_ctc(config.run_dir / "ctc-final", out, config.distill_ctc.quantization, config.pseudo_label.language)
-    parameters = sum(int(np.prod(a.shape)) for a in _onnx_weights(out))
-    registry.add(ModelEntry(name, "onnx", str(out.relative_to(registry.store)), role="student", parameters=parameters,
-                            languages=[config.pseudo_label.language], quantization=config.distill_ctc.quantization,
-                            source=f"k2d-run:{config.source}", family=name,
-                            serving=Serving(teacher=teacher_family, default_language=config.pseudo_label.language,
-                                            engine=config.distill_ctc.head)))
-    return name
-
-
-def _onnx_weights(folder: Path):
-    import onnx
-
-    return [onnx.numpy_helper.to_array(t) for t in onnx.load(str(folder / "model.onnx")).graph.initializer]
-
-
 def export_models(run: Run) -> dict:
     from k2d_train.store.operations import export
 
@@ -169,7 +143,11 @@ def export_models(run: Run) -> dict:
     registry.add(student)
     exported = {"student": student.name, "teacher": teacher_name}
     if "distill-ctc" in run.results:
-        exported["ctc_student"] = export_ctc_student(run, student.serving.teacher)
+        from k2d_train.store.onnx_export import publish_ctc_student
+
+        exported["ctc_student"] = publish_ctc_student(registry, config.ctc_name, config.run_dir / "ctc-final",
+                                                      config.distill_ctc.quantization, config.pseudo_label.language,
+                                                      student.serving.teacher, f"k2d-run:{config.source}").name
     return exported
 
 

@@ -128,3 +128,9 @@ def test_every_series_an_alert_reads_is_one_the_service_exports():
     rules = (REPO / "deploy/prometheus/alerts.yml").read_text()
     used = set(re.findall(r"\b(k2d_[a-z_]+)\[", rules))
     assert used and all(re.search(rf"^{name}[{{ ]", exported, re.M) for name in used), used
+
+
+def test_the_settings_reference_is_the_one_the_settings_class_generates():
+    from app.settings import reference
+
+    assert (REPO / "docs/settings.md").read_text() == reference(), "run: k2d settings > docs/settings.md"

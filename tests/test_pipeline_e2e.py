@@ -42,7 +42,8 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     assert set(card["kept_per_rule"]) >= {"none", "ngram", "mer", "per", "comp"}
     assert card["kept_per_rule"]["none"]["percent"] == 100.0
     rows = {(r["set"], r["model"]): r for r in card["evaluation"]}
-    assert set(rows) == {(s, m) for s in ("test", "test_ood") for m in ("teacher", "student")}  # in and out of domain
+    assert set(rows) == {(s, m) for s in ("test", "test_ood", "test_ood_noisy") for m in ("teacher", "student")}
+    assert all(row["groups"] for row in rows.values())  # every set split by voice group, teacher beside student
     assert all(r["utterances"] == 3 and r["mer"] >= 0 and "repetitions" in r for r in rows.values())
     assert card["context"] == "audio + 2 s, rounded up to 2 s" and card["encoder_distillation"]["steps"] == 2
     assert ContextPolicy.of_model(registry.path_of("tiny-student")) == ContextPolicy(2.0, 2.0)  # served as trained
@@ -58,6 +59,13 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
 
     again = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
     assert again.exit_code == 0 and again.output.count("done before, reusing") == 9, again.output
+    listed = runner.invoke(app, ["run", str(config), "--list-stages"])
+    assert listed.exit_code == 0 and "7  distill-ctc" in listed.output and "(off in this config)" in listed.output
+    evaluated = (tmp_path / "run" / "stages" / "evaluate.json").stat().st_mtime
+    partial = runner.invoke(app, ["run", str(config), "--store", str(store.store), "--from-stage", "9", "--to-stage", "9"])
+    assert partial.exit_code == 0 and partial.output.count("done before, reusing") == 8, partial.output
+    assert "stopped after stage 9" in partial.output and not (tmp_path / "run" / "stages" / "ablation.json").exists()
+    assert (tmp_path / "run" / "stages" / "evaluate.json").stat().st_mtime > evaluated  # stage 9 ran again
     # docker compose's one-shot `train` command: the student is there, so it neither fetches nor trains
     boot = runner.invoke(app, ["bootstrap", str(config), "--store", str(store.store), "--device", "cpu"])
     assert boot.exit_code == 0 and "nothing to train" in boot.output and "[stage" not in boot.output, boot.output

@@ -73,3 +73,22 @@ def export_ctc(trained: Path, out_dir: Path, quantization: str = "int8", languag
     ContextPolicy.of_model(encoder_dir).save(staging)
     return publish(staging, out_dir)
 
+
+def publish_ctc_student(registry, name: str, trained: Path, quantization: str, language: str, teacher: str | None,
+                        source: str):
+    """Export the trained head to ``<store>/<name>/onnx-<q>`` and register it as a student served by ONNX
+    Runtime beside its teacher (``k2d run`` stage 8 and ``k2d distill-ctc`` alike)."""
+    import onnx
+
+    from k2d.registry import ModelEntry, Serving
+
+    meta = json.loads((trained / "k2d_ctc.json").read_text())
+    out = registry.store / name / f"onnx-{quantization}"
+    export_ctc(trained, out, quantization, language)
+    parameters = sum(int(np.prod(t.dims)) for t in onnx.load(str(out / MODEL_FILE)).graph.initializer)
+    entry = ModelEntry(name, "onnx", str(out.relative_to(registry.store)), role="student", parameters=parameters,
+                       languages=[language], quantization=quantization, source=source, family=name,
+                       serving=Serving(teacher=teacher, default_language=language, engine=meta["options"]["head"]))
+    registry.add(entry)
+    return entry
+
