@@ -23,7 +23,7 @@ from k2d_train.stages.s9_evaluate import EvaluateOptions
 # what stage 9 reports: in domain; out of domain; the same, noisier; held-out clear voices, plain Mandarin
 TEST_SETS = ("test", "test_ood", "test_ood_noisy", "test_ood_clear")
 SETS = (*TEST_SETS, "dev", "dev_ood")
-SECTIONS = {"name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
+SECTIONS = {"extends", "name", "run_dir", "teacher", "validator", "corpus", "pseudo_label", "validate", "student",
             "distill_encoder", "distill", "distill_ctc", "export", "evaluate", "ablation_rules", "ablation_contexts"}
 
 
@@ -98,7 +98,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_recipe(path)
         unknown = sorted(set(raw) - SECTIONS)
         if unknown:
             raise ValueError(f"config {path}: unknown sections {unknown}; known: {sorted(SECTIONS)}")
@@ -142,6 +142,22 @@ class RunConfig:
             out.append(f"the validator is the teacher itself ({self.teacher}): rules {sorted(rules)} then measure "
                        "the teacher's agreement with itself, not a second opinion (K²D validates with another model)")
         return out
+
+
+def read_recipe(path: Path) -> dict:
+    """A recipe's YAML; ``extends: other.yaml`` (beside it) starts from that recipe, section by section: a key
+    this file sets replaces the other's, so a variant says only what differs."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if Path(base).name == path.name:
+        raise ValueError(f"config {path}: extends itself")
+    merged = read_recipe(path.parent / base)
+    for key, value in raw.items():
+        merged[key] = {**merged[key], **value} if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
 
 
 def corpus_paths(config: RunConfig) -> dict[str, Path]:

@@ -1,0 +1,30 @@
+"""Recipes: sections checked, contradictions refused, variants that say only what differs."""
+
+from __future__ import annotations
+
+import pytest
+
+from k2d_train.config import RunConfig
+from tests.conftest import REPO
+
+
+def test_a_variant_extends_its_base_recipe_section_by_section(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\nrun_dir: runs/x\ndistill: {max_steps: 180, batch_size: 4}\n")
+    (tmp_path / "variant.yaml").write_text("extends: base.yaml\nname: variant\ndistill: {max_steps: 40}\n")
+    variant = RunConfig.load(tmp_path / "variant.yaml")
+    assert (variant.name, variant.distill.max_steps, variant.distill.batch_size) == ("variant", 40, 4)
+    assert variant.run_dir == (tmp_path / "runs/x").resolve()
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        RunConfig.load(tmp_path / "loop.yaml")
+
+
+def test_the_ctc_recipe_is_the_demo_plus_stage_7():
+    demo, ctc = RunConfig.load(REPO / "configs/demo.yaml"), RunConfig.load(REPO / "configs/ctc.yaml")
+    assert demo.distill_ctc is None and ctc.distill_ctc.head == "ctc" and ctc.distill_ctc.streaming
+    assert (ctc.run_dir, ctc.name, ctc.distill_encoder) == (demo.run_dir, demo.name, demo.distill_encoder)
+
+
+def test_every_shipped_recipe_loads():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert RunConfig.load(path).name, path
