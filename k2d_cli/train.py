@@ -254,8 +254,9 @@ def register(app: typer.Typer, guarded, say) -> None:
         config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)", exists=True, dir_okay=False)],
         ablation: Annotated[list[str] | None, typer.Option(help="Also train on another rule's chunks and compare "
                                                                  "(e.g. --ablation none)")] = None,
-        from_stage: Annotated[int, typer.Option(min=1, help="Run this stage and every later one again (their "
-                                                            "results are forgotten; earlier ones are reused)")] = 1,
+        from_stage: Annotated[int | None, typer.Option(min=1, help="Run this stage and every later one again "
+                                                                   "(their results are forgotten; earlier ones are "
+                                                                   "reused)")] = None,
         to_stage: Annotated[int | None, typer.Option(min=1, help="Stop after this stage")] = None,
         list_stages: Annotated[bool, typer.Option("--list-stages", help="Print the stages and exit")] = False,
         store: StoreOption = None,

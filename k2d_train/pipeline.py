@@ -103,21 +103,22 @@ class Markers:
         return False
 
 
-def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: int = 1,
+def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: int | None = None,
                  to_stage: int | None = None) -> dict | None:
-    """Run the stages; return the model card (None when ``to_stage`` stops before the last one)."""
+    """Run the stages, reusing finished ones; ``from_stage``: forget the results of that stage and every later
+    one first. Return the model card (None when ``to_stage`` stops before the last stage)."""
     from k2d_train.pipeline_stages import model_card
 
     stages = _stages()
     last = max(s.number for s in stages)
     to_stage = last if to_stage is None else to_stage
-    if not 1 <= from_stage <= to_stage <= last:
+    if not 1 <= (from_stage or 1) <= to_stage <= last:
         raise ValueError(f"stages run from 1 to {last}: --from-stage {from_stage} --to-stage {to_stage} is not a range")
     for warning in config.warnings():
         say(f"warning: {warning}")
     run = Run(config, registry, corpus_paths(config), say)
     markers = Markers(config.run_dir)
-    for stage in (s for s in stages if s.number >= from_stage):
+    for stage in (s for s in stages if from_stage is not None and s.number >= from_stage):
         if markers.forget(stage):
             say(f"[stage {stage.number}] {stage.name}: result forgotten (--from-stage {from_stage})")
     for stage in stages:
