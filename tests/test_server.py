@@ -219,3 +219,25 @@ def test_word_timestamps_are_ordered_and_inside_their_segment(server, clip, lang
         for w in seg["words"]:
             assert seg["start"] - 0.5 <= w["start"] <= seg["end"] + 0.5
     assert "".join(w["word"] for w in words).replace(" ", "") in body["text"].replace(" ", "") or language == "en"
+
+
+def test_the_openai_client_transcribes_lists_models_and_streams(server):
+    """What the README shows: the real ``openai`` client against /v1, every call it makes answered in its shape."""
+    from openai import OpenAI
+
+    url, _ = server
+    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    with open(DATA / "en_lecture.flac", "rb") as fh:
+        plain = client.audio.transcriptions.create(model="whisper-1", file=fh)
+    assert "gradient descent" in plain.text.lower()
+    with open(DATA / "en_lecture.flac", "rb") as fh:
+        verbose = client.audio.transcriptions.create(model="whisper-base", file=fh, response_format="verbose_json",
+                                                     timestamp_granularities=["word", "segment"], language="en")
+    assert verbose.segments and verbose.words and verbose.words[0].start <= verbose.words[-1].end
+    with open(DATA / "en_lecture.flac", "rb") as fh:
+        srt = client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="srt")
+    assert "-->" in srt
+    with open(DATA / "en_lecture.flac", "rb") as fh:
+        events = list(client.audio.transcriptions.create(model="whisper-1", file=fh, stream=True))
+    assert events[-1].type == "transcript.text.done" and events[-1].text.lower().startswith(plain.text.lower()[:10])
+    assert {m.id for m in client.models.list()} == {"whisper-tiny.en", "whisper-base"}
