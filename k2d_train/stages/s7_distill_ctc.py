@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +58,18 @@ class CTCOptions:
     left_s: float = 1.28
     label_script: str = "simplified"
     quantization: str = "int8"  # the ONNX export: int8 (dynamic quantisation) | float32
+    # the head's own input: audio + pad_s rounded up to bucket_s (None: the encoder's policy). A CTC head needs no
+    # room for a decoder to look past the speech, so a tighter margin costs nothing and saves encoder time
+    pad_s: float | None = None
+    bucket_s: float | None = None
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"distill_ctc.head {self.head!r}: choose {' or '.join(HEADS)}")
+
+    def policy(self, encoder_policy: ContextPolicy) -> ContextPolicy:
+        return replace(encoder_policy, pad_s=self.pad_s if self.pad_s is not None else encoder_policy.pad_s,
+                       bucket_s=self.bucket_s if self.bucket_s is not None else encoder_policy.bucket_s)
 
     @property
     def windows(self) -> StreamWindows | None:
@@ -221,7 +229,7 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     set_seed(options.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
-    policy = ContextPolicy.of_model(student_dir)
+    policy = options.policy(ContextPolicy.of_model(student_dir))
     rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
     coder = build_units([r.extra["teacher_text"] for r in rows], run_dir / "units", options.english_vocab,
                         options.label_script)

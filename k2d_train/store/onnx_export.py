@@ -70,7 +70,7 @@ def export_ctc(trained: Path, out_dir: Path, quantization: str = "int8", languag
                                                  "quantization": quantization, "units": len(units),
                                                  "streaming": options.windows.to_dict() if options.windows else None},
                                                 indent=2) + "\n")
-    ContextPolicy.of_model(encoder_dir).save(staging)
+    options.policy(ContextPolicy.of_model(encoder_dir)).save(staging)
     return publish(staging, out_dir)
 
 
