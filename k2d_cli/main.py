@@ -174,9 +174,10 @@ def loadtest_command(ctx: typer.Context) -> None:
 
 def _register_training() -> None:
     from k2d_cli.bench import bench_app
-    from k2d_cli.train import register
+    from k2d_cli.train import train
 
-    register(app, run_guarded, say)
+    app.registered_commands += train.registered_commands
+    app.registered_groups += train.registered_groups
     app.add_typer(bench_app, name="bench")
 
 

@@ -164,21 +164,16 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     if not chunks:
         raise ValueError(f"{kept}: no chunks to learn from")
     extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
-    # targets cover the longest span a batch can ask for: audio + largest margin + the batch's 4 s bucket width
-    keep = lambda samples: mel_frames(samples / 16000 + options.pad_max_s + BUCKET_S + 2) // 2  # noqa: E731
     depth = {i: round(i * len(teacher.layers) / len(encoder.layers)) for i in options.target_layers}
     # the teacher's 30 s states: targets here, and the KL inputs of the decoder stage (a shared cache)
     states_by = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None and not depth else teacher
     caches = [EncoderStates(states_by, (teacher_cache or run_dir / "targets") if options.cache else None, device,
-                            lambda _: FULL_FRAMES, tuple(sorted(set(depth.values()))), keep,
+                            lambda _: FULL_FRAMES, tuple(sorted(set(depth.values()))), _target_frames(options),
                             identity=teacher_identity(teacher_dir))]
-    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES, (), keep,
-                             identity=f"extra:{name}@{FULL_FRAMES}")
+    caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES,
+                             (), _target_frames(options), identity=f"extra:{name}@{FULL_FRAMES}")
                for n, (name, t) in enumerate(zip(options.extra_teachers, extra, strict=True))]
-    targets: list[list[dict]] = [[], *([] for _ in extra)]
-    for chunk in tqdm(chunks, desc="teacher encoder states (30 s)", disable=not accelerator.is_main_process):
-        for cache, bucket in zip(caches, targets, strict=True):
-            bucket.append(cache.get(chunk.audio, chunk.start, chunk.end, chunk.key))
+    targets = _targets(chunks, caches, quiet=not accelerator.is_main_process)
     heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
     encoder, merge = trainable_encoder(encoder, options)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
@@ -232,6 +227,21 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         write_student(student, student_dir, out_dir, extra={POLICY_FILE: json.dumps(asdict(options.policy), indent=2)})
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _target_frames(options: EncoderDistillOptions):
+    """Intermediate-layer targets cover the longest span a batch can ask for: audio + largest margin + the
+    batch's 4 s bucket width (the final layer is kept whole: the decoder stage reads all of it)."""
+    return lambda samples: mel_frames(samples / 16000 + options.pad_max_s + BUCKET_S + 2) // 2
+
+
+def _targets(chunks: list[Chunk], caches: list[EncoderStates], quiet: bool) -> list[list[dict]]:
+    """Every teacher's states of every chunk (cached on disk: computed once per chunk span)."""
+    targets: list[list[dict]] = [[] for _ in caches]
+    for chunk in tqdm(chunks, desc="teacher encoder states (30 s)", disable=quiet):
+        for cache, bucket in zip(caches, targets, strict=True):
+            bucket.append(cache.get(chunk.audio, chunk.start, chunk.end, chunk.key))
+    return targets
 
 
 def trainable_encoder(encoder, options: EncoderDistillOptions):

@@ -202,13 +202,8 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     examples = build_examples(kept, tokenizer, options.use_nbest, options.label_script)
     if not examples:
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
-    hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     with accelerator.main_process_first():  # the main process fills the cache; the others read it
-        for ex in tqdm(examples, desc="encoder outputs", disable=not accelerator.is_main_process):
-            if ex.key not in hidden:
-                t = teacher_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
-                s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
-                hidden[ex.key] = (s, t)
+        hidden = _states_of(examples, student_states, teacher_states, not accelerator.is_main_process)
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed,
                             accelerator.num_processes, accelerator.process_index)
@@ -235,19 +230,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
         consumed = step * options.grad_accum  # this process's batches so far
         sampler.use_epoch(*divmod(consumed, sampler.per_process()))
         for batch in loader:
-            batch = {name: value.to(accelerator.device) for name, value in batch.items()}
-            with accelerator.accumulate(student):
-                with torch.no_grad():
-                    teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
-                                             decoder_input_ids=batch["inputs"]).logits
-                logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
-                losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(student.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+            losses = _train_step(student, teacher, batch, weights, optimizer, scheduler, accelerator)
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -259,14 +242,9 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             evaluate_now = options.eval_every and (step % options.eval_every == 0 or step == options.max_steps)
             if dev is not None and evaluate_now and accelerator.is_main_process:
                 model = accelerator.unwrap_model(student)
-                scores = {"": dev_score(model, student_states, dev, tokenizer, options.dev_limit, accelerator.device)}
-                for extra in report_dev or []:
-                    scores[f"_{extra.stem}"] = dev_score(model, student_states, extra, tokenizer, options.dev_limit,
-                                                         accelerator.device)
-                for suffix, found in scores.items():
-                    last.update({f"dev_mer{suffix}": round(found.mer, 4), f"dev_guarded{suffix}": round(found.guarded, 4),
-                                 f"dev_loops{suffix}": found.loops})
-                best.offer(model, step, scores[""], options.loop_weight)
+                chosen = _dev_scores(model, student_states, [dev, *(report_dev or [])], tokenizer, options,
+                                     accelerator.device, last)
+                best.offer(model, step, chosen, options.loop_weight)
                 progress.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in last.items() if "dev" in k))
             if log:
                 log.write(json.dumps(last) + "\n")
@@ -281,11 +259,51 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     report = {"steps": step, "examples": len(examples), "last": last, "options": asdict(options),
               "seconds": round(time.perf_counter() - started, 1), "best": best.summary(),
               "context": policy.describe()}
-    if final_dir is not None and accelerator.is_main_process and step >= options.max_steps:
-        _save_final(accelerator.unwrap_model(student), student_dir, final_dir, best)
     if accelerator.is_main_process:
+        if final_dir is not None and step >= options.max_steps:
+            _save_final(accelerator.unwrap_model(student), student_dir, final_dir, best)
         (run_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _train_step(student, teacher, batch: dict, weights: LossWeights, optimizer, scheduler, accelerator) -> dict:
+    """One (accumulated) step: the teacher's logits on its own 30 s states, the student's on its own."""
+    batch = {name: value.to(accelerator.device) for name, value in batch.items()}
+    with accelerator.accumulate(student):
+        with torch.no_grad():
+            teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],), decoder_input_ids=batch["inputs"]).logits
+        logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
+        losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return losses
+
+
+def _states_of(examples: list[Example], student_states: EncoderStates, teacher_states: EncoderStates,
+               quiet: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(student's, teacher's) encoder states of every chunk, once per chunk (N-best labels share them)."""
+    hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for ex in tqdm(examples, desc="encoder outputs", disable=quiet):
+        if ex.key not in hidden:
+            t = teacher_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
+            s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
+            hidden[ex.key] = (s, t)
+    return hidden
+
+
+def _dev_scores(model, states: EncoderStates, sets: list[Path], tokenizer, options: DistillOptions, device,
+                log: dict) -> DevScore:
+    """Every dev set's score into ``log`` (the first without a suffix); the first one's, which picks the step."""
+    scores = [dev_score(model, states, path, tokenizer, options.dev_limit, device) for path in sets]
+    for index, (path, found) in enumerate(zip(sets, scores, strict=True)):
+        suffix = "" if index == 0 else f"_{path.stem}"
+        log.update({f"dev_mer{suffix}": round(found.mer, 4), f"dev_guarded{suffix}": round(found.guarded, 4),
+                    f"dev_loops{suffix}": found.loops})
+    return scores[0]
 
 
 class _Best:
