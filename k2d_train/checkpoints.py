@@ -55,3 +55,45 @@ class CheckpointStore:
             return 0
         accelerator.load_state(str(latest))
         return int(json.loads((latest / "k2d_state.json").read_text())["step"])
+
+
+class StepLog:
+    """A training stage's bookkeeping per optimizer step, the same in every stage: the progress bar (loss,
+    steps/s), one JSONL line per step (main process only) and a checkpoint every ``save_every`` steps and
+    at ``last_step``."""
+
+    def __init__(self, run_dir: Path, desc: str, total: int, step: int, accelerator, checkpoints: CheckpointStore,
+                 save_every: int, last_step: int | None = None):
+        import time
+
+        from tqdm import tqdm
+
+        self.accelerator, self.checkpoints, self.save_every = accelerator, checkpoints, save_every
+        self.last_step = total if last_step is None else last_step
+        main = accelerator.is_main_process
+        self.progress = tqdm(total=total, initial=step, desc=desc, disable=not main)
+        self.log = (run_dir / "train_log.jsonl").open("a") if main else None
+        self.first, self.started, self._clock = step, time.perf_counter(), time.perf_counter
+
+    @property
+    def seconds(self) -> float:
+        return round(self._clock() - self.started, 1)
+
+    def write(self, message: str) -> None:
+        self.progress.write(message)
+
+    def stepped(self, record: dict) -> None:
+        """After step ``record["step"]``: bar, log line, checkpoint when due."""
+        step = record["step"]
+        self.progress.update(1)
+        self.progress.set_postfix(loss=record.get("loss"), steps_s=f"{(step - self.first) / max(self.seconds, 1e-9):.2f}")
+        if self.log:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+        if step % self.save_every == 0 or step >= self.last_step:
+            self.checkpoints.save(self.accelerator, step)
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.log:
+            self.log.close()

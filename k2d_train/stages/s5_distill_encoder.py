@@ -14,7 +14,6 @@ pseudo-labelled chunks' audio, no text. Resumable (Accelerate checkpoints), prog
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from k2d.context import FULL_FRAMES, ContextPolicy, mel_frames
 from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
-from k2d_train.checkpoints import CheckpointStore
+from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.data import augment
 from k2d_train.encoder import encode
 from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates, teacher_identity
@@ -188,9 +187,8 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
     step = checkpoints.restore(accelerator) if resume else 0
     generator = torch.Generator().manual_seed(options.seed + step)
-    log = (run_dir / "train_log.jsonl").open("a") if accelerator.is_main_process else None
-    progress = tqdm(total=options.max_steps, initial=step, desc="distill encoder", disable=not accelerator.is_main_process)
-    started, first, last = time.perf_counter(), step, {}
+    steps = StepLog(run_dir, "distill encoder", options.max_steps, step, accelerator, checkpoints, options.save_every)
+    last: dict = {}
     encoder.train()
     audio = ClipReader()
     while step < options.max_steps:
@@ -205,20 +203,12 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
             optimizer.zero_grad()
             step += 1
             last = {"step": step, **{k: round(float(v.detach()), 4) for k, v in losses.items()}}
-            progress.update(1)
-            progress.set_postfix(loss=last["loss"], steps_s=f"{(step - first) / max(time.perf_counter() - started, 1e-9):.2f}")
-            if log:
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-            if step % options.save_every == 0 or step >= options.max_steps:
-                checkpoints.save(accelerator, step)
+            steps.stepped(last)
             if step >= options.max_steps:
                 break
-    progress.close()
-    if log:
-        log.close()
+    steps.close()
     report = {"steps": step, "chunks": len(chunks), "last": last, "options": asdict(options),
-              "policy": asdict(options.policy), "seconds": round(time.perf_counter() - started, 1)}
+              "policy": asdict(options.policy), "seconds": steps.seconds}
     if accelerator.is_main_process:
         from k2d.context import POLICY_FILE
         from k2d_train.store.publish import write_student

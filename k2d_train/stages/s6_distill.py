@@ -14,7 +14,6 @@ exactly where the last checkpoint stopped.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import MAX_POSITIONS
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts, to_script
-from k2d_train.checkpoints import CheckpointStore
+from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.decoding import whisper_prompt
 from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
 from k2d_train.hf_decode import greedy_decode
@@ -221,11 +220,10 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     step = checkpoints.restore(accelerator) if resume else 0
     weights = LossWeights(options.ce_weight, options.kl_weight, options.temperature)
     best = _Best(run_dir / "best", student_dir)
-    log = (run_dir / "train_log.jsonl").open("a") if accelerator.is_main_process else None
-    progress = tqdm(total=options.max_steps, initial=step, desc="distill", disable=not accelerator.is_main_process)
-    started, first_step, last = time.perf_counter(), step, {}
-    student.train()
     stop_at = min(options.max_steps, step + options.stop_after_steps) if options.stop_after_steps else options.max_steps
+    steps = StepLog(run_dir, "distill", options.max_steps, step, accelerator, checkpoints, options.save_every, stop_at)
+    last: dict = {}
+    student.train()
     while step < stop_at:
         consumed = step * options.grad_accum  # this process's batches so far
         sampler.use_epoch(*divmod(consumed, sampler.per_process()))
@@ -236,28 +234,19 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             step += 1
             last = {"step": step, **{k: round(float(v.detach()), 4) for k, v in losses.items()},
                     "lr": scheduler.get_last_lr()[0]}
-            progress.update(1)
-            rate = (step - first_step) / max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(loss=last["loss"], steps_s=f"{rate:.2f}")
             evaluate_now = options.eval_every and (step % options.eval_every == 0 or step == options.max_steps)
             if dev is not None and evaluate_now and accelerator.is_main_process:
                 model = accelerator.unwrap_model(student)
                 chosen = _dev_scores(model, student_states, [dev, *(report_dev or [])], tokenizer, options,
                                      accelerator.device, last)
                 best.offer(model, step, chosen, options.loop_weight)
-                progress.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in last.items() if "dev" in k))
-            if log:
-                log.write(json.dumps(last) + "\n")
-                log.flush()
-            if step % options.save_every == 0 or step == stop_at:
-                checkpoints.save(accelerator, step)
+                steps.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in last.items() if "dev" in k))
+            steps.stepped(last)
             if step >= stop_at:
                 break
-    progress.close()
-    if log:
-        log.close()
+    steps.close()
     report = {"steps": step, "examples": len(examples), "last": last, "options": asdict(options),
-              "seconds": round(time.perf_counter() - started, 1), "best": best.summary(),
+              "seconds": steps.seconds, "best": best.summary(),
               "context": policy.describe()}
     if accelerator.is_main_process:
         if final_dir is not None and step >= options.max_steps:

@@ -14,7 +14,6 @@ chunk encoded with 1.28 s of left context and no future), so the same head runs 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from k2d.context import ContextPolicy
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts
 from k2d.streaming import StreamWindows
-from k2d_train.checkpoints import CheckpointStore
+from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.encoder_states import BucketBatches, ClipReader, EncoderStates, cache_name, weights_fingerprint
 from k2d_train.losses import rnnt_loss
 from k2d_train.units import UnitCoder, build_units
@@ -253,9 +252,8 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     step = checkpoints.restore(accelerator) if resume else 0
     generator = torch.Generator().manual_seed(options.seed + step)
     best = _best_state(run_dir)
-    log = (run_dir / "train_log.jsonl").open("a")
-    progress = tqdm(total=options.max_steps, initial=step, desc=f"distill {options.head}")
-    started, first = time.perf_counter(), step
+    steps = StepLog(run_dir, f"distill {options.head}", options.max_steps, step, accelerator, checkpoints,
+                    options.save_every)
     last: dict = {}
     while step < options.max_steps:
         sampler.use_epoch(*divmod(step, sampler.per_process()))
@@ -268,26 +266,20 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
             optimizer.zero_grad()
             step += 1
             last = {"step": step, "loss": round(float(loss.detach()), 4)}
-            progress.update(1)
-            progress.set_postfix(loss=last["loss"], steps_s=f"{(step - first) / max(time.perf_counter() - started, 1e-9):.2f}")
-            if dev is not None and (step % options.eval_every == 0 or step == options.max_steps):
+            if dev is not None and options.eval_every and (step % options.eval_every == 0 or step == options.max_steps):
                 last["dev_mer"] = round(dev_mer(accelerator.unwrap_model(head), states, dev, coder, options.dev_limit), 4)
-                progress.write(f"step {step}: dev MER {last['dev_mer']}")
+                steps.write(f"step {step}: dev MER {last['dev_mer']}")
                 if best is None or last["dev_mer"] < best["dev_mer"]:
                     best = {"step": step, "dev_mer": last["dev_mer"]}
                     _save_head(accelerator.unwrap_model(head), run_dir / "best", best)
-            log.write(json.dumps(last) + "\n")
-            log.flush()
-            if step % options.save_every == 0 or step >= options.max_steps:
-                checkpoints.save(accelerator, step)
+            steps.stepped(last)
             if step >= options.max_steps:
                 break
-    progress.close()
-    log.close()
+    steps.close()
     if best is None:
         _save_head(accelerator.unwrap_model(head), run_dir / "best", {"step": step})
     report = {"steps": step, "examples": len(examples), "units": len(coder.units), "last": last, "best": best,
-              "options": asdict(options), "context": policy.describe(), "seconds": round(time.perf_counter() - started, 1)}
+              "options": asdict(options), "context": policy.describe(), "seconds": steps.seconds}
     if out_dir is not None:
         _publish(run_dir, student_dir, out_dir, options, report)
     return report
