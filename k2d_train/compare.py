@@ -120,7 +120,8 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
                 start = time.perf_counter()
                 result = transcriber(audio, options.language or row.extra.get("language"))
                 latency[contender.label].append((time.perf_counter() - start) * 1000)
-                encode[contender.label].append(transcriber.engine.encoder_ms(audio))
+                if options.time_encoder:
+                    encode[contender.label].append(transcriber.engine.encoder_ms(audio))
                 texts[contender.label].append(result.text)
                 counts[contender.label]["flagged"] += result.flagged
                 counts[contender.label]["fallbacks"] += result.fallbacks
@@ -132,7 +133,8 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
             label = contender.label
             row = {"set": set_name, "model": label, **score(references, texts[label]), **counts[label],
                    "groups": group_scores(groups, references, texts[label]),
-                   **latency_stats(latency[label]), "encoder_ms_mean": round(statistics.fmean(encode[label]), 1),
+                   **latency_stats(latency[label]),
+                   "encoder_ms_mean": round(statistics.fmean(encode[label]), 1) if encode[label] else None,
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
                    **_described(transcribers[label])}
             rows.append(row)
@@ -202,7 +204,7 @@ def markdown(rows: list[dict], command: str) -> str:
         lines.append(f"| {r['set']} | {r['model']} | {r['context']} | {r.get('repetition_penalty', 1.0):g} | "
                      f"{r['mer']:.3f} | {r['cer_zh']:.3f} | "
                      f"{r['wer_en']:.3f} | {r['repetitions']} | {r['flagged']} | {r['trimmed']} | {r['fallbacks']} | "
-                     f"{r['encoder_ms_mean']:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
+                     f"{r['encoder_ms_mean'] or 0:.0f} | {r['latency_ms_mean']:.0f} / {r['latency_ms_p50']:.0f} | "
                      f"{r['speedup_mean']:.2f}× / {r['speedup_p50']:.2f}× |")
     rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)
     if rss:

@@ -55,6 +55,7 @@ def test_every_manifest_exists_and_its_audio_decodes(corpus):
 def test_every_test_row_names_its_voice_group_and_the_noisy_copy_is_the_same_utterances_harder(corpus):
     ood, noisy = rows(corpus, "test_ood"), rows(corpus, "test_ood_noisy")
     assert [r.extra["group"] for r in ood] == [r.extra["voice"].split("+")[0] for r in ood]
+    assert {r.extra["group"] for r in rows(corpus, "test")} <= {"gcin voices", "espeak voices", "kokoro voices"}
     assert [(r.text, r.extra["group"]) for r in noisy] == [(r.text, r.extra["group"]) for r in ood]
     for clean, harder in zip(ood, noisy, strict=True):
         a, b = decode_audio(clean.path(corpus / "x")), decode_audio(harder.path(corpus / "x"))

@@ -35,7 +35,7 @@ from k2d_train.data import augment
 from k2d_train.data.sentences import clear_bank, ood_sentence_bank, sentence_bank
 from k2d_train.data.voices import VOICES, VoiceSpec, speak_mixed, voices
 
-CORPUS_VERSION = 2  # bump when the same options would give different audio
+CORPUS_VERSION = 3  # bump when the same options would give different audio or manifests
 _SPLITS = {"lectures": 1, "test": 2, "dev": 3, "test_ood": 4, "dev_ood": 5, "encoder": 6, "test_ood_clear": 7}
 _PAD_S = 0.25
 
@@ -56,8 +56,9 @@ class SynthOptions:
     # which engines the training voices may come from (None: all); e.g. [gcin, espeak] leaves out the clear
     # neural voices (an ablation); held-out voices are never affected
     training_engines: list[str] | None = None
-    # test_ood_noisy: every test_ood utterance again at 0.92× speed under white noise at 15 dB SNR
+    # test_ood_noisy: test_ood's utterances again at 0.92× speed under white noise at 15 dB SNR (the first N; None: all)
     ood_noisy: bool = True
+    ood_noisy_utterances: int | None = None
     # test_ood_clear: the held-out clear (neural) voices reading plain Mandarin the teacher gets nearly right
     ood_clear_utterances: int = 0
     # unlabelled audio for the encoder stage only (no teacher labels needed): every training voice pair,
@@ -163,9 +164,16 @@ def _utterances(split: str, count: int, sentences: Iterator[str], pairs: list[Pa
         write_audio(out / name, _record(audio, condition, options, rng))
         conditions[name] = condition.to_json()
         rows.append({"audio": name, "text": "，".join(texts), "language": "zh", "voice": pair.name,
-                     "group": pair.mandarin.name})
+                     "group": _group(pair, split)})
     write_manifest(out / f"{split}.jsonl", rows)
     return rows
+
+
+def _group(pair: Pair, split: str) -> str:
+    """How reports split a set: out of domain, by held-out Mandarin voice (the question is each voice never
+    heard); in domain, by the kind of training voice (syllable recordings, formant synthesis, neural speech) —
+    a lecturer's own few utterances would be a group too small to say anything."""
+    return pair.mandarin.name if "_ood" in split else f"{pair.mandarin.engine} voices"
 
 
 NOISY_TEMPO, NOISY_SNR_DB = 0.92, 15.0
@@ -293,7 +301,8 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     for split, count in (("test_ood", options.ood_test_utterances), ("dev_ood", options.ood_dev_utterances)):
         sets[split] = _utterances(split, count, ood, all_pairs(True), out, options, conditions)
     if options.ood_noisy:
-        sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"], "test_ood_noisy", out, options)
+        sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"][: options.ood_noisy_utterances], "test_ood_noisy", out,
+                                             options)
     if options.ood_clear_utterances:
         clear = [p for p in all_pairs(True) if p.mandarin.engine == "kokoro"]
         sets["test_ood_clear"] = _utterances("test_ood_clear", options.ood_clear_utterances,

@@ -41,6 +41,7 @@ class EvaluateOptions:
     compute_type: str = "int8"
     cpu_threads: int = 0
     decode_threads: int = 1  # the server's default (K2D_CPU_DECODE_THREADS)
+    time_encoder: bool = True  # also time each model's encoder alone per utterance (compare's "encoder ms")
     policy: DecodePolicy = field(default_factory=DecodePolicy)
 
     @classmethod
