@@ -164,6 +164,8 @@ def distill_ctc_command(
     head: Annotated[str, typer.Option(help="ctc | transducer")] = "ctc",
     streaming: Annotated[bool, typer.Option(help="Train on the live stream's chunked frames")] = False,
     max_steps: int = 800,
+    pad: Annotated[float | None, typer.Option(help="The head's input: audio + PAD s [default: the encoder's]")] = None,
+    bucket: Annotated[float | None, typer.Option(help="... rounded up to BUCKET s")] = None,
     dev: Annotated[Path | None, typer.Option(help="Labelled dev manifest that picks the kept step")] = None,
     teacher: Annotated[str, typer.Option(help="Its teacher's family, served beside it")] = "whisper-base",
     store: StoreOption = None,
@@ -173,7 +175,8 @@ def distill_ctc_command(
     from k2d_train.store.onnx_export import publish_ctc_student
 
     registry = Registry(store or default_store())
-    options = run_guarded(lambda: CTCOptions(head=head, streaming=streaming, max_steps=max_steps))
+    options = run_guarded(lambda: CTCOptions(head=head, streaming=streaming, max_steps=max_steps, pad_s=pad,
+                                             bucket_s=bucket))
     report = run_guarded(lambda: distill_ctc(encoder, kept, out, options, dev=dev, out_dir=out / "final"))
     run_guarded(lambda: publish_ctc_student(registry, name, out / "final", "int8", "zh", teacher, f"k2d-distill-ctc:{kept}"))
     say(json.dumps({"best": report["best"], "units": report["units"], "registered": name}))
