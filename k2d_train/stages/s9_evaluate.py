@@ -108,8 +108,10 @@ class HFTranscriber:
 
 
 def transcriber_for(model: str, options: EvaluateOptions, store: Path):
+    from k2d.ctc_engine import HEAD_FILE
+
     path, _ = resolve_model(model, store)
-    if (path / "model.bin").exists():
+    if (path / "model.bin").exists() or (path / HEAD_FILE).exists():  # CTranslate2, or ONNX CTC / transducer
         return served_transcriber(model, options, store)
     if (path / "config.json").exists():
         return HFTranscriber(path)
