@@ -125,7 +125,8 @@ def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolic
     teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
     if entry is None or entry.name not in registry:
         return Served(model, entry, build_engine(path, entry, policy, runtime, False, cache), policy)
-    names = [entry.name] + ([teacher] if teacher and policy.teacher_fallback else [])
+    falls_back = policy.teacher_fallback and entry.serving.engine == "whisper"  # a CTC head cannot loop
+    names = [entry.name] + ([teacher] if teacher and falls_back else [])
     own_context = replace(policy, context=None)
     return serve_models(registry, names, lambda e: policy if e.name == entry.name else own_context, runtime,
                         cache)[entry.name]
