@@ -10,6 +10,7 @@ it again; ``--to-stage N`` stops after N.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -41,28 +42,46 @@ class Stage:
     what: str
     action: Callable[[Run], dict]
     wanted: Callable[[RunConfig], bool] = lambda config: True
+    reads: tuple[str, ...] = ()  # the config sections its result depends on (a change there makes it stale)
 
 
 def _stages() -> tuple[Stage, ...]:
     from k2d_train import pipeline_stages as st
 
     return (
-        Stage(1, "corpus", "unlabelled long-form audio + in/out-of-domain dev/test sets", st.corpus),
-        Stage(2, "pseudo-label", "the teacher transcribes the audio into ≤ 30 s chunks", st.pseudo_labels),
-        Stage(3, "validate", "a validator re-decodes every segment; disagreeing ones are dropped", st.validation),
-        Stage(4, "student", "the student from the teacher: its encoder, spaced decoder layers", st.student_init),
+        Stage(1, "corpus", "unlabelled long-form audio + in/out-of-domain dev/test sets", st.corpus,
+              reads=("corpus",)),
+        Stage(2, "pseudo-label", "the teacher transcribes the audio into ≤ 30 s chunks", st.pseudo_labels,
+              reads=("teacher", "pseudo_label")),
+        Stage(3, "validate", "a validator re-decodes every segment; disagreeing ones are dropped", st.validation,
+              reads=("validator", "validate")),
+        Stage(4, "student", "the student from the teacher: its encoder, spaced decoder layers", st.student_init,
+              reads=("student",)),
         Stage(5, "distill-encoder", "the encoder learns short inputs from the teacher's 30 s states",
-              st.encoder_distillation, lambda c: c.distill_encoder is not None),
+              st.encoder_distillation, lambda c: c.distill_encoder is not None, ("distill_encoder",)),
         Stage(6, "distill", "the K²D decoder: 0.8·CE + 1.0·KL(T=2), out-of-domain dev picks the step",
-              st.distillation),
+              st.distillation, reads=("distill",)),
         Stage(7, "distill-ctc", "a CTC / transducer head on the distilled encoder (stage 2 of the seed method)",
-              st.ctc_distillation, lambda c: c.distill_ctc is not None),
+              st.ctc_distillation, lambda c: c.distill_ctc is not None, ("distill_ctc",)),
         Stage(8, "export", "CTranslate2 student and teacher, ONNX CTC student, with the serving contract",
-              st.export_models),
-        Stage(9, "evaluate", "teacher vs student through the serving path, per voice group", st.evaluation),
+              st.export_models, reads=("name", "export")),
+        Stage(9, "evaluate", "teacher vs student through the serving path, per voice group", st.evaluation,
+              reads=("evaluate",)),
         Stage(10, "ablation", "the decoder again on other filtering rules' chunks (ablation_rules)", st.ablations,
-              lambda c: bool(c.ablation_rules)),
+              lambda c: bool(c.ablation_rules), ("ablation_rules",)),
     )
+
+
+class StaleStageError(ValueError):
+    """A finished stage was made with other settings than the config asks for now."""
+
+
+def recipe(config: RunConfig, stage: Stage) -> dict:
+    """The settings a stage's result was made with, in plain JSON (compared when the result is reused)."""
+    def plain(value: object) -> object:
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    return json.loads(json.dumps({name: plain(getattr(config, name)) for name in stage.reads}, default=str))
 
 
 def stage_list(config: RunConfig | None = None) -> list[str]:
@@ -136,15 +155,21 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
 
 
 def _run_stage(stage: Stage, run: Run, markers: Markers, say: Say) -> dict:
-    done = markers.read(stage)
+    done, wanted = markers.read(stage), recipe(run.config, stage)
     if done is not None:
+        made_with = done.get("recipe", wanted)  # results from before recipes were recorded: trusted
+        changed = sorted(k for k in wanted if made_with.get(k) != wanted[k])
+        if changed:
+            raise StaleStageError(
+                f"stage {stage.number} ({stage.name}) was made with other {', '.join(changed)} settings than this "
+                f"config's: run it again with --from-stage {stage.number}, or undo the change")
         say(f"[stage {stage.number}] {stage.name}: done before, reusing")
         return done
     say(f"[stage {stage.number}] {stage.name}")
     started = time.perf_counter()
     result = stage.action(run)
     # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
-    result = {**result, "stage_seconds": round(time.perf_counter() - started, 1)}
+    result = {**result, "stage_seconds": round(time.perf_counter() - started, 1), "recipe": wanted}
     say(f"[stage {stage.number}] {stage.name}: {result['stage_seconds']:.0f} s")
     markers.write(stage, result)
     return result

@@ -219,7 +219,7 @@ def model_card(run: Run) -> dict:
         "config": str(config.source), "language": config.pseudo_label.language,
     }
     if results.get("ablation"):
-        card["ablation"] = {k: v for k, v in results["ablation"].items() if k != "stage_seconds"}
+        card["ablation"] = {k: v for k, v in results["ablation"].items() if k not in ("stage_seconds", "recipe")}
     write_card(registry.path_of(config.name), card)
     entry = registry.get(config.name)
     entry.card = card

@@ -28,3 +28,27 @@ def test_the_ctc_recipe_is_the_demo_plus_stage_7():
 def test_every_shipped_recipe_loads():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         assert RunConfig.load(path).name, path
+
+
+def test_a_finished_stage_made_with_other_settings_is_refused_not_reused(tmp_path):
+    """Changing the filtering rule after stage 3 ran must not silently train on the old rule's chunks."""
+    from k2d_train.pipeline import Markers, Run, Stage, StaleStageError, _run_stage
+
+    def config_with(rule: str) -> RunConfig:
+        path = tmp_path / f"{rule}.yaml"
+        path.write_text((REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run")
+                        + f"\nvalidate: {{rule: {rule}}}\n")
+        return RunConfig.load(path)
+
+    calls = []
+    stage = Stage(3, "validate", "test", lambda run: calls.append(run.config.validate.rule) or {"kept": 1},
+                  reads=("validator", "validate"))
+    first = config_with("ngram")
+    markers, lines = Markers(first.run_dir), []
+    assert _run_stage(stage, Run(first, None, {}, lines.append), markers, lines.append)["kept"] == 1
+    assert _run_stage(stage, Run(first, None, {}, lines.append), markers, lines.append)["kept"] == 1
+    assert calls == ["ngram"] and "done before, reusing" in lines[-1]  # same settings: reused
+    changed = config_with("mer")
+    with pytest.raises(StaleStageError, match="--from-stage 3"):
+        _run_stage(stage, Run(changed, None, {}, lines.append), markers, lines.append)
+    assert calls == ["ngram"]
