@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The ablation runs, one after another (2 CPU cores: about 1.5 h). The base run is the demo recipe with tiny.en
+# as validator and stage 10 (the decoder again on each other rule's chunks); each variant links the base run's
+# finished stages it does not change and runs from the first stage it does, up to the export (stage 8).
+# Then: the compare of contenders.yaml (see README.md).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+K2D=.venv/bin/k2d
+CONFIGS=docs/benchmarks/ablations-cpu/configs
+BASE=runs/abl
+$K2D run $CONFIGS/base.yaml
+
+variant() {  # variant NAME FIRST_STAGE SHARED_DIR...
+  local name=$1 first=$2 dir=runs/abl-$1
+  shift 2
+  mkdir -p "$dir/stages"
+  for shared in "$@"; do ln -sfn "$(realpath $BASE/$shared)" "$dir/$shared"; done
+  for stage in corpus pseudo-label validate student; do  # the markers of the stages before FIRST_STAGE
+    case $stage in corpus) n=1;; pseudo-label) n=2;; validate) n=3;; student) n=4;; esac
+    if (( n < first )); then cp "$BASE/stages/$stage.json" "$dir/stages/"; fi
+  done
+  $K2D run "$CONFIGS/$name.yaml" --from-stage "$first" --to-stage 8
+}
+variant nocontrast 5 corpus pseudo validate student-init teacher_states
+variant nbest 2 corpus teacher_states
+variant fullctx 5 corpus pseudo validate student-init teacher_states
+variant extrateacher 5 corpus pseudo validate student-init teacher_states
+variant deepthin 4 corpus pseudo validate teacher_states
+variant shallow 4 corpus pseudo validate teacher_states
