@@ -82,6 +82,18 @@ def test_training_engines_choose_who_lectures_and_never_touch_held_out_voices():
     assert {p.mandarin.name for p in all_pairs(True)} >= {"kokoro-xiaoyi", "kokoro-yunyang", "gcin-5"}
 
 
+def test_the_clear_set_speaks_with_every_neural_voice_no_lecture_uses():
+    from k2d_train.data.synth import clear_pairs
+
+    neural = {v.name for v in voices("zh", True) + voices("zh", False) if v.engine == "kokoro"}
+    held_out = {v.name for v in voices("zh", True) if v.engine == "kokoro"}
+    assert {p.mandarin.name for p in clear_pairs()} == held_out  # every engine lectures: only the held-out ones
+    unheard = {p.mandarin.name for p in clear_pairs(["gcin", "espeak"])}
+    assert unheard == neural and len(neural) > len(held_out)
+    lecturers = {p.mandarin.name for p in lecture_pairs(40, random.Random(0), ["gcin", "espeak"])}
+    assert not unheard & lecturers
+
+
 def test_ood_voices_of_both_languages_never_lecture(corpus):
     lecture_voices = {v for row in rows(corpus, "lectures") for v in row.extra["voices"].split("+")}
     train = {v.name for v in VOICES if not v.heldout}

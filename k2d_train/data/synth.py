@@ -35,7 +35,7 @@ from k2d_train.data import augment
 from k2d_train.data.sentences import clear_bank, ood_sentence_bank, sentence_bank
 from k2d_train.data.voices import VOICES, VoiceSpec, speak_mixed, voices
 
-CORPUS_VERSION = 3  # bump when the same options would give different audio or manifests
+CORPUS_VERSION = 4  # bump when the same options would give different audio or manifests
 _SPLITS = {"lectures": 1, "test": 2, "dev": 3, "test_ood": 4, "dev_ood": 5, "encoder": 6, "test_ood_clear": 7}
 _PAD_S = 0.25
 
@@ -59,7 +59,7 @@ class SynthOptions:
     # test_ood_noisy: test_ood's utterances again at 0.92× speed under white noise at 15 dB SNR (the first N; None: all)
     ood_noisy: bool = True
     ood_noisy_utterances: int | None = None
-    # test_ood_clear: the held-out clear (neural) voices reading plain Mandarin the teacher gets nearly right
+    # test_ood_clear: the clear (neural) voices no lecture uses reading plain Mandarin the teacher gets nearly right
     ood_clear_utterances: int = 0
     # unlabelled audio for the encoder stage only (no teacher labels needed): every training voice pair,
     # harsher rooms and noise, cut into 4-12 s spans (encoder_audio.jsonl)
@@ -86,6 +86,16 @@ def all_pairs(heldout: bool, engines: list[str] | None = None) -> list[Pair]:
     zh = voices("zh", True) if heldout else training_voices("zh", engines)
     en = voices("en", True) if heldout else training_voices("en", engines)
     return [Pair(z, e) for z in zh for e in en]
+
+
+def clear_pairs(engines: list[str] | None = None) -> list[Pair]:
+    """One speaker per clear (neural) Mandarin voice no lecture uses: the held-out ones, and the training ones too
+    when the training engines leave neural speech out. The more unheard clear voices, the more a student that
+    lost the teacher's strength on clear speech shows; they read plain Mandarin, so the English voice never speaks."""
+    unheard = [v for v in voices("zh", True) if v.engine == "kokoro"]
+    if engines is not None and "kokoro" not in engines:
+        unheard += [v for v in voices("zh", False) if v.engine == "kokoro"]
+    return [Pair(v, voices("en", True)[0]) for v in unheard]
 
 
 def lecture_pairs(lectures: int, rng: random.Random, engines: list[str] | None = None) -> list[Pair]:
@@ -151,13 +161,15 @@ def _utterance(sentences: Iterator[str], pair: Pair, condition: augment.Conditio
 
 
 def _utterances(split: str, count: int, sentences: Iterator[str], pairs: list[Pair], out: Path, options: SynthOptions,
-                conditions: dict) -> list[dict]:
-    """A labelled set; each utterance picks its speaker from ``pairs`` and its condition from its own generator."""
+                conditions: dict, rotate: bool = False) -> list[dict]:
+    """A labelled set; each utterance picks its speaker from ``pairs`` (in turn with ``rotate``: equal groups)
+    and its condition from its own generator."""
     rows = []
     (out / split).mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(count), desc=f"synth {split}", unit="utt"):
         rng = _item_rng(options, split, i)
-        pair = pairs[int(rng.integers(len(pairs)))]
+        drawn = int(rng.integers(len(pairs)))
+        pair = pairs[i % len(pairs) if rotate else drawn]
         condition = _condition(options, "_ood" in split, rng)
         texts, audio = _utterance(sentences, pair, condition, options, rng)
         name = f"{split}/{split}_{i:04d}.flac"
@@ -304,9 +316,9 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
         sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"][: options.ood_noisy_utterances], "test_ood_noisy", out,
                                              options)
     if options.ood_clear_utterances:
-        clear = [p for p in all_pairs(True) if p.mandarin.engine == "kokoro"]
-        sets["test_ood_clear"] = _utterances("test_ood_clear", options.ood_clear_utterances,
-                                             iter(clear_bank(options.seed)), clear, out, options, conditions)
+        sets["test_ood_clear"] = _utterances("test_ood_clear", options.ood_clear_utterances, iter(clear_bank(options.seed)),
+                                             clear_pairs(options.training_engines), out, options, conditions,
+                                             rotate=True)
     sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
     if options.encoder_minutes > 0:
         _encoder_audio(lecture_sentences, out, options)
