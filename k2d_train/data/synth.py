@@ -92,9 +92,8 @@ def clear_pairs(engines: list[str] | None = None) -> list[Pair]:
     """One speaker per clear (neural) Mandarin voice no lecture uses: the held-out ones, and the training ones too
     when the training engines leave neural speech out. The more unheard clear voices, the more a student that
     lost the teacher's strength on clear speech shows; they read plain Mandarin, so the English voice never speaks."""
-    unheard = [v for v in voices("zh", True) if v.engine == "kokoro"]
-    if engines is not None and "kokoro" not in engines:
-        unheard += [v for v in voices("zh", False) if v.engine == "kokoro"]
+    heard = set(training_voices("zh", engines))
+    unheard = [v for v in voices("zh", True) + voices("zh", False) if v.engine == "kokoro" and v not in heard]
     return [Pair(v, voices("en", True)[0]) for v in unheard]
 
 
@@ -168,7 +167,7 @@ def _utterances(split: str, count: int, sentences: Iterator[str], pairs: list[Pa
     (out / split).mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(count), desc=f"synth {split}", unit="utt"):
         rng = _item_rng(options, split, i)
-        drawn = int(rng.integers(len(pairs)))
+        drawn = int(rng.integers(len(pairs)))  # drawn either way: the condition's draws stay those of this index
         pair = pairs[i % len(pairs) if rotate else drawn]
         condition = _condition(options, "_ood" in split, rng)
         texts, audio = _utterance(sentences, pair, condition, options, rng)
