@@ -1,5 +1,9 @@
 """Upload → 16 kHz mono samples, with the errors a client can cause (415, 413, 400).
 
+Uploads are untrusted: both steps open them with :func:`k2d.audio.open_audio`'s ``untrusted`` mode, so
+only the audio containers of :data:`k2d.audio.UPLOAD_FORMATS` read them and FFmpeg opens nothing else
+(no playlist, concat list, SDP, image sequence or protocol: 415 before any I/O).
+
 Two steps, so that cheap checks come before expensive ones: :func:`probe` opens the container and
 reads only its header (the declared duration, for admission control and an early 413), and
 :func:`decode_upload` decodes incrementally, stopping at the audio limit or when told to stop.
@@ -21,6 +25,7 @@ from k2d.audio import (
     _check_declared,
     declared_seconds,
     decode_audio,
+    open_audio,
 )
 
 
@@ -34,7 +39,7 @@ def probe(file: BinaryIO, max_seconds: float) -> float | None:
         raise EmptyAudioError("the uploaded file is empty")
     file.seek(0)
     try:
-        with av.open(file, mode="r", metadata_errors="ignore") as container:
+        with open_audio(file, untrusted=True) as container:
             if not container.streams.audio:
                 raise AudioDecodeError("cannot decode audio: the file has no audio stream")
             _check_declared(container, max_seconds)  # the decoder's own rule: 413 on the header's claim alone
@@ -54,7 +59,7 @@ def decode_upload(file: BinaryIO, max_seconds: float, stop: threading.Event | No
     if _size(file) == 0:
         raise EmptyAudioError("the uploaded file is empty")
     file.seek(0)
-    audio = decode_audio(file, max_seconds=max_seconds, stop=stop)
+    audio = decode_audio(file, max_seconds=max_seconds, stop=stop, untrusted=True)
     if audio.size == 0:
         raise EmptyAudioError("the file contains no audio samples")
     return audio

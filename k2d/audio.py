@@ -5,12 +5,21 @@ so the server, evaluation and training read audio identically — but it runs in
 frame, so a caller can stop it at a length limit: a 300 kB file can hold ten hours of silence, and
 decoding all of it before checking the length costs gigabytes. Float samples that are NaN or
 infinite are refused rather than silently clipped into loud noise.
+
+Untrusted bytes (an upload) are opened with ``untrusted=True``: only the audio containers in
+:data:`UPLOAD_FORMATS` may read them, and no protocol at all. FFmpeg also has demuxers that are
+programs — an ffconcat or HLS playlist opens the files it names, an SDP file binds UDP ports, image2
+reads file patterns — and it picks them by sniffing the content, whatever the file is called. Its
+``format_whitelist`` is checked after the probe and before the demuxer reads its header, so such an
+upload is refused before it opens anything; ``protocol_whitelist`` empty forbids every nested open.
+Local files that training and evaluation read are trusted and open with any demuxer.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +29,13 @@ import numpy as np
 SAMPLE_RATE = 16_000
 _FLOAT_FORMATS = {"flt", "fltp", "dbl", "dblp"}
 _GROUP_SECONDS = 10.0  # audio resampled at once: small enough to stop early (and bound memory), big enough to be fast
+
+
+# FFmpeg demuxer names an upload may use: WAV, FLAC, MP3, Ogg (Opus, Vorbis, FLAC), MP4/M4A/MOV (AAC; the
+# demuxer "mov,mp4,m4a,3gp,3g2,mj2"), Matroska/WebM (Opus, Vorbis) and raw ADTS AAC.
+UPLOAD_FORMATS = ("wav", "flac", "mp3", "ogg", "mov", "matroska", "aac")
+UPLOAD_FORMATS_TEXT = "WAV, FLAC, MP3, OGG (Opus, Vorbis), M4A/MP4 (AAC), WebM/Matroska or AAC (ADTS)"
+_UNTRUSTED_OPTIONS = {"format_whitelist": ",".join(UPLOAD_FORMATS), "protocol_whitelist": ""}
 
 
 class AudioDecodeError(ValueError):
@@ -38,19 +54,39 @@ class DecodeCancelledError(RuntimeError):
     """The caller asked the decode to stop (its request was abandoned or ran out of time)."""
 
 
+@contextmanager
+def open_audio(source: str | Path | BinaryIO, untrusted: bool = False) -> Iterator[av.container.InputContainer]:
+    """An input container, closed on exit. ``untrusted``: only :data:`UPLOAD_FORMATS` and no protocol (a path
+    is opened by Python and handed over as a file object); every refused or unreadable input raises
+    :class:`AudioDecodeError` with one message, which tells nothing about what the bytes asked FFmpeg to open."""
+    with ExitStack() as stack:
+        if not untrusted:
+            container = av.open(str(source) if isinstance(source, Path) else source, mode="r", metadata_errors="ignore")
+        else:
+            file = stack.enter_context(open(source, "rb")) if isinstance(source, str | Path) else source
+            try:
+                container = av.open(file, mode="r", metadata_errors="ignore", container_options=_UNTRUSTED_OPTIONS)
+            except (av.error.FFmpegError, ValueError, IndexError) as err:
+                raise AudioDecodeError(f"cannot decode audio: not a supported audio file (send {UPLOAD_FORMATS_TEXT})") \
+                    from err
+        with container:
+            yield container
+
+
 def decode_audio(source: str | Path | BinaryIO, max_seconds: float | None = None,
-                 stop: threading.Event | None = None) -> np.ndarray:
+                 stop: threading.Event | None = None, untrusted: bool = False) -> np.ndarray:
     """Decode to mono float32 at 16 kHz, stopping as soon as the output passes ``max_seconds``.
 
     Raises :class:`AudioDecodeError` for corrupt input, :class:`AudioTooLongError` past the limit
     (before decoding when the container declares a longer duration), :class:`InvalidSamplesError`
-    for NaN/Inf samples and :class:`DecodeCancelledError` once ``stop`` is set.
+    for NaN/Inf samples and :class:`DecodeCancelledError` once ``stop`` is set. ``untrusted=True`` for
+    bytes from outside (uploads): see :func:`open_audio`.
     """
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     total = 0
     try:
-        with av.open(str(source) if isinstance(source, Path) else source, mode="r", metadata_errors="ignore") as container:
+        with open_audio(source, untrusted) as container:
             if not container.streams.audio:
                 raise AudioDecodeError("cannot decode audio: the file has no audio stream")
             _check_declared(container, max_seconds)
@@ -59,7 +95,7 @@ def decode_audio(source: str | Path | BinaryIO, max_seconds: float | None = None
                 total += len(chunk)
                 if limit is not None and total > limit:
                     raise AudioTooLongError(f"audio is longer than the limit of {max_seconds:.0f} s")
-    except (AudioTooLongError, InvalidSamplesError):
+    except (AudioTooLongError, InvalidSamplesError, AudioDecodeError):
         raise
     except (av.error.FFmpegError, ValueError, IndexError, StopIteration) as err:
         raise AudioDecodeError(f"cannot decode audio: {err}") from err

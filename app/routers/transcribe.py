@@ -41,7 +41,7 @@ def render(result: dict, response_format: ResponseFormat, verbose_keys: bool = T
     return JSONResponse({"text": result["text"], **({"words": result["words"]} if "words" in result else {})})
 
 
-@router.post("/transcribe", summary="Transcribe an audio file (any format FFmpeg decodes)",
+@router.post("/transcribe", summary="Transcribe an audio file (WAV, FLAC, MP3, OGG, M4A/AAC, WebM)",
              response_model=None, responses=transcription_responses())
 async def transcribe_endpoint(
     http: Request,
