@@ -29,6 +29,40 @@ def default_store() -> Path:
     return Path(os.environ.get("K2D_MODELS_DIR", "models")).resolve()
 
 
+class InvalidNameError(ValueError):
+    """A model name that cannot be a folder of the store (separators, ``..``, absolute, hidden)."""
+
+
+MAX_NAME_CHARS = 128
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """The one rule for every name that becomes a path in the store (``<store>/<name>/...``): a single,
+    visible path component — no ``/`` or ``\\``, not ``.``/``..`` or any name starting with a dot, not
+    absolute, no control characters, at most 128 characters. Returns the name; InvalidNameError otherwise."""
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "it is empty"
+    elif len(name) > MAX_NAME_CHARS:
+        problem = f"it is longer than {MAX_NAME_CHARS} characters"
+    elif name.startswith(("/", "\\")) or name[1:2] == ":":
+        problem = "it is an absolute path"
+    elif "/" in name or "\\" in name:
+        problem = "it contains a path separator ('/' or '\\')"
+    elif name.startswith("."):
+        problem = "it starts with '.' (no '..', no hidden folders)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        problem = "it contains a control character"
+    if problem:
+        raise InvalidNameError(f"invalid {what} {name!r}: {problem}; use one folder name such as 'my-student'")
+    return name
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when ``path`` (symlinks resolved) is ``root`` itself or below it."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 class UnknownModelError(KeyError):
     """A model name that the registry does not hold; the message lists the known ones."""
 
@@ -134,7 +168,15 @@ class Registry:
     def path_of(self, name: str) -> Path:
         return self.get(name).resolve(self.store)
 
+    def folder(self, name: str, *parts: str) -> Path:
+        """``<store>/<name>/<parts>``, for a checked name; never a path outside the store."""
+        path = self.store.joinpath(check_name(name), *parts)
+        if not inside(path, self.store) or path.resolve() == self.store:
+            raise InvalidNameError(f"invalid model name {name!r}: {path} is not inside the store {self.store}")
+        return path
+
     def add(self, entry: ModelEntry) -> None:
+        check_name(entry.name)
         self._entries[entry.name] = entry
         self.save()
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from k2d.registry import Registry, default_store
+from k2d.registry import Registry, check_name, default_store
 from k2d_cli.common import StoreOption, fail, run_guarded, say
 
 app = typer.Typer(help="k2d: distil Whisper into a fast code-switching student, and serve it.", no_args_is_help=True)
@@ -49,6 +49,7 @@ def models_import(
         fail(f"unknown role {role!r}; choose teacher, validator or student")
     registry = Registry(store or default_store())
     name = name or Path(source.rstrip("/")).name
+    run_guarded(lambda: check_name(name, "model name (--name)"))
     added = run_guarded(lambda: import_source(registry, source, name, role, say))
     say(f"registered: {', '.join(added)}")
 
@@ -63,6 +64,8 @@ def models_export(
     """Write a CTranslate2 model that faster-whisper loads offline, and register it."""
     from k2d_train.store.operations import export
 
+    if name is not None:
+        run_guarded(lambda: check_name(name, "model name (--name)"))
     registry = Registry(store or default_store())
     entry = run_guarded(lambda: export(registry, source, quantization, name, say))
     say(f"registered {entry.name} at {registry.path_of(entry.name)}")

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from k2d.registry import Registry, default_store
+from k2d.registry import Registry, check_name, default_store
 from k2d_cli.common import StoreOption, fail, run_guarded, say
 
 train = typer.Typer()  # the training commands, added to the root ``k2d`` app by k2d_cli.main
@@ -120,6 +120,7 @@ def student_command(
     """Copy the teacher's encoder and N maximally spaced decoder layers; register the student."""
     from k2d_train.stages.s4_student import create_student
 
+    run_guarded(lambda: check_name(name, "student name (--name)"))  # <store>/<name>/hf
     registry = Registry(store or default_store())
     report = run_guarded(lambda: create_student(registry, teacher, name, decoder_layers, encoder_layers, encoder_ffn_ratio))
     say(f"{report.name}: decoder layers {report.kept_layers}; parameters {report.teacher_parameters:,} → "
@@ -174,6 +175,7 @@ def distill_ctc_command(
     from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
     from k2d_train.store.onnx_export import publish_ctc_student
 
+    run_guarded(lambda: check_name(name, "model name (--name)"))  # before training, not at the export after it
     registry = Registry(store or default_store())
     options = run_guarded(lambda: CTCOptions(head=head, streaming=streaming, max_steps=max_steps, pad_s=pad,
                                              bucket_s=bucket))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from k2d.registry import check_name
 from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions
 from k2d_train.stages.s3_validate import ValidateOptions
 from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions
@@ -105,7 +106,7 @@ class RunConfig:
         base = path.parent
         encoder, ctc = raw.get("distill_encoder"), raw.get("distill_ctc")
         return cls(
-            name=raw.get("name", "k2d-student"),
+            name=check_name(raw.get("name", "k2d-student"), f"config {path}: name"),  # <store>/<name>/hf
             run_dir=(base / raw.get("run_dir", f"../runs/{path.stem}")).resolve(),
             teacher=raw.get("teacher", "whisper-base"),
             validator=raw.get("validator", "whisper-base"),

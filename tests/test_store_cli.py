@@ -191,3 +191,97 @@ def test_a_registry_written_before_the_typed_serving_contract_still_serves_the_s
     assert entry.card["steps"] == 180 and entry.extra == {"shape": "6+4"} and entry.serving.engine == "whisper"
     Registry(tmp_path).save()
     assert json.loads((tmp_path / "registry.json").read_text())["models"][0]["serving"]["teacher"] == "whisper-base"
+
+
+BAD_NAMES = ["../victim", "victim/../../victim", "..", ".hidden", "a\\b", "C:victim"]
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A folder beside the store, shaped like a model family (ct2/ and hf/), that nothing may touch."""
+    for sub in ("ct2", "hf"):
+        (tmp_path / "victim" / sub).mkdir(parents=True)
+        (tmp_path / "victim" / sub / "precious.txt").write_text("keep me")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.bin").write_bytes(b"not a model")  # the copy happened before model.bin was checked
+    (src / "config.json").write_text("{}")
+    return tmp_path / "victim"
+
+
+def _untouched(victim) -> bool:
+    return sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == \
+        ["ct2", "ct2/precious.txt", "hf", "hf/precious.txt"] and \
+        all((victim / s / "precious.txt").read_text() == "keep me" for s in ("ct2", "hf"))
+
+
+@pytest.mark.parametrize("name", [*BAD_NAMES, "ABSOLUTE"])
+@pytest.mark.parametrize("command", ["import", "export"])
+def test_a_store_name_outside_the_store_is_refused_and_the_victim_survives(tmp_path, victim, name, command):
+    name = str(victim) if name == "ABSOLUTE" else name
+    store = tmp_path / "store"
+    result = k2d("models", command, str(tmp_path / "src"), "--name", name, "--store", str(store))
+    assert result.exit_code == 1, result.output
+    assert "invalid model name" in result.output and "Traceback" not in result.output
+    assert _untouched(victim)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "victim"]  # not even an empty store was made
+
+
+@pytest.mark.parametrize("name", ["../victim", "ABSOLUTE"])
+def test_a_student_name_outside_the_store_is_refused(tmp_path, victim, name):
+    name = str(victim) if name == "ABSOLUTE" else name
+    result = k2d("student", "--name", name, "--store", str(tmp_path / "store"))
+    assert result.exit_code == 1 and "invalid student name" in result.output and "Traceback" not in result.output
+    assert _untouched(victim)
+
+
+@pytest.mark.parametrize("name", ["../victim", "ABSOLUTE"])
+def test_the_store_operations_check_the_name_themselves(tmp_path, victim, name):
+    """Not only the CLI: ``import_source`` (what any caller uses) refuses before it writes."""
+    from k2d.registry import InvalidNameError
+    from k2d_train.store.operations import import_source
+
+    registry = Registry(tmp_path / "store")
+    with pytest.raises(InvalidNameError):
+        import_source(registry, str(tmp_path / "src"), str(victim) if name == "ABSOLUTE" else name, None)
+    assert _untouched(victim)
+
+
+def test_the_registry_takes_only_checked_names(tmp_path):
+    from k2d.registry import InvalidNameError, check_name
+
+    registry = Registry(tmp_path / "store")
+    for name in [*BAD_NAMES, "", "/abs/name", "tab\tname"]:
+        with pytest.raises(InvalidNameError):
+            registry.add(ModelEntry(name=name, format="ctranslate2", path="x"))
+        with pytest.raises(InvalidNameError):
+            registry.folder(name, "ct2")
+    assert registry.names() == []
+    for good in ("whisper-tiny.en", "k2d-student-ctc-streaming", "my_model+v2"):
+        assert check_name(good) == good and registry.folder(good, "hf") == registry.store / good / "hf"
+
+
+def test_publishing_never_removes_anything_outside_the_store(tmp_path, victim):
+    from k2d_train.store.publish import partial_dir, publish
+
+    store = tmp_path / "store"
+    staging = store / "m" / "ct2.partial"
+    staging.mkdir(parents=True)
+    for final in (victim / "ct2", store / ".." / "victim" / "hf", store):
+        with pytest.raises(ValueError, match="not inside the model store"):
+            publish(staging, final, store)
+        with pytest.raises(ValueError, match="not inside the model store"):
+            partial_dir(final, store)
+    (store / "elsewhere").symlink_to(victim)  # a link in the store pointing out is outside too
+    with pytest.raises(ValueError, match="not inside the model store"):
+        publish(staging, store / "elsewhere" / "ct2", store)
+    assert _untouched(victim)
+    assert publish(staging, store / "m" / "ct2", store).is_dir()  # inside: published as before
+
+
+def test_a_run_config_name_is_a_store_name(tmp_path):
+    from k2d_train.config import RunConfig
+
+    (tmp_path / "bad.yaml").write_text("name: ../victim\n")
+    with pytest.raises(ValueError, match="invalid config .*name '../victim'"):
+        RunConfig.load(tmp_path / "bad.yaml")

@@ -73,8 +73,9 @@ def _dominant_dtype(model: CT2Model) -> str:
     return names.get(weight.dtype, str(weight.dtype))
 
 
-def ct2_to_transformers(ct2_dir: Path, hf_dir: Path) -> int:
-    """Import a prepared CTranslate2 directory as a transformers checkpoint; return parameter count."""
+def ct2_to_transformers(ct2_dir: Path, hf_dir: Path, root: Path | None = None) -> int:
+    """Import a prepared CTranslate2 directory as a transformers checkpoint; return parameter count.
+    ``root``: the store ``hf_dir`` must lie in (nothing outside it is ever replaced)."""
     from transformers import WhisperTokenizer
 
     model = read_model_bin(ct2_dir / "model.bin")
@@ -84,12 +85,12 @@ def ct2_to_transformers(ct2_dir: Path, hf_dir: Path) -> int:
     hf_model.generation_config = generation_config(
         tokenizer_json, _ct2_config(ct2_dir), hf_model.config.max_target_positions
     )
-    tmp = partial_dir(hf_dir)
+    tmp = partial_dir(hf_dir, root)
     hf_model.save_pretrained(tmp)
     WhisperTokenizer(tokenizer_file=str(ct2_dir / "tokenizer.json")).save_pretrained(tmp)
     shutil.copy2(ct2_dir / "tokenizer.json", tmp / "tokenizer.json")
     write_preprocessor_config(tmp, hf_model.config.num_mel_bins)
-    publish(tmp, hf_dir)
+    publish(tmp, hf_dir, root)
     return sum(p.numel() for p in hf_model.parameters())
 
 
@@ -103,8 +104,9 @@ def estimated_export_bytes(hf_dir: Path, quantization: str) -> int:
     return weights * _BYTES_PER_WEIGHT[quantization]
 
 
-def transformers_to_ct2(hf_dir: Path, out_dir: Path, quantization: str) -> None:
-    """Convert with CTranslate2's own converter and copy what faster-whisper needs offline."""
+def transformers_to_ct2(hf_dir: Path, out_dir: Path, quantization: str, root: Path | None = None) -> None:
+    """Convert with CTranslate2's own converter and copy what faster-whisper needs offline (``root``: the store
+    ``out_dir`` must lie in)."""
     import ctranslate2
 
     if quantization not in QUANTIZATIONS:
@@ -117,11 +119,11 @@ def transformers_to_ct2(hf_dir: Path, out_dir: Path, quantization: str) -> None:
     for name in ("tokenizer.json", "preprocessor_config.json"):
         if not (hf_dir / name).exists():
             raise AssetError(f"{hf_dir}: missing {name}; cannot export a model that faster-whisper loads offline")
-    tmp = partial_dir(out_dir)
+    tmp = partial_dir(out_dir, root)
     copy = [name for name in COPIED_FILES if (hf_dir / name).exists()]
     converter = ctranslate2.converters.TransformersConverter(str(hf_dir), copy_files=copy)
     converter.convert(str(tmp), quantization=quantization, force=True)
-    publish(tmp, out_dir)
+    publish(tmp, out_dir, root)
 
 
 __all__ = [

@@ -83,7 +83,7 @@ def publish_ctc_student(registry, name: str, trained: Path, quantization: str, l
     from k2d.registry import ModelEntry, Serving
 
     meta = json.loads((trained / "k2d_ctc.json").read_text())
-    out = registry.store / name / f"onnx-{quantization}"
+    out = registry.folder(name, f"onnx-{quantization}")  # a checked name: never a folder outside the store
     export_ctc(trained, out, quantization, language)
     parameters = sum(int(np.prod(t.dims)) for t in onnx.load(str(out / MODEL_FILE)).graph.initializer)
     entry = ModelEntry(name, "onnx", str(out.relative_to(registry.store)), role="student", parameters=parameters,

