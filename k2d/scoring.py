@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import jiwer
+import numpy as np
 
 from k2d.textunits import has_repeated_ngram, is_han, raw_units
 
@@ -103,6 +104,39 @@ def unmatched_share(reference: list[str], hypothesis: list[str]) -> float:
 
 def mer_counts(reference: str, hypothesis: str) -> ErrorCounts:
     return edit_counts(units(reference), units(hypothesis))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Contender − baseline MER on the same utterances, with a paired-bootstrap confidence interval."""
+
+    difference: float
+    low: float
+    high: float
+    utterances: int
+
+    @property
+    def verdict(self) -> str:
+        """``worse`` / ``better`` only when the interval excludes 0; otherwise ``tie`` (the data cannot tell)."""
+        return "worse" if self.low > 0 else "better" if self.high < 0 else "tie"
+
+
+def paired_bootstrap(references: list[str], baseline: list[str], contender: list[str], resamples: int = 2000,
+                     level: float = 0.95, seed: int = 0) -> PairedDifference:
+    """Resample utterances with replacement (the same draw for both models) and pool each model's MER over
+    the draw: the interval of the pooled difference says whether one model is really worse on a set, or
+    whether a character or two on a few utterances is noise (Koehn 2004, paired bootstrap)."""
+    counts = [(mer_counts(r, b), mer_counts(r, c)) for r, b, c in zip(references, baseline, contender, strict=True)]
+    if not counts:
+        return PairedDifference(0.0, 0.0, 0.0, 0)
+    base_err = np.array([b.errors for b, _ in counts], dtype=np.float64)
+    cont_err = np.array([c.errors for _, c in counts], dtype=np.float64)
+    units_ = np.array([max(b.reference, 1) for b, _ in counts], dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(counts), size=(resamples, len(counts)))
+    diffs = (cont_err[draws].sum(1) - base_err[draws].sum(1)) / units_[draws].sum(1)
+    low, high = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    point = (cont_err.sum() - base_err.sum()) / units_.sum()
+    return PairedDifference(round(float(point), 4), round(float(low), 4), round(float(high), 4), len(counts))
 
 
 def mer(reference: str, hypothesis: str) -> float:

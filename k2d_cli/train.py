@@ -284,6 +284,30 @@ def run_command(
     if card is not None:
         _say_evaluation(card, say)
 
+@train.command("curve")
+def curve_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (YAML) whose stages 1-5 ran", exists=True,
+                                           dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Folder for curve.json, README.md and curve.png")],
+    layers: Annotated[list[int] | None, typer.Option(min=1, help="Decoder depths [default: 2]")] = None,
+    hours: Annotated[list[float] | None, typer.Option(min=0.01, help="Sizes in hours, prefixes of the kept chunks "
+                                                                      "[default: 0.3 1 3]")] = None,
+    epochs: Annotated[float, typer.Option(min=0.1, help="Passes over each size's chunks")] = 6.0,
+    max_steps: Annotated[int, typer.Option(min=1)] = 4000,
+    topk: Annotated[int, typer.Option(min=1, help="Teacher tokens kept per position (cached once)")] = 64,
+    store: StoreOption = None,
+) -> None:
+    """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
+    from k2d_train.config import RunConfig
+    from k2d_train.curve import CurveOptions, curve
+
+    options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
+                           topk=topk)
+    loaded = run_guarded(lambda: RunConfig.load(config))
+    registry = Registry(store or default_store())
+    run_guarded(lambda: curve(loaded, registry, out, options, say))
+    say(f"wrote {out / 'README.md'} and {out / 'curve.png'}")
+
 @train.command("bootstrap")
 def bootstrap_command(
     config: Annotated[Path, typer.Argument(help="Pipeline config (YAML)", exists=True, dir_okay=False)],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,6 +22,7 @@ from k2d.audio import decode_audio, duration
 from k2d.guard import LOOP_REASONS, sample_on
 from k2d.manifest import read_manifest
 from k2d.policy import DecodePolicy
+from k2d.scoring import paired_bootstrap
 from k2d_train.stages.s9_evaluate import EvaluateOptions, latency_stats, score, served_transcriber
 
 POLICY_FIELDS = {f.name for f in fields(DecodePolicy)}
@@ -129,10 +130,13 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
         references = [row.text or "" for row, _ in items]
         groups = [group_of(row) for row, _ in items]
         audio_s = sum(duration(a) for _, a in items)
+        baseline = texts[contenders[0].label]
         for contender in contenders:
             label = contender.label
-            row = {"set": set_name, "model": label, **score(references, texts[label]), **counts[label],
-                   "groups": group_scores(groups, references, texts[label]),
+            paired = {} if label == contenders[0].label else {
+                "vs_baseline": asdict(paired_bootstrap(references, baseline, texts[label]))}
+            row = {"set": set_name, "model": label, **score(references, texts[label]), **counts[label], **paired,
+                   "groups": group_scores(groups, references, texts[label], baseline),
                    **latency_stats(latency[label]),
                    "encoder_ms_mean": round(statistics.fmean(encode[label]), 1) if encode[label] else None,
                    "audio_s": round(audio_s, 1), "rtfx": round(audio_s / (sum(latency[label]) / 1000), 2),
@@ -159,28 +163,36 @@ def group_of(row) -> str:
     return row.extra.get("group") or (row.extra.get("voice") or "all").split("+")[0]
 
 
-def group_scores(groups: list[str], references: list[str], hypotheses: list[str]) -> dict[str, dict]:
-    """MER, loops and size of every voice group: one voice the model cannot hear is not averaged away."""
+def group_scores(groups: list[str], references: list[str], hypotheses: list[str],
+                 baseline: list[str] | None = None) -> dict[str, dict]:
+    """MER, loops and size of every voice group: one voice the model cannot hear is not averaged away; with
+    the baseline's transcripts, the paired-bootstrap 95 % interval of the difference too."""
     out = {}
     for group in sorted(set(groups)):
         members = [i for i, g in enumerate(groups) if g == group]
-        scored = score([references[i] for i in members], [hypotheses[i] for i in members])
+        refs, hyps = [references[i] for i in members], [hypotheses[i] for i in members]
+        scored = score(refs, hyps)
         out[group] = {"mer": scored["mer"], "repetitions": scored["repetitions"], "utterances": len(members)}
+        if baseline is not None and hyps != [baseline[i] for i in members]:
+            out[group]["vs_baseline"] = asdict(paired_bootstrap(refs, [baseline[i] for i in members], hyps))
     return out
 
 
 def worse_than_baseline(rows: list[dict], baseline: str, tolerance: float = 0.0) -> list[str]:
-    """Every (set, group, model) whose MER is above the baseline's (the teacher's) on the same rows: a
-    failure of the student, never a footnote."""
+    """Every (set, group, model) that is worse than the baseline (the teacher) on the same rows: a failure of
+    the student, never a footnote. Worse means the paired 95 % interval of the difference lies above 0 where
+    the row has one (a character on five utterances is not a verdict), else any gap above ``tolerance``."""
     failures = []
     for row in (r for r in rows if r.get("set") and r["model"] != baseline):
         base = next(r for r in rows if r.get("set") == row["set"] and r["model"] == baseline)
         for group, found in row.get("groups", {}).items():
             gap = found["mer"] - base["groups"][group]["mer"]
-            if gap > tolerance:
+            paired = found.get("vs_baseline")
+            if (paired["low"] > 0) if paired else gap > tolerance:
+                interval = f", 95 % interval [{paired['low']:+.3f}, {paired['high']:+.3f}]" if paired else ""
                 failures.append(f"{row['model']} worse than {baseline} on {row['set']} group {group} by {gap:+.3f} "
                                 f"MER ({found['mer']:.3f} vs {base['groups'][group]['mer']:.3f}, "
-                                f"{found['utterances']} utterances)")
+                                f"{found['utterances']} utterances{interval})")
     return failures
 
 
@@ -213,18 +225,26 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(found: dict) -> str:
+    """``MER (loops)``, and the paired interval of the difference to the baseline where there is one."""
+    paired = found.get("vs_baseline")
+    interval = f" [{paired['low']:+.3f}, {paired['high']:+.3f}]" if paired else ""
+    return f"{found['mer']:.3f} ({found['repetitions']}){interval}"
+
+
 def group_markdown(rows: list[dict]) -> list[str]:
     """Per voice group: every model's MER (loops) beside the first model's (the teacher's), then the failures."""
     scored = [r for r in rows if r.get("groups")]
     if not scored:
         return []
     models = list(dict.fromkeys(r["model"] for r in scored))
-    lines = ["MER per voice group (loops in brackets; the first model is the baseline):", "",
+    lines = ["MER per voice group (loops in brackets; [low, high]: the paired-bootstrap 95 % interval of the model − "
+             "the first model, the baseline; a FAIL needs the whole interval above 0):", "",
              "| set | group | utterances | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
     for set_name in dict.fromkeys(r["set"] for r in scored):
         by_model = {r["model"]: r["groups"] for r in scored if r["set"] == set_name}
         for group, first in by_model[models[0]].items():
-            cells = [f"{by_model[m][group]['mer']:.3f} ({by_model[m][group]['repetitions']})" for m in models]
+            cells = [_cell(by_model[m][group]) for m in models]
             lines.append(f"| {set_name} | {group} | {first['utterances']} | " + " | ".join(cells) + " |")
     failures = worse_than_baseline(scored, models[0])
     lines += ["", *(f"- **FAIL**: {f}" for f in failures)] if failures else ["", f"No group where a model is worse "

@@ -27,16 +27,37 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
-                      mask: torch.Tensor, weights: LossWeights) -> dict[str, torch.Tensor]:
-    """``{"loss", "ce", "kl"}`` for logits (B, L, V), labels (B, L) and a boolean mask (B, L)."""
+                      mask: torch.Tensor, weights: LossWeights,
+                      teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``{"loss", "ce", "kl"}`` for logits (B, L, V), labels (B, L) and a boolean mask (B, L). The teacher comes
+    as its logits (B, L, V) or as cached top-k ``(logprobs, indices)``, each (masked rows, k) in mask order."""
     student = student_logits[mask]
     ce = F.cross_entropy(student.float(), labels[mask])
-    if teacher_logits is None or weights.kl == 0:
+    if weights.kl == 0 or (teacher_logits is None and teacher_topk is None):
         kl = torch.zeros((), device=ce.device)
+    elif teacher_topk is not None:
+        kl = topk_kl_divergence(student, *teacher_topk, weights.temperature)
     else:
         kl = kl_divergence(student, teacher_logits[mask], weights.temperature)
     loss = weights.ce * ce + weights.kl * weights.temperature**2 * kl
     return {"loss": loss, "ce": ce.detach(), "kl": kl.detach()}
+
+
+def topk_kl_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_indices: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """KL(teacher_T ‖ student_T) over ``k + 1`` bins: the teacher's top ``k`` tokens and the rest of the vocabulary.
+
+    ``teacher_logprobs`` (N, k) are log-softmax values over the *full* vocabulary at temperature T (see
+    :mod:`k2d_train.teacher_targets`), so the tail's mass ``1 − Σ p`` is exact and the result is the KL of
+    the two distributions coarsened to those bins: a lower bound of the full KL that equals it as the tail
+    empties, with the same gradient on the top tokens."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    student_top = log_student.gather(-1, teacher_indices)
+    teacher_top = teacher_logprobs.float()
+    top = (teacher_top.exp() * (teacher_top - student_top)).sum(-1)
+    teacher_rest = (1 - teacher_top.exp().sum(-1)).clamp(min=1e-6)
+    student_rest = (1 - student_top.exp().sum(-1)).clamp(min=1e-6)
+    return (top + teacher_rest * (teacher_rest.log() - student_rest.log())).mean()
 
 
 def layer_regression(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

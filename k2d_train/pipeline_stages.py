@@ -118,6 +118,29 @@ def distillation(run: Run, rule: str | None = None) -> dict:
     return report
 
 
+def register_and_export(config, registry, name: str, final: Path, kept_layers: list[int], source: str):
+    """Register a trained student's transformers folder and export it for serving (``k2d curve``'s points)."""
+    from k2d_train.stages.s4_student import register_student
+    from k2d_train.store.operations import hf_parameter_count
+
+    register_student(registry, name, final, hf_parameter_count(final), registry.get(config.teacher), source,
+                     kept_layers)
+    return export_student(config, registry, name)
+
+
+def export_student(config, registry, name: str):
+    """The CTranslate2 student in the run's quantization, registered to be served as it will be: beside its
+    teacher for fallback, in its own language, with the configured repetition penalty."""
+    from k2d_train.store.operations import export
+
+    student = export(registry, hf_name(name), config.quantization, name)
+    student.serving = replace(student.serving, teacher=registry.get(config.teacher).family or config.teacher,
+                              default_language=config.pseudo_label.language,
+                              repetition_penalty=config.export.repetition_penalty)
+    registry.add(student)
+    return student
+
+
 def ctc_distillation(run: Run) -> dict:
     from k2d_train.stages.s7_distill_ctc import distill_ctc
 
@@ -132,15 +155,10 @@ def export_models(run: Run) -> dict:
 
     config, registry = run.config, run.registry
     q = config.quantization
-    student = export(registry, hf_name(config.name), q, config.name)
+    student = export_student(config, registry, config.name)
     teacher_name = f"{config.teacher}-{q.replace('_', '-')}"
     if teacher_name not in registry or not registry.path_of(teacher_name).is_dir():
         export(registry, config.teacher, q, teacher_name)
-    # served (and evaluated) as it will be: beside its teacher for fallback, in its own language
-    student.serving = replace(student.serving, teacher=registry.get(config.teacher).family or config.teacher,
-                              default_language=config.pseudo_label.language,
-                              repetition_penalty=config.export.repetition_penalty)
-    registry.add(student)
     exported = {"student": student.name, "teacher": teacher_name}
     if "distill-ctc" in run.results:
         from k2d_train.store.onnx_export import publish_ctc_student

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from k2d.scoring import cer_zh_counts, mer, normalize, repeated_ngram, units, wer_en_counts
+from k2d.scoring import cer_zh_counts, mer, normalize, paired_bootstrap, repeated_ngram, units, wer_en_counts
 from k2d_train.chunking import Segment, merge_segments, timestamp
-from k2d_train.losses import LossWeights, distillation_loss, kl_divergence
+from k2d_train.losses import LossWeights, distillation_loss, kl_divergence, topk_kl_divergence
 from k2d_train.stages.s3_validate import distances
 from k2d_train.stages.s4_student import remap_alignment_heads, spaced_layers
 
@@ -114,3 +114,39 @@ def test_temperature_softens_kl():
     torch.manual_seed(2)
     s, t = torch.randn(8, 30) * 5, torch.randn(8, 30) * 5
     assert kl_divergence(s, t, 4.0) < kl_divergence(s, t, 1.0)
+
+
+def _topk(teacher: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.log_softmax(teacher / temperature, dim=-1).topk(k, dim=-1)
+
+
+def test_topk_kl_is_a_lower_bound_that_reaches_the_full_kl_as_k_covers_the_vocabulary():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(6, 40) * 3, torch.randn(6, 40) * 3
+    full = kl_divergence(student, teacher, 2.0)
+    bounds = [topk_kl_divergence(student, *_topk(teacher, k, 2.0), 2.0) for k in (1, 8, 20, 40)]
+    assert all(0 <= b <= full + 1e-5 for b in bounds)
+    assert bounds[-1] == pytest.approx(full.item(), rel=1e-4)
+    assert topk_kl_divergence(teacher, *_topk(teacher, 8, 2.0), 2.0).abs() < 1e-5  # student = teacher: nothing left
+
+
+def test_the_loss_takes_cached_topk_rows_in_mask_order():
+    torch.manual_seed(4)
+    student, teacher = torch.randn(2, 3, 30), torch.randn(2, 3, 30)
+    labels, mask = torch.randint(0, 30, (2, 3)), torch.tensor([[False, True, True], [True, True, False]])
+    live = distillation_loss(student, teacher, labels, mask, LossWeights())
+    cached = distillation_loss(student, None, labels, mask, LossWeights(), _topk(teacher[mask], 30, 2.0))
+    assert cached["kl"] == pytest.approx(live["kl"].item(), rel=1e-4)
+    assert cached["loss"] == pytest.approx(live["loss"].item(), rel=1e-4)
+
+
+def test_paired_bootstrap_calls_a_difference_only_when_its_interval_excludes_zero():
+    references = ["我们今天讲梯度下降"] * 30
+    same = paired_bootstrap(references, references, references)
+    assert (same.difference, same.low, same.high, same.verdict) == (0.0, 0.0, 0.0, "tie")
+    wrong_everywhere = ["我们明天讲梯度上升"] * 30
+    worse = paired_bootstrap(references, references, wrong_everywhere)
+    assert worse.verdict == "worse" and worse.low > 0 and worse.difference == pytest.approx(3 / 9, abs=1e-4)
+    assert paired_bootstrap(references, wrong_everywhere, references).verdict == "better"
+    one_slip = references[:-1] + ["我们今天讲梯度下"]  # one character on one utterance of thirty
+    assert paired_bootstrap(references, references, one_slip).verdict == "tie"

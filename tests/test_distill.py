@@ -53,8 +53,8 @@ def tiny_setup(registry, tmp_path_factory):
 
 
 def _options(**extra) -> DistillOptions:
-    return DistillOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0, warmup_steps=1,
-                          learning_rate=1e-4, **extra)
+    return DistillOptions(**{"max_steps": 4, "batch_size": 2, "save_every": 2, "eval_every": 0, "warmup_steps": 1,
+                             "learning_rate": 1e-4, **extra})
 
 
 @pytest.mark.slow
@@ -77,6 +77,26 @@ def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
     assert moved and not frozen  # the decoder learned, the encoder stayed frozen
     straight_log = (root / "straight" / "train_log.jsonl").read_text().splitlines()
     assert straight_log == (root / "resumed" / "train_log.jsonl").read_text().splitlines()  # same losses, same lr
+
+
+@pytest.mark.slow
+def test_cached_teacher_topk_gives_the_live_teachers_loss_and_is_computed_once(registry, tiny_setup):
+    """With every token kept, the cached targets are the live teacher's distribution: the first step's KL (before
+    any update) is the same; a second run reuses the cache, and another temperature does not."""
+    root, kept = tiny_setup
+    teacher = registry.path_of("whisper-base-hf")
+    one = {"max_steps": 1, "kl_states": "student"}
+    live = distill(teacher, root / "student", kept, root / "live", _options(**one))
+    cached = distill(teacher, root / "student", kept, root / "cached", _options(**one, teacher_topk=51865))
+    assert cached["last"]["kl"] == pytest.approx(live["last"]["kl"], rel=2e-3)  # float16 storage of log-probs
+    assert cached["last"]["ce"] == pytest.approx(live["last"]["ce"], rel=1e-5)
+    small = root / "small"
+    distill(teacher, root / "student", kept, small, _options(**one, teacher_topk=16))
+    stamp = (small / "teacher_topk.npz").stat().st_mtime_ns
+    distill(teacher, root / "student", kept, small, _options(**one, teacher_topk=16))
+    assert (small / "teacher_topk.npz").stat().st_mtime_ns == stamp  # reused, not recomputed
+    distill(teacher, root / "student", kept, small, _options(**one, teacher_topk=16, temperature=1.0))
+    assert (small / "teacher_topk.npz").stat().st_mtime_ns != stamp  # other targets, other cache
 
 
 def test_the_kept_checkpoint_is_chosen_by_guarded_mer_and_loops_not_raw_mer():

@@ -16,7 +16,7 @@ from k2d_train.encoder_states import CT2Encoder, EncoderStates, cache_name
 from k2d_train.losses import frame_contrastive, layer_regression
 from k2d_train.stages.s3_validate import distances, kept_chunks
 from k2d_train.stages.s5_distill_encoder import heard_chunks
-from k2d_train.stages.s6_distill import build_examples, collate, same_encoder
+from k2d_train.stages.s6_distill import Item, build_examples, collate, same_encoder
 from tests.conftest import DATA
 
 CLIP = DATA / "mixed_batch.mp3"  # 6.8 s of real code-switched speech
@@ -96,8 +96,8 @@ def test_examples_put_every_nbest_hypothesis_in_the_label_script_and_keep_distin
 
 def test_collate_predicts_each_label_token_from_the_one_before_and_masks_the_rest():
     states = torch.zeros(3, 4)
-    batch = collate([(states, states, [50258, 50260, 50359, 7, 8, 50257], 3),
-                     (states, states, [50258, 50260, 50359, 9, 50257], 3)], pad=50257)
+    batch = collate([Item(states, states, [50258, 50260, 50359, 7, 8, 50257], 3),
+                     Item(states, states, [50258, 50260, 50359, 9, 50257], 3)], pad=50257)
     assert batch["inputs"].tolist()[0] == [50258, 50260, 50359, 7, 8]
     assert batch["labels"].tolist()[0] == [50260, 50359, 7, 8, 50257]
     assert batch["labels"][batch["mask"]].tolist() == [7, 8, 50257, 9, 50257]  # label tokens and EOT, no prompt

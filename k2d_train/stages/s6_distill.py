@@ -30,6 +30,7 @@ from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates, t
 from k2d_train.hf_decode import greedy_decode
 from k2d_train.labels import chunk_label_ids
 from k2d_train.losses import LossWeights, distillation_loss
+from k2d_train.teacher_targets import TopK, TopKCache, compute_topk, fingerprint
 
 
 @dataclass
@@ -54,6 +55,11 @@ class DistillOptions:
     dev_limit: int = 40
     loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
+    # which encoder states the teacher's decoder reads for the KL term: "teacher" (its own 30 s states, the paper)
+    # or "student" (the student's short-context states: no 30 s encoder pass at all, k2d_train/teacher_targets.py)
+    kl_states: str = "teacher"
+    # > 0: the teacher's top-k distributions computed once per example and cached; each step is then student-only
+    teacher_topk: int = 0
 
 
 @dataclass
@@ -87,17 +93,35 @@ def build_examples(kept: Path, tokenizer, use_nbest: bool, script: str = "simpli
     return examples
 
 
-def collate(items: list[tuple[torch.Tensor, torch.Tensor, list[int], int]], pad: int) -> dict[str, torch.Tensor]:
-    """Teacher-forcing tensors; the mask covers real label tokens only (not prompt, not padding)."""
-    longest = max(len(tokens) for _, _, tokens, _ in items)
+@dataclass(frozen=True)
+class Item:
+    """One training example as the loader hands it over: both encoders' states (float16 in memory), its
+    tokens, and the teacher's cached top-k targets when the teacher is not run per step."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    tokens: list[int]
+    prompt_len: int
+    topk: TopK | None = None
+
+
+def collate(items: list[Item], pad: int) -> dict[str, torch.Tensor]:
+    """Teacher-forcing tensors; the mask covers real label tokens only (not prompt, not padding). Cached top-k
+    rows are concatenated in mask order (row-major), the order ``logits[mask]`` selects them in."""
+    longest = max(len(item.tokens) for item in items)
     seqs = torch.full((len(items), longest), pad, dtype=torch.long)
     mask = torch.zeros((len(items), longest - 1), dtype=torch.bool)
-    for i, (_, _, tokens, prompt_len) in enumerate(items):
-        seqs[i, : len(tokens)] = torch.tensor(tokens)
-        mask[i, prompt_len - 1 : len(tokens) - 1] = True
-    return {"student_encoder": torch.stack([s for s, _, _, _ in items]),
-            "teacher_encoder": torch.stack([t for _, t, _, _ in items]),
-            "inputs": seqs[:, :-1], "labels": seqs[:, 1:], "mask": mask}
+    for i, item in enumerate(items):
+        seqs[i, : len(item.tokens)] = torch.tensor(item.tokens)
+        mask[i, item.prompt_len - 1 : len(item.tokens) - 1] = True
+    batch = {"student_encoder": torch.stack([item.student.float() for item in items]),
+             "inputs": seqs[:, :-1], "labels": seqs[:, 1:], "mask": mask}
+    if items[0].topk is None:
+        batch["teacher_encoder"] = torch.stack([item.teacher.float() for item in items])
+    else:
+        batch["topk_logprobs"] = torch.cat([item.topk.logprobs for item in items])
+        batch["topk_indices"] = torch.cat([item.topk.indices for item in items])
+    return batch
 
 
 @dataclass(frozen=True)
@@ -201,15 +225,19 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     examples = build_examples(kept, tokenizer, options.use_nbest, options.label_script)
     if not examples:
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
-    with accelerator.main_process_first():  # the main process fills the cache; the others read it
+    if options.kl_states == "student":
+        teacher_states = student_states
+    with accelerator.main_process_first():  # the main process fills the caches; the others read them
         hidden = _states_of(examples, student_states, teacher_states, not accelerator.is_main_process)
+        topk = _teacher_topk(teacher, examples, hidden, teacher_dir, teacher_states, run_dir, options,
+                             accelerator.device, not accelerator.is_main_process)
+    if topk is not None:
+        teacher = None  # every step is student-only from here
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed,
                             accelerator.num_processes, accelerator.process_index)
-    loader = torch.utils.data.DataLoader(
-        [(*hidden[ex.key], ex.tokens, ex.prompt_len) for ex in examples], batch_sampler=sampler,
-        collate_fn=lambda b: collate(b, pad)
-    )
+    items = [Item(*hidden[ex.key], ex.tokens, ex.prompt_len, topk[i] if topk else None) for i, ex in enumerate(examples)]
+    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=options.learning_rate,
                                   weight_decay=options.weight_decay)
     # the scheduler is stepped once per optimizer step on every process: its horizon is max_steps either way
@@ -259,10 +287,15 @@ def _train_step(student, teacher, batch: dict, weights: LossWeights, optimizer, 
     """One (accumulated) step: the teacher's logits on its own 30 s states, the student's on its own."""
     batch = {name: value.to(accelerator.device) for name, value in batch.items()}
     with accelerator.accumulate(student):
-        with torch.no_grad():
-            teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],), decoder_input_ids=batch["inputs"]).logits
+        teacher_logits, topk = None, None
+        if "topk_indices" in batch:
+            topk = (batch["topk_logprobs"], batch["topk_indices"])
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
+                                         decoder_input_ids=batch["inputs"]).logits
         logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
-        losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights)
+        losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights, topk)
         accelerator.backward(losses["loss"])
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(student.parameters(), 1.0)
@@ -274,14 +307,33 @@ def _train_step(student, teacher, batch: dict, weights: LossWeights, optimizer, 
 
 def _states_of(examples: list[Example], student_states: EncoderStates, teacher_states: EncoderStates,
                quiet: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(student's, teacher's) encoder states of every chunk, once per chunk (N-best labels share them)."""
+    """(student's, teacher's) encoder states of every chunk, once per chunk (N-best labels share them), kept
+    in float16 (the cache's own precision: nothing is lost, and hours of audio fit in memory)."""
     hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for ex in tqdm(examples, desc="encoder outputs", disable=quiet):
         if ex.key not in hidden:
-            t = teacher_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
-            s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"]
+            t = teacher_states.get(ex.audio, ex.start, ex.end, ex.key)["final"].half()
+            s = t if student_states is teacher_states else student_states.get(ex.audio, ex.start, ex.end, ex.key)["final"].half()
             hidden[ex.key] = (s, t)
     return hidden
+
+
+def _teacher_topk(teacher, examples: list[Example], hidden: dict, teacher_dir: Path, teacher_states: EncoderStates,
+                  run_dir: Path, options: DistillOptions, device, quiet: bool) -> list[TopK] | None:
+    """The teacher's top-k targets of every example, from the cache when it was made for exactly these
+    examples, teacher, states and temperature (``k2d_train/teacher_targets.py``); None when not asked for."""
+    if options.teacher_topk <= 0 or options.kl_weight == 0:
+        return None
+    key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity, [ex.tokens for ex in examples],
+                      options.teacher_topk, options.temperature)
+    cache = TopKCache(run_dir / "teacher_topk.npz", key)
+    targets = cache.load()
+    if targets is None:
+        targets = compute_topk(teacher, examples, lambda ex: hidden[ex.key][1], options.teacher_topk,
+                               options.temperature, options.batch_size, device, quiet)
+        if not quiet:
+            cache.save(targets)
+    return targets
 
 
 def _dev_scores(model, states: EncoderStates, sets: list[Path], tokenizer, options: DistillOptions, device,

@@ -1,0 +1,186 @@
+"""``k2d curve RUN.yaml``: students of several decoder depths trained on growing shares of one corpus, scored
+side by side with their teacher — a learning curve, not a single point.
+
+It starts where ``k2d run`` stops after stage 5: the kept chunks and the distilled short-context
+encoder. Every size is a *prefix* of the same kept chunks (in lecture order), so the 1-hour student
+saw everything the 0.3-hour one saw; every depth keeps the teacher's first and last decoder layers
+(stage 4's spacing) under the same frozen encoder. Training is stage 6's own loop with the teacher's
+top-k targets cached once per size (``DistillOptions.teacher_topk``) and the teacher's decoder reading
+the student's states (``kl_states: student``): no 30 s encoder pass, student-only steps.
+
+The students are scored through the serving path (``k2d compare``) against the teacher at 30 s and
+the teacher at the student's own short context (what anyone gets without training), with
+paired-bootstrap intervals per set and voice group; ``curve.json``, ``README.md`` and ``curve.png``
+go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from k2d.context import POLICY_FILE, ContextPolicy
+from k2d.manifest import read_manifest, write_manifest
+from k2d_train.config import TEST_SETS, RunConfig
+from k2d_train.store.operations import hf_name
+
+
+@dataclass
+class CurveOptions:
+    layers: list[int] = field(default_factory=lambda: [2])
+    hours: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    epochs: float = 6.0  # passes over each size's chunks: bigger sizes train proportionally longer
+    min_steps: int = 100
+    max_steps: int = 4000
+    topk: int = 64
+    eval_every: int = 0  # 0: ~4 dev evaluations per run
+    sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
+
+
+def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, int]:
+    """The first chunks of ``kept`` (in lecture order) up to ``hours`` of audio: (manifest, hours, chunks)."""
+    rows = sorted(read_manifest(kept), key=lambda r: (r.audio, r.extra["start"]))
+    chosen, total = [], 0.0
+    for row in rows:
+        length = row.extra["end"] - row.extra["start"]
+        if chosen and total + length > hours * 3600:
+            break
+        chosen.append({"audio": str(row.path(kept)), **row.extra})
+        total += length
+    write_manifest(out, chosen)
+    return out, total / 3600, len(chosen)
+
+
+def depth_student(start: Path, out: Path, layers: int) -> list[int]:
+    """``start``'s encoder (distilled, frozen) under ``layers`` of its decoder's layers, maximally spaced."""
+    from k2d_train.stages.s4_student import build_student
+
+    if not (out / "model.safetensors").exists():
+        kept, _, _ = build_student(start, out, layers)
+    else:
+        kept = json.loads((out / "k2d_student.json").read_text())["kept_layers"]
+    if (start / POLICY_FILE).exists():
+        (out / POLICY_FILE).write_bytes((start / POLICY_FILE).read_bytes())
+    return kept
+
+
+def _steps(chunks: int, batch: int, options: CurveOptions) -> int:
+    return max(options.min_steps, min(options.max_steps, math.ceil(options.epochs * chunks / batch)))
+
+
+def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: int, folder: Path,
+                options: CurveOptions, say) -> dict:
+    """One (depth, size) student: distilled, registered as ``<name>-d<L>-<H>h`` and exported for serving."""
+    from k2d_train.pipeline_stages import register_and_export
+    from k2d_train.stages.s6_distill import distill
+
+    name = f"{config.name}-{folder.name}"
+    init = folder / "init"
+    kept_layers = depth_student(start, init, layers)
+    chunks = sum(1 for _ in read_manifest(kept))
+    steps = _steps(chunks, config.distill.batch_size, options)
+    distill_options = replace(config.distill, max_steps=steps, teacher_topk=options.topk, kl_states="student",
+                              eval_every=options.eval_every or max(steps // 4, 1), save_every=max(steps // 4, 1))
+    dev = config.run_dir / "corpus" / "dev_ood.jsonl"
+    final = registry.store / name / "hf"
+    started = time.perf_counter()
+    report = distill(registry.path_of(hf_name(config.teacher)), init, kept, folder / "distill", distill_options,
+                     dev=dev if dev.exists() else None, resume=True, final_dir=final)
+    seconds = time.perf_counter() - started
+    entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
+    params = entry.parameters
+    say(f"{name}: {steps} steps in {seconds / 60:.1f} min ({steps / max(seconds, 1e-9):.2f} steps/s), "
+        f"{params / 1e6:.1f}M parameters")
+    return {"model": entry.name, "layers": layers, "kept_layers": kept_layers, "steps": steps, "chunks": chunks,
+            "train_seconds": round(seconds, 1), "steps_per_s": round(steps / max(seconds, 1e-9), 3),
+            "parameters": params, "best": report.get("best")}
+
+
+def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
+    """Every (depth, size) student, then one comparison of them all with both teachers."""
+    from k2d_train.compare import Contender, compare, markdown
+
+    run_dir = config.run_dir
+    start = run_dir / "student-encoder"
+    if not start.is_dir():
+        raise FileNotFoundError(f"{start}: run `k2d run {config.source} --to-stage 5` first (the distilled encoder)")
+    points = []
+    for hours in options.hours:
+        kept, real_hours, _ = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours, run_dir / f"curve-{hours:g}h.jsonl")
+        for layers in options.layers:
+            point = train_point(config, registry, start, kept, layers, run_dir / "curve" / f"d{layers}-{hours:g}h",
+                                options, say)
+            points.append({**point, "hours": round(real_hours, 3)})
+    teacher = f"{config.teacher}-{config.quantization.replace('_', '-')}"
+    context = ContextPolicy.of_model(start)
+    contenders = [Contender("teacher", teacher),
+                  Contender("teacher, short context", teacher, {"context": f"{context.pad_s:g}/{context.bucket_s:g}"}),
+                  *(Contender(f"{p['layers']}L, {p['hours']:.2g} h", p["model"]) for p in points)]
+    sets = {name: run_dir / "corpus" / f"{name}.jsonl" for name in options.sets}
+    sets = {name: path for name, path in sets.items() if path.exists()}
+    rows = compare(contenders, sets, config.evaluate, registry.store, say)
+    result = {"points": points, "rows": rows, "options": asdict(options), "config": str(config.source)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    (out / "README.md").write_text(markdown(rows, f"k2d curve {config.source}") + "\n" + points_markdown(points))
+    plot(result, out / "curve.png")
+    return result
+
+
+def points_markdown(points: list[dict]) -> str:
+    lines = ["| student | decoder layers (teacher's) | hours | chunks | steps | train min | steps/s | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['model']} | {p['layers']} ({p['kept_layers']}) | {p['hours']:.2f} | {p['chunks']} | "
+                     f"{p['steps']} | {p['train_seconds'] / 60:.1f} | {p['steps_per_s']:.2f} | "
+                     f"{p['parameters'] / 1e6:.1f}M |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """MER against hours per depth, one panel per set, the teacher (30 s and short context) as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r.get("set")]
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    figure, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    by_label = {p_label(p): p for p in result["points"]}
+    for axis, set_name in zip(axes[0], sets, strict=True):
+        here = {r["model"]: r for r in rows if r["set"] == set_name}
+        for label, style in (("teacher", "k-"), ("teacher, short context", "k--")):
+            if label in here:
+                axis.axhline(here[label]["mer"], color="k", linestyle=style[1:], label=label)
+        for layers in sorted({p["layers"] for p in result["points"]}):
+            mine = sorted((p for label, p in by_label.items() if p["layers"] == layers and label in here),
+                          key=lambda p: p["hours"])
+            if not mine:
+                continue
+            mers = [here[p_label(p)]["mer"] for p in mine]
+            lows = [here[p_label(p)].get("vs_baseline", {}).get("low", 0) for p in mine]
+            highs = [here[p_label(p)].get("vs_baseline", {}).get("high", 0) for p in mine]
+            base = here["teacher"]["mer"]
+            axis.errorbar([p["hours"] for p in mine], mers,
+                          yerr=[[max(m - (base + lo), 0) for m, lo in zip(mers, lows, strict=True)],
+                                [max(base + hi - m, 0) for m, hi in zip(mers, highs, strict=True)]],
+                          marker="o", capsize=3, label=f"{layers}-layer decoder")
+        axis.set_xscale("log")
+        axis.set_title(set_name)
+        axis.set_xlabel("hours of pseudo-labelled audio")
+        axis.set_ylabel("MER")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def p_label(point: dict) -> str:
+    return f"{point['layers']}L, {point['hours']:.2g} h"
+
+
+__all__ = ["CurveOptions", "curve", "prefix_by_hours"]

@@ -1,0 +1,117 @@
+"""The teacher's next-token distributions, computed once per training example and kept on disk.
+
+K²D trains only the student's decoder: the encoder is frozen, so the teacher's distribution at every
+label position is the same every epoch. Running the teacher's six-layer decoder (and its 51,865-way
+output projection) at every step costs about as much as the student's own forward pass; computing it
+once turns each later step into student-only work, as distil-whisper does with its cached labels.
+
+Only the top ``k`` tokens of each position are kept, as log-probabilities at the distillation
+temperature over the *full* vocabulary (so the tail's mass is known exactly), which makes the loss an
+exact KL over ``k + 1`` bins: the top ``k`` tokens and "everything else"
+(:func:`k2d_train.losses.topk_kl_divergence`). At T = 2 the top 64 hold almost all of the teacher's
+mass on this corpus; ``k2d_train.losses`` tests the bound against the full KL.
+
+Which encoder states the teacher's decoder reads is a choice (``DistillOptions.kl_states``): its own
+30 s states (the paper), or the student's short-context states, when that encoder was distilled from
+the teacher's (stage 5): then no example ever needs a 30 s encoder pass, the dearest step on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class TopK:
+    """One example's targets: ``(positions, k)`` teacher log-probabilities and their token ids."""
+
+    logprobs: torch.Tensor  # float32
+    indices: torch.Tensor  # int64
+
+
+def fingerprint(teacher_identity: str, states_identity: str, token_lists: Sequence[Sequence[int]], k: int,
+                temperature: float) -> str:
+    """What the targets depend on: the teacher, the states it read, every example's tokens, k and T."""
+    digest = hashlib.sha1(f"{teacher_identity}|{states_identity}|{k}|{temperature:g}".encode())
+    for tokens in token_lists:
+        digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:20]
+
+
+class TopKCache:
+    """All examples' top-k targets in one ``.npz`` (float16 log-probs, int32 ids, per-example offsets),
+    written atomically and reused only when its fingerprint matches."""
+
+    def __init__(self, path: Path, fingerprint: str):
+        self.path, self.fingerprint = path, fingerprint
+
+    def load(self) -> list[TopK] | None:
+        if not self.path.exists():
+            return None
+        with np.load(self.path) as stored:
+            if str(stored["fingerprint"]) != self.fingerprint:
+                return None
+            logprobs, indices, offsets = stored["logprobs"], stored["indices"], stored["offsets"]
+        return [TopK(torch.from_numpy(logprobs[a:b].astype(np.float32)), torch.from_numpy(indices[a:b].astype(np.int64)))
+                for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+    def save(self, targets: list[TopK]) -> None:
+        offsets = np.cumsum([0] + [len(t.indices) for t in targets])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, fingerprint=np.array(self.fingerprint),
+                 logprobs=np.concatenate([t.logprobs.numpy() for t in targets]).astype(np.float16),
+                 indices=np.concatenate([t.indices.numpy() for t in targets]).astype(np.int32), offsets=offsets)
+        tmp.replace(self.path)
+        self.path.with_suffix(".json").write_text(json.dumps(
+            {"fingerprint": self.fingerprint, "examples": len(targets), "positions": int(offsets[-1]),
+             "k": int(targets[0].indices.shape[1]) if targets else 0}, indent=2))
+
+
+@torch.no_grad()
+def compute_topk(teacher, examples: Sequence, states: Callable[[object], torch.Tensor], k: int, temperature: float,
+                 batch_size: int = 8, device: torch.device | str = "cpu", quiet: bool = False) -> list[TopK]:
+    """Teacher-forced top-k log-probabilities at temperature T over each example's label positions.
+
+    ``examples`` carry ``tokens`` (prompt + label + end) and ``prompt_len``; the positions kept are the ones
+    the training loss masks in (the label tokens and the end token), in order. Examples whose states have
+    one length are batched together (the decoder's cross-attention needs one length)."""
+    order = sorted(range(len(examples)), key=lambda i: (states(examples[i]).shape[0], len(examples[i].tokens)))
+    out: list[TopK | None] = [None] * len(examples)
+    progress = tqdm(total=len(examples), desc="teacher top-k", unit="ex", disable=quiet)
+    start = 0
+    while start < len(order):
+        frames = states(examples[order[start]]).shape[0]
+        batch = [order[start]]
+        while (len(batch) < batch_size and start + len(batch) < len(order)
+               and states(examples[order[start + len(batch)]]).shape[0] == frames):
+            batch.append(order[start + len(batch)])
+        _score_batch(teacher, [examples[i] for i in batch], states, k, temperature, device, out, batch)
+        progress.update(len(batch))
+        start += len(batch)
+    progress.close()
+    return [t for t in out if t is not None]
+
+
+def _score_batch(teacher, batch: list, states: Callable, k: int, temperature: float, device, out: list,
+                 slots: list[int]) -> None:
+    longest = max(len(ex.tokens) for ex in batch)
+    inputs = torch.zeros((len(batch), longest - 1), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        inputs[row, : len(ex.tokens) - 1] = torch.tensor(ex.tokens[:-1])
+    hidden = torch.stack([states(ex).float() for ex in batch]).to(device)
+    logits = teacher(encoder_outputs=(hidden,), decoder_input_ids=inputs.to(device)).logits.float()
+    for row, (ex, slot) in enumerate(zip(batch, slots, strict=True)):
+        positions = logits[row, ex.prompt_len - 1 : len(ex.tokens) - 1] / temperature
+        values, indices = torch.log_softmax(positions, dim=-1).topk(k, dim=-1)
+        out[slot] = TopK(values.cpu(), indices.cpu())
