@@ -26,21 +26,16 @@ from app.model_manager import ModelManager, ServedModel
 from app.settings import Settings
 from app.transcription import Job, TranscribeRequest, collect, prepare, stream_events, submit
 from app.upload import probe
-from k2d.registry import UnknownModelError
+from k2d.registry import resolve_alias
 
 LANGUAGES = frozenset(_LANGUAGE_CODES)  # Whisper's own list: "endoftext", "translate" or "0.00" are not languages
-ROLE_ALIASES = ("student", "teacher")
 BYTES_PER_SECOND_GUESS = 4000  # 32 kbit/s: a low speech bitrate, so a header without a duration is not under-counted
 
 
 def resolve(models: ModelManager, requested: str | None) -> tuple[str, ServedModel]:
     """A served model by name, or by role (``student``/``teacher``) when no model has that name."""
-    if requested in ROLE_ALIASES and requested not in models.models:
-        named = [name for name, served in models.models.items() if served.entry.role == requested]
-        if not named:
-            raise UnknownModelError(f"no {requested} model is served; served models: {', '.join(models.models)}")
-        requested = models.default if models.default in named else named[0]
-    return models.get(requested)
+    roles = {name: served.entry.role for name, served in models.models.items()}
+    return models.get(resolve_alias(requested, roles, models.default))
 
 
 def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None:

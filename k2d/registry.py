@@ -190,9 +190,29 @@ class Registry:
         atomic_write_text(self.file, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
+ROLE_ALIASES = ("student", "teacher")
+
+
+def resolve_alias(requested: str | None, roles: dict[str, str | None], preferred: str | None = None) -> str | None:
+    """The model a role alias (``student``/``teacher``) stands for among ``roles`` (name → role): the one place
+    the server, the Python API and evaluation resolve it. A real model name wins over an alias; among several
+    models of the role, ``preferred`` (the server's default) when it is one, else the first by name."""
+    if requested not in ROLE_ALIASES or requested in roles:
+        return requested
+    named = sorted(name for name, role in roles.items() if role == requested)
+    if not named:
+        raise UnknownModelError(f"no {requested} model is available; models: {', '.join(sorted(roles)) or 'none'}")
+    return preferred if preferred in named else named[0]
+
+
 def resolve_model(name_or_path: str, store: Path | None = None) -> tuple[Path, ModelEntry | None]:
-    """Accept a registered name or a directory path; return the directory and its entry if any."""
+    """Accept a registered name, a role alias (``student``: the servable student) or a directory path; return
+    the directory and its entry if any."""
     registry = Registry(store)
+    if name_or_path in ROLE_ALIASES and name_or_path not in registry and not Path(name_or_path).is_dir():
+        servable = {e.name: e.role for e in registry.entries()
+                    if e.format != "transformers" and e.resolve(registry.store).is_dir()}
+        name_or_path = resolve_alias(name_or_path, servable)
     if name_or_path in registry:
         entry = registry.get(name_or_path)
         return entry.resolve(registry.store), entry
