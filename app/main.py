@@ -23,7 +23,7 @@ from app.admission import Admission, EarlyRefusal
 from app.lifecycle import DrainingServer, Lifecycle, RequestGuard
 from app.metrics import Metrics
 from app.model_manager import ModelManager
-from app.routers import health, openai, realtime, transcribe
+from app.routers import health, openai, realtime, transcribe, ui
 from app.settings import Settings
 
 log = logging.getLogger("k2d")
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transcribe.router)
     app.include_router(openai.router)
     app.include_router(realtime.router)
+    if settings.ui:
+        app.include_router(ui.router)  # / and /ui: the race page (ui.PUBLIC_PATHS load without the API key)
     app.add_middleware(EarlyRefusal, admission=admission, models=models, settings=settings,
                        paths=frozenset({"/transcribe", "/v1/audio/transcriptions"}))
     app.add_middleware(errors.UploadLimit, max_bytes=int(settings.max_upload_mb * 1e6))

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float | None = Field(None, gt=0, description="SIGTERM: time in-flight requests get to finish "
                                            "(default: request timeout + 10 s; never less than the request timeout)")
     api_key: str | None = Field(None, description="If set, requests need 'Authorization: Bearer <key>'")
+    ui: bool = Field(True, description="Serve the race page at / and /ui (student against teacher in a browser; the "
+                     "page and its assets load without the API key, every call it makes needs it); false: 404")
 
     guard: bool = Field(True, description="Loop guard on every window: token budget, compression ratio, log-prob, "
                         "repeated n-gram")
