@@ -187,6 +187,14 @@ def test_race_with_the_key_shows_both_transcripts_latencies_and_the_speedup(serv
     if os.environ.get("K2D_UI_SCREENSHOT"):
         target = Path(os.environ["K2D_UI_SCREENSHOT"])
         shutil.copyfile(tmp_path / "ui-race.png", target if target.is_absolute() else REPO / target)
+    browser.find_element(By.ID, "together").click()  # "both at once" (a GPU box's choice): the same figures
+    browser.find_element(By.ID, "race").click()
+    assert "at once" in text(browser, "#verdict")
+    wait_for(browser, lanes_settled, what="both transcripts at once")
+    assert all(lane["status"] == "done" and "gradient descent" in lane["transcript"].lower()
+               for lane in page_state(browser).values())
+    assert re.fullmatch(r"\d+\.\d×", text(browser, "#speedup"))
+    browser.find_element(By.ID, "together").click()
 
 
 @pytest.mark.browser
