@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import Header, Request
 
+from app.auth import AUTH_MESSAGE, key_matches
 from app.errors import AuthError
 from app.metrics import Metrics
 from app.model_manager import ModelManager
@@ -25,18 +24,11 @@ def get_metrics(request: Request) -> Metrics:
 
 
 def require_api_key(request: Request, authorization: str | None = Header(None, description="Bearer <key>")) -> None:
-    """``Authorization: Bearer <key>`` when K2D_API_KEY is set; anything else is a 401, never a 500.
-
-    Header values arrive as latin-1 text, so the comparison runs on their original bytes (a str with
-    non-ASCII characters would make ``compare_digest`` raise)."""
+    """``Authorization: Bearer <key>`` when K2D_API_KEY is set; anything else is a 401, never a 500. The
+    middleware (:class:`app.auth.ApiKeyGuard`) already refuses every route; this dependency states the
+    header and the 401 in the OpenAPI document of the routes that take it."""
     if not key_matches(authorization, request.app.state.settings.api_key):
-        raise AuthError("missing or wrong API key (Authorization: Bearer <key>)")
+        raise AuthError(AUTH_MESSAGE)
 
 
-def key_matches(authorization: str | None, expected: str | None) -> bool:
-    """True when no key is configured, or the header is ``Bearer <the key>`` (compared in constant time)."""
-    if not expected:
-        return True
-    scheme, _, token = (authorization or "").partition(" ")
-    presented = token.strip().encode("latin-1", errors="replace")
-    return scheme.lower() == "bearer" and secrets.compare_digest(presented, expected.encode("utf-8"))
+__all__ = ["get_metrics", "get_models", "get_settings", "key_matches", "require_api_key"]

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app import errors
+from app import auth, errors
 from app.admission import Admission, EarlyRefusal
 from app.lifecycle import DrainingServer, Lifecycle, RequestGuard
 from app.metrics import Metrics
@@ -62,8 +62,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(EarlyRefusal, admission=admission, models=models, settings=settings,
                        paths=frozenset({"/transcribe", "/v1/audio/transcriptions"}))
     app.add_middleware(errors.UploadLimit, max_bytes=int(settings.max_upload_mb * 1e6))
+    app.add_middleware(auth.ApiKeyGuard, key=settings.api_key, public=_public_paths(settings))
     app.add_middleware(RequestGuard, lifecycle=app.state.lifecycle, metrics=metrics, timeout_s=settings.request_timeout_s)
     return app
+
+
+def _public_paths(settings: Settings):
+    """What answers without the API key: the probes, /metrics if opted out, and the race page's static files
+    (its asset route serves only the page's own files; everything the page calls needs the key)."""
+    public = auth.PROBES | ({"/metrics"} if settings.metrics_public else frozenset())
+    return lambda path: path in public or (settings.ui and (ui.is_public(path) or path.startswith(ui.PUBLIC_PREFIX)))
 
 
 async def _invalid_form(_, err: RequestValidationError) -> JSONResponse:

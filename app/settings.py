@@ -62,7 +62,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, inference")
     shutdown_grace_s: float | None = Field(None, gt=0, description="SIGTERM: time in-flight requests get to finish "
                                            "(default: request timeout + 10 s; never less than the request timeout)")
-    api_key: str | None = Field(None, description="If set, requests need 'Authorization: Bearer <key>'")
+    api_key: str | None = Field(None, description="If set, every route needs 'Authorization: Bearer <key>' (401 "
+                                "without it; a WebSocket is closed with code 1008) but the probes /healthz and /readyz "
+                                "and, with K2D_METRICS_PUBLIC, /metrics")
+    metrics_public: bool = Field(False, description="Serve /metrics without the API key (a scraper that cannot send "
+                                 "one); default: /metrics needs the key like every route")
     ui: bool = Field(True, description="Serve the race page at / and /ui (student against teacher in a browser; the "
                      "page and its assets load without the API key, every call it makes needs it); false: 404")
 

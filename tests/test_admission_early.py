@@ -77,7 +77,7 @@ def test_the_early_429_counts_and_does_not_skip_auth(overloaded):
 def _count(url: str, status: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    families = text_string_to_metric_families(httpx.get(url + "/metrics").text)
+    families = text_string_to_metric_families(httpx.get(url + "/metrics", headers=AUTH).text)  # behind the key
     return sum(s.value for f in families for s in f.samples
                if s.name == "k2d_requests_total" and s.labels.get("status") == status)
 

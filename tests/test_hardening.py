@@ -44,7 +44,7 @@ def post(url: str, data: bytes = CLIP, name: str = "clip.flac", headers: dict | 
 
 def metric(url: str, name: str, **labels) -> float:
     """Sum of the samples of one metric whose labels include ``labels``."""
-    families = text_string_to_metric_families(httpx.get(url + "/metrics").text)
+    families = text_string_to_metric_families(httpx.get(url + "/metrics", headers=AUTH).text)  # behind the key
     return sum(s.value for f in families for s in f.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
@@ -193,7 +193,7 @@ def test_every_request_is_counted_with_its_status(server):
 
 def test_the_openapi_document_lists_every_status(server):
     url, _ = server
-    paths = httpx.get(url + "/openapi.json").json()["paths"]
+    paths = httpx.get(url + "/openapi.json", headers=AUTH).json()["paths"]
     for path in ("/transcribe", "/v1/audio/transcriptions"):
         listed = set(paths[path]["post"]["responses"])
         assert {"200", "400", "401", "404", "408", "413", "415", "422", "429", "503"} <= listed, path

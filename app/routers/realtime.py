@@ -6,7 +6,10 @@ to end an utterance. The server answers with OpenAI's realtime transcription eve
 ``transcription_session.created``, then ``conversation.item.input_audio_transcription.delta`` as each
 0.64 s chunk is decoded and ``...completed`` with the whole transcript on commit or close; ``error``
 events for bad input. Bounded work: an utterance may not exceed ``K2D_MAX_AUDIO_S``, a message 1 MiB,
-and at most ``K2D_MAX_STREAMS`` streams run at once (more are refused with close code 1013).
+and at most ``K2D_MAX_STREAMS`` streams run at once. Refusals complete the handshake and close with a
+code the client can read (a close before the handshake reaches it only as a bare HTTP 403): 1008 without
+the API key (:class:`app.auth.ApiKeyGuard`) or without a streaming model, 1013 (try again later) when
+``K2D_MAX_STREAMS`` streams are already running.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ import json
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from app.dependencies import key_matches
+from app.auth import POLICY_VIOLATION, TRY_AGAIN_LATER
 from k2d.audio import SAMPLE_RATE
 from k2d.streaming import StreamDecoder
 
 router = APIRouter()
 MAX_MESSAGE_BYTES = 1 << 20
-TRY_AGAIN_LATER = 1013  # RFC 6455: the server is overloaded
-POLICY_VIOLATION = 1008
 _items = itertools.count(1)
 
 
@@ -71,21 +72,15 @@ def _error(message: str, code: str = "invalid_request") -> str:
 
 @router.websocket("/v1/realtime/transcription")
 async def realtime_transcription(websocket: WebSocket, model: str | None = None) -> None:
-    state = websocket.app.state
+    state = websocket.app.state  # the API key was checked by app.auth.ApiKeyGuard (close code 1008)
     settings, models = state.settings, state.models
-    authorization = websocket.headers.get("authorization")
-    if not key_matches(authorization, settings.api_key):
-        await websocket.close(code=POLICY_VIOLATION, reason="missing or wrong API key")
-        return
+    if state.streams >= settings.max_streams:
+        return await _refuse(websocket, TRY_AGAIN_LATER, f"{settings.max_streams} streams already running")
     streaming = [n for n, s in models.models.items() if getattr(s.served.engine, "streams", False)]
     name = model or (streaming[0] if streaming else None)
     if name not in streaming:
-        await websocket.close(code=POLICY_VIOLATION, reason="no streaming model: serve a CTC student trained "
-                              "with distill_ctc.streaming (model=NAME to choose)")
-        return
-    if state.streams >= settings.max_streams:
-        await websocket.close(code=TRY_AGAIN_LATER, reason=f"{settings.max_streams} streams already running")
-        return
+        return await _refuse(websocket, POLICY_VIOLATION, "no streaming model: serve a CTC student trained with "
+                             "distill_ctc.streaming (model=NAME to choose)")
     state.streams += 1
     try:
         await websocket.accept()
@@ -94,6 +89,12 @@ async def realtime_transcription(websocket: WebSocket, model: str | None = None)
         pass
     finally:
         state.streams -= 1
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Complete the handshake, then close with ``code`` and ``reason`` (what the client can read)."""
+    await websocket.accept()
+    await websocket.close(code=code, reason=reason[:120])  # a close frame's reason fits in 123 bytes
 
 
 async def _serve(websocket: WebSocket, engine, name: str, max_audio_s: float) -> None:
