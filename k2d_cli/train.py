@@ -295,6 +295,9 @@ def curve_command(
     epochs: Annotated[float, typer.Option(min=0.1, help="Passes over each size's chunks")] = 6.0,
     max_steps: Annotated[int, typer.Option(min=1)] = 4000,
     topk: Annotated[int, typer.Option(min=1, help="Teacher tokens kept per position (cached once)")] = 64,
+    learning_rate: Annotated[float | None, typer.Option(help="[default: the config's distill.learning_rate]")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="[default: the config's distill.batch_size]")] = None,
+    sets: Annotated[list[str] | None, typer.Option(help="Test sets to score [default: all the corpus has]")] = None,
     store: StoreOption = None,
 ) -> None:
     """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
@@ -302,7 +305,9 @@ def curve_command(
     from k2d_train.curve import CurveOptions, curve
 
     options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
-                           topk=topk)
+                           topk=topk, learning_rate=learning_rate, batch_size=batch_size)
+    if sets:
+        options.sets = sets
     loaded = run_guarded(lambda: RunConfig.load(config))
     registry = Registry(store or default_store())
     run_guarded(lambda: curve(loaded, registry, out, options, say))

@@ -36,6 +36,8 @@ class CurveOptions:
     min_steps: int = 100
     max_steps: int = 4000
     topk: int = 64
+    learning_rate: float | None = None  # None: the config's distill.learning_rate
+    batch_size: int | None = None  # None: the config's distill.batch_size
     eval_every: int = 0  # 0: ~4 dev evaluations per run
     sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
 
@@ -81,8 +83,11 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
     init = folder / "init"
     kept_layers = depth_student(start, init, layers)
     chunks = sum(1 for _ in read_manifest(kept))
-    steps = _steps(chunks, config.distill.batch_size, options)
+    batch = options.batch_size or config.distill.batch_size
+    steps = _steps(chunks, batch, options)
     distill_options = replace(config.distill, max_steps=steps, teacher_topk=options.topk, kl_states="student",
+                              batch_size=batch, learning_rate=options.learning_rate or config.distill.learning_rate,
+                              warmup_steps=min(config.distill.warmup_steps, steps // 10),
                               eval_every=options.eval_every or max(steps // 4, 1), save_every=max(steps // 4, 1))
     dev = config.run_dir / "corpus" / "dev_ood.jsonl"
     final = registry.store / name / "hf"
@@ -102,6 +107,7 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
 def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
     """Every (depth, size) student, then one comparison of them all with both teachers."""
     from k2d_train.compare import Contender, compare, markdown
+    from k2d_train.pipeline_stages import export_teacher
 
     run_dir = config.run_dir
     start = run_dir / "student-encoder"
@@ -114,7 +120,7 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
             point = train_point(config, registry, start, kept, layers, run_dir / "curve" / f"d{layers}-{hours:g}h",
                                 options, say)
             points.append({**point, "hours": round(real_hours, 3)})
-    teacher = f"{config.teacher}-{config.quantization.replace('_', '-')}"
+    teacher = export_teacher(config, registry)
     context = ContextPolicy.of_model(start)
     contenders = [Contender("teacher", teacher),
                   Contender("teacher, short context", teacher, {"context": f"{context.pad_s:g}/{context.bucket_s:g}"}),

@@ -72,6 +72,11 @@ def _stages() -> tuple[Stage, ...]:
     )
 
 
+class StagePaused(Exception):
+    """A stage stopped on purpose before its end (``distill.stop_after_steps``: pre-emptible jobs). It is not
+    marked done, so the next run resumes it from its last checkpoint instead of reusing a half result."""
+
+
 class StaleStageError(ValueError):
     """A finished stage was made with other settings than the config asks for now."""
 
@@ -145,7 +150,11 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
             break
         if not stage.wanted(config):
             continue
-        run.results[stage.name] = _run_stage(stage, run, markers, say)
+        try:
+            run.results[stage.name] = _run_stage(stage, run, markers, say)
+        except StagePaused as paused:
+            say(f"[stage {stage.number}] {stage.name}: paused ({paused}); run the same command again to resume")
+            return None
     if to_stage < last:
         say(f"stopped after stage {to_stage} (--to-stage)")
         return None

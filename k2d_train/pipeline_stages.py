@@ -109,6 +109,10 @@ def distillation(run: Run, rule: str | None = None) -> dict:
     report = distill(registry.path_of(hf_name(config.teacher)), student_start(run), kept_for_rule(run, rule),
                      folder / "distill", config.distill, dev=dev, resume=True, final_dir=final, report_dev=report_dev,
                      teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
+    if report["steps"] < config.distill.max_steps:
+        from k2d_train.pipeline import StagePaused
+
+        raise StagePaused(f"{report['steps']} of {config.distill.max_steps} steps, checkpointed")
     if main:
         from k2d_train.stages.s4_student import register_student
 
@@ -126,6 +130,17 @@ def register_and_export(config, registry, name: str, final: Path, kept_layers: l
     register_student(registry, name, final, hf_parameter_count(final), registry.get(config.teacher), source,
                      kept_layers)
     return export_student(config, registry, name)
+
+
+def export_teacher(config, registry) -> str:
+    """The teacher in the run's quantization (like with like beside its student), exported once; its name."""
+    from k2d_train.store.operations import export
+
+    q = config.quantization
+    name = f"{config.teacher}-{q.replace('_', '-')}"
+    if name not in registry or not registry.path_of(name).is_dir():
+        export(registry, config.teacher, q, name)
+    return name
 
 
 def export_student(config, registry, name: str):
@@ -151,14 +166,9 @@ def ctc_distillation(run: Run) -> dict:
 
 
 def export_models(run: Run) -> dict:
-    from k2d_train.store.operations import export
-
     config, registry = run.config, run.registry
-    q = config.quantization
     student = export_student(config, registry, config.name)
-    teacher_name = f"{config.teacher}-{q.replace('_', '-')}"
-    if teacher_name not in registry or not registry.path_of(teacher_name).is_dir():
-        export(registry, config.teacher, q, teacher_name)
+    teacher_name = export_teacher(config, registry)
     exported = {"student": student.name, "teacher": teacher_name}
     if "distill-ctc" in run.results:
         from k2d_train.store.onnx_export import publish_ctc_student

@@ -52,3 +52,30 @@ def test_a_finished_stage_made_with_other_settings_is_refused_not_reused(tmp_pat
     with pytest.raises(StaleStageError, match="--from-stage 3"):
         _run_stage(stage, Run(changed, None, {}, lines.append), markers, lines.append)
     assert calls == ["ngram"]
+
+
+def test_a_paused_stage_is_not_marked_done_and_runs_again_next_time(tmp_path, monkeypatch):
+    """``distill.stop_after_steps`` pauses stage 6 after a checkpoint: the next ``k2d run`` must resume it, not
+    reuse a result that has no final model (issue 31 defect)."""
+    from k2d_train import pipeline
+    from k2d_train.pipeline import Markers, Stage, StagePaused
+
+    (tmp_path / "run.yaml").write_text((REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny",
+                                                                                          "run_dir: run"))
+    config = RunConfig.load(tmp_path / "run.yaml")
+    attempts = []
+
+    def distill(run):
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise StagePaused("2 of 4 steps, checkpointed")
+        return {"steps": 4}
+
+    stage = Stage(6, "distill", "test", distill, reads=("distill",))
+    later = Stage(7, "export", "test", lambda run: {}, reads=())
+    monkeypatch.setattr(pipeline, "_stages", lambda: (stage, later))
+    lines: list[str] = []
+    assert pipeline.run_pipeline(config, None, lines.append, to_stage=6) is None
+    assert "paused (2 of 4 steps, checkpointed)" in lines[-1] and Markers(config.run_dir).read(stage) is None
+    pipeline.run_pipeline(config, None, lines.append, to_stage=6)
+    assert attempts == [0, 1] and Markers(config.run_dir).read(stage)["steps"] == 4

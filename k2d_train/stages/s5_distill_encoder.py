@@ -71,6 +71,9 @@ class EncoderDistillOptions:
     augment_p: float = 0.0
     augment_snr_db: tuple[float, float] = (5.0, 25.0)
     extra_audio: str | None = None  # unlabelled manifest {audio, start, end, id} heard by this stage only
+    # at most this many chunks, evenly spread over the kept ones (None: all): each needs the teacher's 30 s states,
+    # the dearest pass on a CPU, and 80 steps of 4 read 320 chunks however many hours the corpus holds
+    max_chunks: int | None = None
     save_every: int = 50
     keep_checkpoints: int = 2
     seed: int = 0
@@ -162,6 +165,8 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         chunks += heard_chunks(Path(options.extra_audio), options.max_crop_s)
     if not chunks:
         raise ValueError(f"{kept}: no chunks to learn from")
+    if options.max_chunks and len(chunks) > options.max_chunks:
+        chunks = [chunks[i * len(chunks) // options.max_chunks] for i in range(options.max_chunks)]
     extra = [_load_encoder(name, store).to(device) for name in options.extra_teachers]
     depth = {i: round(i * len(teacher.layers) / len(encoder.layers)) for i in options.target_layers}
     # the teacher's 30 s states: targets here, and the KL inputs of the decoder stage (a shared cache)
