@@ -4,9 +4,12 @@ The client sends audio as it is captured — binary frames of 16 kHz mono PCM16,
 ``{"type": "input_audio_buffer.append", "audio": <base64 PCM16>}`` — and ``input_audio_buffer.commit``
 to end an utterance. The server answers with OpenAI's realtime transcription events where they fit:
 ``transcription_session.created``, then ``conversation.item.input_audio_transcription.delta`` as each
-0.64 s chunk is decoded and ``...completed`` with the whole transcript on commit or close; ``error``
-events for bad input. Bounded work: an utterance may not exceed ``K2D_MAX_AUDIO_S``, a message 1 MiB,
-and at most ``K2D_MAX_STREAMS`` streams run at once. Refusals complete the handshake and close with a
+0.64 s chunk is decoded and ``...completed`` with the whole transcript on commit or close. Every
+malformed message (not JSON, nested too deep, a wrong type, bad audio) gets an ``error`` event and the
+stream goes on; a fault of the server's own closes it with 1011 and a close frame. Bounded work: the
+audio is held in a :class:`~k2d.streaming.StreamBuffer` (linear cost, about one window in memory), an
+utterance may not exceed ``K2D_MAX_AUDIO_S``, a message 1 MiB (UTF-8 bytes of a text frame), and at
+most ``K2D_MAX_STREAMS`` streams run at once. Refusals complete the handshake and close with a
 code the client can read (a close before the handshake reaches it only as a bare HTTP 403): 1008 without
 the API key (:class:`app.auth.ApiKeyGuard`) or without a streaming model, 1013 (try again later) when
 ``K2D_MAX_STREAMS`` streams are already running.
@@ -17,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import itertools
 import json
+import logging
 
 import numpy as np
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -29,6 +34,8 @@ from k2d.streaming import StreamDecoder
 
 router = APIRouter()
 MAX_MESSAGE_BYTES = 1 << 20
+INTERNAL_ERROR = 1011  # RFC 6455: the server met a condition that kept it from serving the stream
+log = logging.getLogger("k2d")
 _items = itertools.count(1)
 
 
@@ -42,24 +49,41 @@ def pcm16(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def message_bytes(message: dict) -> int:
+    """A message's size on the wire: a text frame's UTF-8 bytes, not its characters (a CJK character is 3)."""
+    if message.get("bytes") is not None:
+        return len(message["bytes"])
+    text = message.get("text") or ""
+    return len(text) if len(text) > MAX_MESSAGE_BYTES else len(text.encode("utf-8", errors="surrogatepass"))
+
+
 def audio_of(message: dict) -> np.ndarray | None:
-    """The samples a message carries, or None for a control message; StreamError for anything else."""
+    """The samples a message carries, or None for a control message; StreamError (never another exception)
+    for anything else: not JSON, nested too deep to parse, not an object, a wrong type, undecodable audio."""
     if message.get("bytes") is not None:
         return pcm16(message["bytes"])
+    text = message.get("text")
+    if not isinstance(text, str):
+        raise StreamError("send binary PCM16 frames or JSON text events")
     try:
-        event = json.loads(message.get("text") or "")
-    except json.JSONDecodeError as err:
+        event = json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError; RecursionError: [[[[…
         raise StreamError("text messages must be JSON events") from err
     if not isinstance(event, dict):
         raise StreamError("an event is a JSON object with a type")
-    if event.get("type") == "input_audio_buffer.append":
+    kind = event.get("type")
+    if kind == "input_audio_buffer.append":
+        audio = event.get("audio")
+        if not isinstance(audio, str):
+            raise StreamError("input_audio_buffer.append needs \"audio\": a base64 string of PCM16")
         try:
-            return pcm16(base64.b64decode(event.get("audio") or "", validate=True))
+            return pcm16(base64.b64decode(audio, validate=True))
         except (binascii.Error, ValueError) as err:
             raise StreamError("input_audio_buffer.append needs base64 PCM16 audio") from err
-    if event.get("type") == "input_audio_buffer.commit":
+    if kind == "input_audio_buffer.commit":
         return None
-    raise StreamError(f"unknown event type {event.get('type')!r}: send input_audio_buffer.append or .commit")
+    shown = repr(kind) if isinstance(kind, str | None) else f"of JSON type {type(kind).__name__}"
+    raise StreamError(f"unknown event type {shown[:80]}: send input_audio_buffer.append or .commit")
 
 
 def _event(kind: str, **fields) -> str:
@@ -87,6 +111,10 @@ async def realtime_transcription(websocket: WebSocket, model: str | None = None)
         await _serve(websocket, models.models[name].served.engine, name, settings.max_audio_s)
     except WebSocketDisconnect:
         pass
+    except Exception:  # a fault of ours: the client still gets a close frame, never a dropped connection
+        log.exception("realtime stream on %s failed", name)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=INTERNAL_ERROR, reason="internal error")
     finally:
         state.streams -= 1
 
@@ -106,7 +134,7 @@ async def _serve(websocket: WebSocket, engine, name: str, max_audio_s: float) ->
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        if len(message.get("bytes") or b"") + len(message.get("text") or "") > MAX_MESSAGE_BYTES:
+        if message_bytes(message) > MAX_MESSAGE_BYTES:
             await websocket.send_text(_error(f"a message may carry at most {MAX_MESSAGE_BYTES} bytes", "too_large"))
             continue
         try:
