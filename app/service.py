@@ -29,6 +29,7 @@ from app.upload import probe
 from k2d.registry import resolve_alias
 
 LANGUAGES = frozenset(_LANGUAGE_CODES)  # Whisper's own list: "endoftext", "translate" or "0.00" are not languages
+LIST_FIELDS = frozenset({"timestamp_granularities[]"})  # the only form fields a client may repeat
 BYTES_PER_SECOND_GUESS = 4000  # 32 kbit/s: a low speech bitrate, so a header without a duration is not under-counted
 
 
@@ -79,6 +80,7 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
     state = http.app.state
     models, settings = state.models, state.settings
     admission: Admission = state.admission
+    await _each_field_once(http)
     name, served = resolve(models, model)
     attribute_to(http, name, state.metrics)
     validate(name, served, request)
@@ -99,6 +101,15 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
             reservation.release()  # queued now (or failed): the scheduler's queue accounts for it from here
     _cancel_with_request(job)
     return job
+
+
+async def _each_field_once(http: Request) -> None:
+    """A repeated form field would silently be read as its last value (two ``file`` parts: the second one
+    transcribed, the first ignored): 422 instead. The form was parsed already; this reads FastAPI's copy."""
+    form = await http.form()
+    repeated = sorted({key for key, _ in form.multi_items() if key not in LIST_FIELDS and len(form.getlist(key)) > 1})
+    if repeated:
+        raise UnsupportedOptionError(f"send each form field once; repeated: {', '.join(repeated)}")
 
 
 def _cancel_with_request(job: Job) -> None:

@@ -30,7 +30,7 @@ async def transcriptions(
     language: Annotated[str | None, Form()] = None,
     prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS, description=PROMPT_HELP)] = None,
     response_format: Annotated[ResponseFormat, Form()] = "json",
-    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    temperature: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0,
     timestamp_granularities: Annotated[list[Literal["word", "segment"]] | None,
                                        Form(alias="timestamp_granularities[]")] = None,
     stream: Annotated[bool, Form(description=STREAM_HELP)] = False,

@@ -50,7 +50,7 @@ async def transcribe_endpoint(
     language: Annotated[str | None, Form(description="ISO code; default: the model card's (zh for zh-en students)")] = None,
     task: Annotated[Literal["transcribe", "translate"], Form()] = "transcribe",
     beam_size: Annotated[int, Form(ge=1, le=10)] = 5,
-    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    temperature: Annotated[float, Form(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0,
     response_format: Annotated[ResponseFormat, Form()] = "json",
     vad: Annotated[bool, Form(description="Cut at speech pauses and skip silence")] = True,
     word_timestamps: Annotated[bool, Form(description="Per-word start/end in each segment and a top-level words")] = False,
