@@ -176,3 +176,17 @@ def test_the_ctc_student_is_served_over_http_and_streams_over_a_websocket(regist
             assert json.loads(ws.recv(timeout=30))["type"] == "error"  # bad input: an error event, not a dead stream
             ws.send(b"\x00")  # half a sample
             assert json.loads(ws.recv(timeout=30))["error"]["message"].startswith("audio must be 16-bit")
+            for bad in MALFORMED:  # each answered with an error event; the stream goes on
+                ws.send(bad)
+                assert json.loads(ws.recv(timeout=30))["type"] == "error", bad[:40]
+            ws.send(pcm[: 2 * 16000])
+            ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            while (event := json.loads(ws.recv(timeout=60)))["type"].endswith(".delta"):
+                pass
+            assert event["type"] == "conversation.item.input_audio_transcription.completed"
+
+
+MALFORMED = ['{"audio": 123}', "not json", "[" * 100_000, '{"type": "input_audio_buffer.append", "audio": 123}',
+             '{"type": "input_audio_buffer.append", "audio": [1, 2]}', '{"type": "input_audio_buffer.append"}',
+             '{"type": "input_audio_buffer.append", "audio": "!!"}', '{"type": 5}', '{"type": {"a": []}}', "[]",
+             "null", '"text"', "字" * 400_000]
