@@ -35,7 +35,7 @@ FROM sources AS train
 ARG K2D_TORCH_INDEX_URL=""
 ARG K2D_WHEELS=""
 COPY configs configs
-# setup.sh also installs the corpus's offline voices (gcin-voice, espeak-ng, flite) with apt.
+# setup.sh also installs the corpus's offline voices (gcin-voice, espeak-ng, flite) and texts (fortunes-zh, fortunes) with apt.
 RUN if [ -n "$K2D_WHEELS" ]; then export PIP_FIND_LINKS="$K2D_WHEELS"; fi \
     && K2D_VENV=/opt/venv scripts/setup.sh train \
     && rm -rf /var/lib/apt/lists/* /root/.cache \

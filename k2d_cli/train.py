@@ -33,12 +33,19 @@ def synth(
     ood_test: Annotated[int, typer.Option(min=1, help="Held-out voices and sentences")] = 40,
     ood_dev: Annotated[int, typer.Option(min=1)] = 20,
     augment: Annotated[bool, typer.Option(help="Pitch, tempo, room and noise per lecture")] = True,
+    text: Annotated[str, typer.Option(help="templates (a few hundred lecture sentences) or real (tens of thousands "
+                                           "of real sentences, code-switched; item by item over processes)")] = "templates",
+    voice_blends: Annotated[int, typer.Option(min=0, help="New Mandarin training voices: blends of training Kokoro "
+                                                          "voices")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes for --text real (0: one per core)")] = 0,
 ) -> None:
-    """Synthetic code-switching corpus: unlabelled lectures + in-domain and out-of-domain dev/test sets."""
+    """Synthetic code-switching corpus: unlabelled lectures + in-domain and out-of-domain dev/test sets.
+    Every other option (channels, engine shares, sizes): a recipe's corpus section, `k2d run RECIPE --to-stage 1`."""
     from k2d_train.data.synth import SynthOptions, build_corpus
 
     options = SynthOptions(seed, lectures, lecture_minutes, test, dev, ood_test_utterances=ood_test,
-                           ood_dev_utterances=ood_dev, augment=augment)
+                           ood_dev_utterances=ood_dev, augment=augment, text=text, voice_blends=voice_blends,
+                           workers=workers)
     built = run_guarded(lambda: build_corpus(out, options))
     say(f"corpus {'written' if built else 'already present'} in {out}")
 

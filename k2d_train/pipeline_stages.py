@@ -22,7 +22,10 @@ def corpus(run: Run) -> dict:
     if "synth" in config.corpus:
         from k2d_train.data.synth import SynthOptions, build_corpus
 
-        options = SynthOptions(**(config.corpus["synth"] or {}))
+        values = dict(config.corpus["synth"] or {})
+        if values.get("audio_store") and config.source:  # like run_dir: relative to the recipe's folder
+            values["audio_store"] = str((config.source.parent / values["audio_store"]).resolve())
+        options = SynthOptions(**values)
         build_corpus(paths["root"], options)
         return {"synth": options.__dict__}
     missing = [str(p) for key, p in paths.items() if key not in ("root", "dataset") and not p.exists()]

@@ -24,8 +24,9 @@ apt_install() {
 }
 
 # The synthetic code-switching corpus's offline voices: gcin-voice (human Mandarin syllable recordings),
-# espeak-ng and flite (Mandarin/English and English synthesisers; k2d_train/data/voices.py).
-if [ "$EXTRAS" != serve ] && command -v dpkg >/dev/null; then apt_install gcin-voice espeak-ng flite; fi
+# espeak-ng and flite (Mandarin/English and English synthesisers; k2d_train/data/voices.py); its real text's
+# Debian sources: fortunes-zh (Mandarin quotes and poems) and fortunes (English; k2d_train/data/text_sources.py).
+if [ "$EXTRAS" != serve ] && command -v dpkg >/dev/null; then apt_install gcin-voice espeak-ng flite fortunes-zh fortunes; fi
 # The race page's browser test (tests/test_ui_browser.py, marker browser): Debian's headless Chromium and its
 # WebDriver, driven by selenium (the dev extra); no browser download of its own.
 if [ "$EXTRAS" = dev ] && command -v dpkg >/dev/null; then apt_install chromium chromium-driver; fi

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,11 @@ class AugmentConfig:
     mic_distance: tuple[float, float] = (0.5, 3.0)
     lowpass_p: float = 0.3  # a cheap microphone / codec: band-limit to 3.5–7 kHz
     lowpass_hz: tuple[float, float] = (3500.0, 7000.0)
+    # transmission after the room (0 = never, and then nothing more is drawn: older corpora keep their draws)
+    telephone_p: float = 0.0  # a phone line: 8 kHz, 300-3400 Hz
+    codec_p: float = 0.0  # a lossy round trip, e.g. a recording shared as MP3 or over a call as Opus
+    codecs: tuple[str, ...] = ("mp3", "opus")
+    codec_kbps: tuple[int, int] = (12, 48)
 
 
 TRAIN = AugmentConfig()
@@ -63,14 +68,19 @@ class Condition:
     mic: tuple[float, float, float] = (3.0, 2.5, 1.2)
     lowpass_hz: float | None = None
     wobble: tuple[float, float] = field(default=(0.0, 0.0))  # (± semitones, ± dB) per sentence
+    telephone: bool = False
+    codec: str | None = None  # mp3 | opus
+    codec_kbps: int | None = None
 
     def to_json(self) -> dict:
+        """Plain JSON; the transmission fields only when used, so corpora from before them read the same."""
         def rounded(value):
             if isinstance(value, tuple | list):
                 return [rounded(v) for v in value]
             return round(value, 3) if isinstance(value, float) else value
 
-        return {k: rounded(v) for k, v in asdict(self).items()}
+        later = {"telephone": False, "codec": None, "codec_kbps": None}
+        return {k: rounded(v) for k, v in asdict(self).items() if k not in later or v != later[k]}
 
 
 CLEAN = Condition(seed=0)
@@ -86,12 +96,18 @@ def draw_condition(rng: np.random.Generator, config: AugmentConfig = TRAIN) -> C
                 zip(source, (distance * np.cos(angle), distance * np.sin(angle), -0.4), room, strict=True))
     reverb = rng.random() < config.reverb_p
     lowpass = rng.random() < config.lowpass_p
-    return Condition(
+    condition = Condition(
         seed=int(rng.integers(2**31)), tempo=u(config.tempo), pitch=u(config.pitch), snr_db=u(config.snr_db),
         noise_color=str(rng.choice(list(config.noise_colors))), rt60=u(config.rt60) if reverb else None,
         room=room, source=source, mic=mic, lowpass_hz=u(config.lowpass_hz) if lowpass else None,
         wobble=(config.pitch_wobble, config.gain_wobble_db),
     )
+    if config.telephone_p > 0 and rng.random() < config.telephone_p:
+        condition = replace(condition, telephone=True)
+    if config.codec_p > 0 and rng.random() < config.codec_p:
+        codec = str(rng.choice(list(config.codecs)))
+        condition = replace(condition, codec=codec, codec_kbps=int(rng.integers(config.codec_kbps[0], config.codec_kbps[1] + 1)))
+    return condition
 
 
 @contextmanager
@@ -176,8 +192,56 @@ def perturb_sentence(audio: np.ndarray, condition: Condition, rng: np.random.Gen
     return time_stretch(pitch_shift(audio, semitones), condition.tempo) * np.float32(gain)
 
 
+TELEPHONE_BAND = (300.0, 3400.0)
+
+
+def telephone(audio: np.ndarray) -> np.ndarray:
+    """A phone line: down to 8 kHz and back (nothing above 4 kHz survives) and the 300-3400 Hz voice band."""
+    from scipy.signal import butter, sosfilt
+
+    from k2d.audio import resample
+
+    narrow = resample(audio.astype(np.float32), SAMPLE_RATE, 8000)
+    sos = butter(4, TELEPHONE_BAND, btype="bandpass", fs=8000, output="sos")
+    back = resample(sosfilt(sos, narrow).astype(np.float32), 8000, SAMPLE_RATE)
+    return _same_length(back, len(audio))
+
+
+_CODEC = {"mp3": ("mp3", "libmp3lame", "fltp"), "opus": ("ogg", "libopus", "flt")}
+
+
+def codec_round_trip(audio: np.ndarray, codec: str, kbps: int) -> np.ndarray:
+    """Encode at ``kbps`` and decode again (PyAV, in memory): the smearing and band loss of a lossy file or call.
+    The containers carry the encoder delay (LAME's gapless header, Opus pre-skip), so the decoded audio stays
+    aligned; its length is then cut or padded to the input's."""
+    import io
+
+    import av
+
+    from k2d.audio import decode_audio
+
+    container_format, encoder, sample_format = _CODEC[codec]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        stream = container.add_stream(encoder, rate=SAMPLE_RATE, layout="mono")
+        stream.bit_rate = kbps * 1000
+        frame = av.AudioFrame.from_ndarray(np.clip(audio, -1, 1).astype(np.float32)[None, :], format=sample_format,
+                                           layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            container.mux(packet)
+    buffer.seek(0)
+    return _same_length(decode_audio(buffer), len(audio))
+
+
+def _same_length(audio: np.ndarray, length: int) -> np.ndarray:
+    audio = audio[:length]
+    return np.pad(audio, (0, length - len(audio))).astype(np.float32)
+
+
 def apply_channel(audio: np.ndarray, condition: Condition) -> np.ndarray:
-    """The recording side of a whole signal: room, microphone band-limit, noise floor. Length preserved."""
+    """The recording side of a whole signal: room, microphone band-limit, noise floor, then the transmission
+    (phone line, lossy codec) when the condition has one. Length preserved."""
     out = audio.astype(np.float32)
     if condition.rt60 is not None:
         out = reverberate(out, room_impulse_response(condition))
@@ -185,4 +249,8 @@ def apply_channel(audio: np.ndarray, condition: Condition) -> np.ndarray:
         out = lowpass(out, condition.lowpass_hz)
     if condition.snr_db is not None and np.abs(out).max() > 0:
         out = add_noise(out, condition.snr_db, condition.noise_color, condition.seed)
+    if condition.telephone:
+        out = telephone(out)
+    if condition.codec is not None:
+        out = codec_round_trip(out, condition.codec, condition.codec_kbps or 32)
     return np.nan_to_num(out).astype(np.float32)

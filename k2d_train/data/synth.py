@@ -23,7 +23,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,22 @@ class SynthOptions:
     # unlabelled audio for the encoder stage only (no teacher labels needed): every training voice pair,
     # harsher rooms and noise, cut into 4-12 s spans (encoder_audio.jsonl)
     encoder_minutes: float = 0.0
+    # --- the data engine for hours (k2d_train/data/engine.py); the defaults leave a corpus as it was
+    text: str = "templates"  # templates (sentences.py) | real (text_bank.py: real sentences, code-switched)
+    text_mix: dict | None = None  # real text: {code_switched, mandarin, natural, english} weights (None: the default)
+    text_script: str = "simplified"  # real text: simplified | traditional
+    voice_blends: int = 0  # new Mandarin training speakers: blends of training Kokoro voices (needs kokoro training)
+    channel: dict | None = None  # overrides of augment.TRAIN (lectures, test, dev): snr_db, telephone_p, codec_p, ...
+    engine_share: dict | None = None  # real text: share of lectures per Mandarin engine, e.g. {gcin: 0.35, kokoro: 0.3}
+    lecture_limit: int | None = None  # real text: only the first N lectures (learning-curve prefixes of one corpus)
+    audio_store: str | None = None  # real text: where item audio lives (shared by corpora that differ in size only)
+    workers: int = 0  # real text: processes synthesising items (0: one per core); never changes the output
+
+
+# Fields added after corpus version 4, with the values that mean "as before": left out of the stamp at those
+# values, so an existing corpus is still recognised; ``workers`` never decides the output.
+LATER_DEFAULTS = {"text": "templates", "text_mix": None, "text_script": "simplified", "voice_blends": 0,
+                  "channel": None, "engine_share": None, "lecture_limit": None, "audio_store": None}
 
 
 @dataclass(frozen=True)
@@ -97,13 +113,15 @@ def clear_pairs(engines: list[str] | None = None) -> list[Pair]:
     return [Pair(v, voices("en", True)[0]) for v in unheard]
 
 
-def lecture_pairs(lectures: int, rng: random.Random, engines: list[str] | None = None) -> list[Pair]:
+def lecture_pairs(lectures: int, rng: random.Random, engines: list[str] | None = None,
+                  extra_zh: list[VoiceSpec] = ()) -> list[Pair]:
     """The lecturer of each lecture: ``lectures // 2`` distinct training pairs, each giving two or more lectures.
 
     Pair k joins Mandarin voice k mod n_zh with English voice (k + k // lcm) mod n_en: as soon as there are
     as many pairs as voices in the larger language every training voice lectures, and no pair repeats.
+    ``extra_zh``: more Mandarin training voices (Kokoro blends) after the registry's.
     """
-    zh, en = training_voices("zh", engines), training_voices("en", engines)
+    zh, en = training_voices("zh", engines) + list(extra_zh), training_voices("en", engines)
     count = max(1, min(lectures // 2, len(zh) * len(en)))
     cycle = math.lcm(len(zh), len(en))
     pairs = [Pair(zh[k % len(zh)], en[(k + k // cycle) % len(en)]) for k in range(count)]
@@ -131,10 +149,22 @@ def _record(audio: np.ndarray, condition: augment.Condition, options: SynthOptio
     return (out * (0.95 / peak) if peak > 0.95 else out).astype(np.float32)
 
 
+def train_conditions(options: SynthOptions) -> augment.AugmentConfig:
+    """augment.TRAIN with the options' ``channel`` overrides (lists become the tuples AugmentConfig holds)."""
+    if not options.channel:
+        return augment.TRAIN
+    known = {f.name for f in fields(augment.AugmentConfig)}
+    unknown = sorted(set(options.channel) - known)
+    if unknown:
+        raise ValueError(f"corpus synth channel: unknown keys {unknown}; known: {sorted(known)}")
+    as_tuple = lambda v: tuple(as_tuple(x) for x in v) if isinstance(v, list | tuple) else v  # noqa: E731
+    return replace(augment.TRAIN, **{k: as_tuple(v) for k, v in options.channel.items()})
+
+
 def _condition(options: SynthOptions, ood: bool, rng: np.random.Generator) -> augment.Condition:
     if not options.augment:
         return augment.CLEAN
-    return augment.draw_condition(rng, augment.OOD if ood else augment.TRAIN)
+    return augment.draw_condition(rng, augment.OOD if ood else train_conditions(options))
 
 
 def _utterance(sentences: Iterator[str], pair: Pair, condition: augment.Condition, options: SynthOptions,
@@ -276,10 +306,11 @@ def _lectures(sentences: list[str], pairs: list[Pair], out: Path, options: Synth
     return unlabelled
 
 
-def _voices_report(sets: dict[str, list[dict]]) -> dict:
+def _voices_report(sets: dict[str, list[dict]], extra_zh: list[VoiceSpec] = ()) -> dict:
     used = {split: sorted({r.get("voice") or r.get("voices") for r in rows}) for split, rows in sets.items()}
     return {
-        "train": {lang: [v.describe() for v in voices(lang, False)] for lang in ("zh", "en")},
+        "train": {lang: [v.describe() for v in voices(lang, False) + (list(extra_zh) if lang == "zh" else [])]
+                  for lang in ("zh", "en")},
         "heldout": {lang: [v.describe() for v in voices(lang, True)] for lang in ("zh", "en")},
         "used": used,
     }
@@ -289,7 +320,18 @@ def _stamp(options: SynthOptions) -> dict:
     """Options plus what else decides the audio: the code version and the voice registry (names, engines, roles)."""
     registry = [[v.name, v.engine, list(v.params), v.heldout] for v in VOICES]
     digest = hashlib.sha256(json.dumps(registry, sort_keys=True).encode()).hexdigest()[:16]
-    return {**asdict(options), "version": CORPUS_VERSION, "voices": digest}
+    chosen = {k: v for k, v in asdict(options).items()
+              if k != "workers" and (k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k])}
+    return {**chosen, "version": CORPUS_VERSION, "voices": digest}
+
+
+def blends(options: SynthOptions) -> list[VoiceSpec]:
+    """The options' Kokoro blends (none when the training engines leave Kokoro out: blends are Kokoro speech)."""
+    if not options.voice_blends or (options.training_engines is not None and "kokoro" not in options.training_engines):
+        return []
+    from k2d_train.data.voices import kokoro_blends
+
+    return kokoro_blends(options.voice_blends, options.seed)
 
 
 def build_corpus(out: Path, options: SynthOptions) -> bool:
@@ -298,8 +340,20 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     if stamp.exists() and json.loads(stamp.read_text()) == _stamp(options):
         return False
     out.mkdir(parents=True, exist_ok=True)
+    if options.text == "real":
+        from k2d_train.data.engine import build_real
+
+        build_real(out, options)
+        stamp.write_text(json.dumps(_stamp(options), indent=2) + "\n")
+        return True
+    if options.text != "templates":
+        raise ValueError(f"corpus synth text: {options.text!r}; choose templates or real")
+    if options.lecture_limit is not None or options.audio_store is not None or options.engine_share:
+        raise ValueError("corpus synth: lecture_limit, audio_store and engine_share need text: real (template "
+                         "lectures draw from one shared pool, so a prefix is not a smaller corpus)")
     conditions: dict[str, dict] = {}
-    lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines)
+    extra = blends(options)
+    lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines, extra)
     speakers = sorted(set(lecturers), key=lambda p: p.name)  # in-domain sets: exactly the lectures' speakers
     bank = iter(sentence_bank(options.seed))
     sets = {
@@ -321,7 +375,7 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
     if options.encoder_minutes > 0:
         _encoder_audio(lecture_sentences, out, options)
-    (out / "voices.json").write_text(json.dumps(_voices_report(sets), ensure_ascii=False, indent=2) + "\n")
+    (out / "voices.json").write_text(json.dumps(_voices_report(sets, extra), ensure_ascii=False, indent=2) + "\n")
     (out / "conditions.json").write_text(json.dumps(conditions, indent=1) + "\n")
     stamp.write_text(json.dumps(_stamp(options), indent=2) + "\n")
     return True

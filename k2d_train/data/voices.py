@@ -290,7 +290,7 @@ def _engine(voice: VoiceSpec, text: str, rate: float) -> np.ndarray:
         from k2d_train.data.kokoro import KokoroUnavailable, kokoro
 
         try:
-            return _trim(kokoro().speak(text, get("speaker"), round(get("speed", 1.0) * rate, 3)))
+            return _trim(kokoro().speak(text, get("blend") or get("speaker"), round(get("speed", 1.0) * rate, 3)))
         except KokoroUnavailable as err:
             raise VoiceUnavailable(str(err)) from err
     raise ValueError(f"unknown voice engine {voice.engine!r}")
@@ -352,6 +352,26 @@ DROPPED_SPECS: tuple[VoiceSpec, ...] = (
     _v("espeak-cmn-f1", "zh", "espeak", voice="cmn-latn-pinyin+f1", speed=150, pitch=50),
     _v("espeak-cmn-f5", "zh", "espeak", voice="cmn-latn-pinyin+f5", speed=150, pitch=50),
 )
+
+
+def kokoro_blends(count: int, seed: int = 0) -> list[VoiceSpec]:
+    """``count`` new Mandarin training speakers: each a convex blend of two or three TRAINING Kokoro style packs
+    (never a held-out one, so the out-of-domain sets stay unheard), with its own speaking rate (0.85-1.15) and
+    pitch (±2 semitones). A pure function of (count, seed); blend k is the same whatever the count."""
+    import random
+
+    parents = [v.get("speaker") for v in voices("zh", False) if v.engine == "kokoro"]
+    blends = []
+    for index in range(count):
+        rng = random.Random(f"kokoro-blend-{seed}-{index}")
+        names = sorted(rng.sample(parents, 3 if rng.random() < 0.3 else 2))
+        raw = [rng.uniform(0.2, 1.0) for _ in names]
+        weights = [round(w / sum(raw), 3) for w in raw]
+        weights[-1] = round(1 - sum(weights[:-1]), 3)
+        semitones = 0.0 if rng.random() < 0.3 else round(rng.uniform(-2, 2), 1)
+        blends.append(_v(f"kokoro-blend-{seed}-{index:02d}", "zh", "kokoro", blend=tuple(zip(names, weights, strict=True)),
+                         speed=round(rng.uniform(0.85, 1.15), 2), semitones=semitones))
+    return blends
 
 
 def voice(name: str) -> VoiceSpec:
