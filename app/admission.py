@@ -1,13 +1,18 @@
-"""Admission control and the decode cap: refuse early and cheaply, never after the expensive work.
+"""Admission control and the decode cap: admit only what can finish before its deadline, refuse early and cheaply.
 
-A request is weighed against its model's load *before* it is decoded: seconds of audio already
-queued, plus the seconds of requests admitted but still being decoded or VAD-split (reserved here,
-by the duration their header declares). If that load is over ``K2D_MAX_QUEUE_AUDIO_S``, or the windows
-ahead cannot be run within the request's remaining deadline at the model's measured cost per window, the answer is
-429 with a Retry-After estimate — in milliseconds, not after seconds of decoding. Twice: from the
-request's headers alone, as soon as it arrives, if the model cannot take even a *typical* request
-(:class:`EarlyRefusal`, nothing of the upload read), then with the duration the file's header declares. Decoding and VAD
-run in threads, at most ``K2D_MAX_CONCURRENT_DECODES`` at once, each slot held until its thread
+Every admitted request holds a :class:`Ticket`: its deadline, its estimated cost in compute seconds
+(:mod:`app.costs`: learned per model from what finished requests really cost, teacher fallback included)
+and what it has been charged so far. A request is admitted only if the work admitted ahead of it (every
+ticket whose deadline is not later than its own) plus its own estimate fits in ``HEADROOM`` of the time
+its deadline leaves; the schedulers serve the earliest deadline first, so admitting it delays no one
+admitted before it. Otherwise the answer is 429 with a ``Retry-After`` computed from that work: the
+seconds until enough of it will have run for this request to fit. With nothing admitted ahead, a request
+is always admitted (refusing it could never end, however long the client waited).
+
+Twice: from the request's headers alone, as soon as it arrives, if the model cannot take even a *typical*
+request (:class:`EarlyRefusal`, nothing of the upload read), then with the duration the file's header
+declares. ``K2D_MAX_QUEUE_AUDIO_S`` and ``K2D_MAX_QUEUE_WINDOWS`` still bound each model's queue. Decoding
+and VAD run in threads, at most ``K2D_MAX_CONCURRENT_DECODES`` at once, each slot held until its thread
 really ends (a cancelled request's thread is told to stop, but still counts until it has).
 """
 
@@ -18,11 +23,11 @@ import functools
 import math
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from app.costs import PRIOR_CPU, PRIOR_GPU, CostEstimator, frames_of, nominal_s, planned_windows
 from app.dependencies import key_matches
 from app.errors import OverloadedError, send_error
 from app.lifecycle import DEADLINE_KEY
@@ -33,48 +38,119 @@ from k2d.windows import MAX_WINDOW_S
 
 T = TypeVar("T")
 TYPICAL_WEIGHT = 0.1  # weight of the newest request in a model's typical request length
+HEADROOM = 0.85  # share of a request's remaining time the work ahead of it and its own estimate may fill
 
 
-class Reservation:
-    """Audio a request holds against its model's load until its windows are queued."""
+class Ticket:
+    """One admitted request: its deadline (its windows' place in every queue they reach), its estimated
+    cost, and the compute seconds its windows have been charged (teacher fallback included)."""
 
-    def __init__(self, admission: Admission, name: str, seconds: float):
-        self.admission, self.name, self.seconds = admission, name, seconds
-        admission.reserved[name] += seconds
-        admission.reserved_windows[name] += windows_in(seconds)
+    def __init__(self, admission: Admission, model: str, deadline: float, audio_s: float, nominal: float,
+                 estimate: float):
+        self.admission, self.model, self.deadline = admission, model, deadline
+        self.audio_s = audio_s  # declared audio, held against the model's audio bound until its windows queue
+        self.nominal, self.estimate = nominal, estimate
+        self.spent = 0.0
+        self.windows: int | None = None  # unknown until the upload is decoded and cut
+        self.left = 0
+        self.failed = False
 
-    def release(self) -> None:
-        self.admission.reserved[self.name] -= self.seconds
-        self.admission.reserved_windows[self.name] -= windows_in(self.seconds)
-        self.seconds = 0.0
+    def charge(self, seconds: float) -> None:
+        """Compute seconds one of its windows was charged (called by the model's scheduler)."""
+        self.spent += seconds
 
+    @property
+    def remaining(self) -> float:
+        """Estimated compute seconds still to run: all of it until queued, then the unfinished windows' share."""
+        if self.windows is None:
+            return self.estimate
+        return self.estimate * self.left / self.windows if self.windows else 0.0
 
-def windows_in(seconds: float) -> int:
-    """Windows the model will run for this much audio (at least one: every window costs a full 30 s)."""
-    return max(1, math.ceil(seconds / MAX_WINDOW_S)) if seconds > 0 else 0
+    def queued(self, futures: list[asyncio.Future], nominal: float) -> None:
+        """Its windows are queued: the estimate is redone from the windows themselves (their count and
+        context), and the request is learnt from once every window has its final transcript."""
+        self.windows = self.left = len(futures)
+        self.audio_s = 0.0  # the scheduler's queue accounts for the audio from here
+        self.nominal, self.estimate = nominal, self.admission.costs.estimate(self.model, nominal)
+        for future in futures:
+            future.add_done_callback(self._window_done)
+        if not futures:
+            self.close()
+        self.admission.publish(self.model)
+
+    def _window_done(self, future: asyncio.Future) -> None:
+        self.left -= 1
+        if future.cancelled() or future.exception() is not None:
+            self.failed = True
+        if self.left <= 0:
+            if not self.failed:
+                self.admission.learn(self)
+            self.close()
+        else:
+            self.admission.publish(self.model)
+
+    def close(self) -> None:
+        """The request ended (answered, failed or abandoned): it is no longer work ahead of anyone."""
+        self.admission.tickets.discard(self)
+        self.admission.publish(self.model)
 
 
 class Admission:
     def __init__(self, settings: Settings, metrics: Metrics):
-        self.max_queue_s, self.metrics = settings.max_queue_audio_s, metrics
-        self.reserved: dict[str, float] = defaultdict(float)
-        self.reserved_windows: dict[str, int] = defaultdict(int)
+        self.settings, self.max_queue_s, self.metrics = settings, settings.max_queue_audio_s, metrics
+        self.costs = CostEstimator(PRIOR_CPU)
+        self._prior_set = False
+        self.tickets: set[Ticket] = set()
         self._slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         # decodes get threads of their own: the default pool stays free for header probes, so a request
         # that will be refused never waits behind another request's decoding
         self._pool = ThreadPoolExecutor(settings.max_concurrent_decodes, thread_name_prefix="k2d-decode")
         self._typical: dict[str, tuple[float, float]] = {}  # model -> weighted mean, variance of request seconds
 
+    # --- the estimate -------------------------------------------------------------------------------------------
+
+    def _declare(self, name: str, served: ServedModel) -> None:
+        if not self._prior_set:  # the device is known once models are loaded
+            device = self.settings.runtime().resolve()[0]
+            self.costs.prior_per_m = PRIOR_GPU if device == "cuda" else PRIOR_CPU
+            self._prior_set = True
+        if not self.costs.known(name):
+            self.costs.declare(name, getattr(served.entry, "parameters", None))
+
+    def nominal(self, served: ServedModel, duration_s: float) -> float:
+        """Nominal seconds of an upload of ``duration_s`` (before it is decoded and cut)."""
+        return nominal_s(planned_windows(duration_s, served.max_window_s), frames_of(served.scheduler.engine))
+
+    def estimate(self, name: str, served: ServedModel, duration_s: float) -> tuple[float, float]:
+        """(nominal seconds, estimated compute seconds) of an upload of ``duration_s`` to this model."""
+        self._declare(name, served)
+        nominal = self.nominal(served, duration_s)
+        return nominal, self.costs.estimate(name, nominal)
+
+    def windows_nominal(self, served: ServedModel, windows: list[float]) -> float:
+        return nominal_s(windows, frames_of(served.scheduler.engine))
+
+    def learn(self, ticket: Ticket) -> None:
+        self.costs.observe(ticket.model, ticket.nominal, ticket.spent)
+        self.metrics.cost_ratio.labels(ticket.model).set(self.costs.ratio(ticket.model))
+
+    # --- the ledger ---------------------------------------------------------------------------------------------
+
+    def work_ahead(self, deadline: float) -> float:
+        """Compute seconds admitted with a deadline no later than ``deadline`` and not yet run (every model:
+        they share the machine)."""
+        return sum(t.remaining for t in self.tickets if t.deadline <= deadline)
+
     def load_s(self, name: str, served: ServedModel) -> float:
         """Seconds of audio this model still has to get through (queued + admitted, not yet queued)."""
-        return served.scheduler.queued_audio_s + self.reserved[name]
+        return served.scheduler.queued_audio_s + sum(t.audio_s for t in self.tickets if t.model == name)
 
-    def wait_s(self, name: str, served: ServedModel, extra_windows: int = 0) -> float:
-        """Expected seconds until the model has run every window ahead (0 while its cost is unknown).
+    def publish(self, name: str) -> None:
+        mine = [t for t in self.tickets if t.model == name]
+        self.metrics.admitted.labels(name).set(len(mine))
+        self.metrics.admitted_work.labels(name).set(sum(t.remaining for t in mine))
 
-        Cost is per window, not per audio second: a 3 s clip is padded to its context and costs about
-        as much as a full window; the scheduler's measured cost includes what batching saves."""
-        return served.scheduler.backlog_s(self.reserved_windows[name] + extra_windows)
+    # --- decisions ----------------------------------------------------------------------------------------------
 
     def typical_s(self, name: str) -> float:
         """Audio seconds of a typical request to this model, erring long: the weighted mean of recent
@@ -83,18 +159,21 @@ class Admission:
         mean, variance = self._typical.get(name, (0.0, 0.0))
         return min(mean + math.sqrt(variance), MAX_WINDOW_S)
 
-    def precheck(self, name: str, served: ServedModel, remaining_s: float) -> None:
+    def precheck(self, name: str, served: ServedModel, deadline: float) -> None:
         """Refuse at once, before the upload is read, when the model cannot take even a typical request.
 
         The precise check (:meth:`admit`, with the header's duration) comes later; this one trades at
         most one typical request's worth of the bound for a 429 that costs no upload, parse or probe."""
-        self._check(name, served, self.typical_s(name), remaining_s)
+        self._check(name, served, self.typical_s(name), deadline)
 
-    def admit(self, name: str, served: ServedModel, estimate_s: float, remaining_s: float) -> Reservation:
-        """Reserve ``estimate_s`` for this request, or raise OverloadedError (429) if the model cannot take it."""
-        self._weigh(name, estimate_s)
-        self._check(name, served, estimate_s, remaining_s)
-        return Reservation(self, name, estimate_s)
+    def admit(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> Ticket:
+        """A ticket for this request, or OverloadedError (429) if it cannot finish before ``deadline``."""
+        self._weigh(name, duration_s)
+        nominal, estimate = self._check(name, served, duration_s, deadline)
+        ticket = Ticket(self, name, deadline, duration_s, nominal, estimate)
+        self.tickets.add(ticket)
+        self.publish(name)
+        return ticket
 
     def _weigh(self, name: str, seconds: float) -> None:
         """Exponentially weighted mean and variance of the request lengths seen (West's update)."""
@@ -106,23 +185,54 @@ class Admission:
         mean += TYPICAL_WEIGHT * delta
         self._typical[name] = (mean, (1 - TYPICAL_WEIGHT) * (variance + TYPICAL_WEIGHT * delta * delta))
 
-    def _check(self, name: str, served: ServedModel, estimate_s: float, remaining_s: float) -> None:
+    def _check(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> tuple[float, float]:
+        """(nominal, estimate) of the request if the model can take it; else OverloadedError."""
         scheduler = served.scheduler
+        remaining = deadline - time.monotonic()
+        nominal, estimate = self.estimate(name, served, duration_s)
+        ahead = self.work_ahead(deadline)
         if (queued := scheduler.queued_windows) >= scheduler.max_queue:
             raise OverloadedError(f"model {name!r} has {queued} windows queued (limit {scheduler.max_queue})",
-                                  self._retry_after(name, served))
+                                  retry_s(ahead * min(1.0, (queued + 1 - scheduler.max_queue) / max(queued, 1))))
         load = self.load_s(name, served)
-        if load > 0 and load + estimate_s > self.max_queue_s:
+        if load > 0 and load + duration_s > self.max_queue_s:
+            excess = (load + duration_s - self.max_queue_s) / load  # the share of the work ahead that must run first
             raise OverloadedError(f"model {name!r} has {load:.0f} s of audio waiting (limit {self.max_queue_s:.0f} s)",
-                                  self._retry_after(name, served))
-        wait = self.wait_s(name, served, windows_in(estimate_s))
-        if load > 0 and wait > remaining_s:
-            raise OverloadedError(f"model {name!r} cannot serve this request within its deadline (~{wait:.0f} s of "
-                                  "work ahead)", self._retry_after(name, served))
+                                  retry_s(ahead * min(1.0, excess)))
+        if ahead > 0 and ahead + estimate > HEADROOM * remaining:
+            raise OverloadedError(f"model {name!r} cannot serve this request within its deadline (~{ahead:.0f} s of "
+                                  f"work ahead, ~{estimate:.0f} s its own, {remaining:.0f} s left)",
+                                  self.retry_after(ahead, estimate, remaining))
+        return nominal, estimate
 
-    def _retry_after(self, name: str, served: ServedModel) -> int:
-        """Seconds until the work ahead is likely done (1–60; 1 while its cost is unknown)."""
-        return min(60, max(1, math.ceil(self.wait_s(name, served))))
+    def retry_after(self, ahead: float, estimate: float, remaining: float) -> int:
+        """Seconds until enough of the work ahead has run for a request like this one, arriving again with
+        the time it has now, to fit (all of it when the request only fits with nothing ahead)."""
+        return retry_s(self.drain_s(min(ahead, ahead + estimate - HEADROOM * remaining)))
+
+    def drain_s(self, work: float) -> float:
+        """Seconds until ``work`` compute seconds of the admitted work will have left the ledger. Work leaves
+        it a window at a time, when the window's transcript is final, earliest deadline first: the answer
+        is when the window that completes ``work`` finishes, not the moment the sum would reach it."""
+        if work <= 0:
+            return 0.0
+        done = 0.0
+        for ticket in sorted(self.tickets, key=lambda t: t.deadline):
+            windows = ticket.left if ticket.windows else 1  # not yet cut into windows: leaves all at once
+            for _ in range(max(windows, 1)):
+                done += ticket.remaining / max(windows, 1)
+                if done >= work - 1e-9:
+                    return done
+        return done
+
+    def retry_after_typical(self, name: str, served: ServedModel) -> int:
+        """Retry-After for a request that failed after admission (a timeout): when a typical request of
+        this model, sent with a fresh deadline, would be admitted."""
+        timeout = self.settings.request_timeout_s
+        _, estimate = self.estimate(name, served, self.typical_s(name))
+        return self.retry_after(self.work_ahead(math.inf), estimate, timeout)
+
+    # --- bounded decoding ---------------------------------------------------------------------------------------
 
     async def run_bounded(self, fn: Callable[..., T], *args, stop: threading.Event, **kwargs) -> T:
         """Run ``fn(*args, stop=stop, **kwargs)`` in a thread once a decode slot is free; cancelling sets ``stop``."""
@@ -149,6 +259,11 @@ class Admission:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def retry_s(seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1."""
+    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
+
+
 class EarlyRefusal:
     """ASGI middleware: while *every* served model is overloaded, answer a transcription request 429
     from its headers alone, before a byte of its upload is read — whichever model it names would refuse
@@ -171,11 +286,11 @@ class EarlyRefusal:
         if not self.models.models or not key_matches(headers.get(b"authorization", b"").decode("latin-1"),
                                                      self.settings.api_key):
             return None  # unauthenticated: the route answers 401, never a hint about the load
-        remaining = scope.get("state", {}).get(DEADLINE_KEY, time.monotonic() + 1) - time.monotonic()
+        deadline = scope.get("state", {}).get(DEADLINE_KEY, time.monotonic() + 1)
         refusals = []
         for name, served in self.models.models.items():
             try:
-                self.admission.precheck(name, served, remaining)
+                self.admission.precheck(name, served, deadline)
             except OverloadedError as err:
                 refusals.append(err)
             else:

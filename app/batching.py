@@ -1,12 +1,19 @@
 """Batching across concurrent requests: one queue of windows per model, shared by every request.
 
-A dispatcher task takes the window of the request served longest ago, waits at most ``max_wait_ms``
-for more (default 0: a free worker starts at once, and windows that queue while every worker is busy
-form the next batch), and sends windows *with the same decoding options* to a worker thread as one ``generate``
-call, taking them round-robin across requests: a 10-minute upload gets one window per batch like
-everyone else, so short requests queued after it are not starved. Windows with other options wait for
-their own batch. Results go back to each window's future, so requests reassemble independently. An
-engine error fails only the windows of that batch.
+A dispatcher task takes the window with the **earliest deadline** (its request's; windows without one, and
+windows of one request, in the order they came), waits at most ``max_wait_ms`` for more (default 0: a free
+worker starts at once, and windows that queue while every worker is busy form the next batch), and sends
+windows *with the same decoding options* to a worker thread as one ``generate`` call, filled in deadline
+order. Earliest deadline first is what lets admission control promise a deadline: a request admitted
+because the work ahead of it fits before its deadline is never overtaken by one admitted later (a later
+arrival has a later deadline), and a burst degrades into answers in time for the requests admitted and
+fast refusals for the rest, instead of every request advancing together and all missing their deadline.
+Windows with other options wait for their own batch. Results go back to each window's future, so
+requests reassemble independently. An engine error fails only the windows of that batch.
+
+**Charged work.** Each call's wall-clock time, shared with the calls running beside it
+(:class:`app.costs.BusyClock`, one per service), is charged to the requests whose windows it ran, in
+proportion to their cost units: admission control learns from these what requests cost.
 
 **Bounded work per call.** A ``generate`` call cannot be interrupted, so a batch is cut to what fits in
 ``max_batch_s`` at the model's measured cost (:class:`CostModel`: engine seconds per window, weighted by
@@ -21,20 +28,27 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.costs import BusyClock
 from app.metrics import Metrics
 from app.settings import DEFAULT_MAX_BATCH_S
 from k2d.audio import SAMPLE_RATE
 from k2d.context import FULL_FRAMES
 from k2d.engine import DecodeOptions, WhisperEngine
 
+if TYPE_CHECKING:
+    from app.admission import Ticket
+
 COST_WEIGHT = 0.5  # weight of the newest batch in the cost estimate
+_order = itertools.count()  # submission order: ties between equal deadlines, windows of one request
 
 
 class QueueFullError(RuntimeError):
@@ -56,11 +70,20 @@ class WindowJob:
     options: DecodeOptions
     future: asyncio.Future
     frames: int  # the model's context policy: windows of one bucket share a batch (same feature shape)
-    request: int = 0  # windows submitted together share this id (round-robin across requests)
+    ticket: Ticket | None = None  # the admitted request it belongs to: its deadline, what it is charged
     enqueued: float = field(default_factory=time.monotonic)
+    order: int = field(default_factory=lambda: next(_order))
 
     def key(self) -> tuple:
         return (*self.options.key(), self.frames)
+
+    @property
+    def deadline(self) -> float:
+        return self.ticket.deadline if self.ticket is not None else math.inf
+
+    def turn(self) -> tuple[float, int]:
+        """Its place in the queue: earliest deadline first, then first come."""
+        return self.deadline, self.order
 
     @property
     def units(self) -> float:
@@ -101,8 +124,9 @@ class CostModel:
 
 class BatchScheduler:
     def __init__(self, name: str, engine: WhisperEngine, metrics: Metrics, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, max_batch_s: float = DEFAULT_MAX_BATCH_S):
+                 max_queue: int, max_batch_s: float = DEFAULT_MAX_BATCH_S, clock: BusyClock | None = None):
         self.name, self.engine, self.metrics = name, engine, metrics
+        self.clock = clock or BusyClock()  # shared by every model's scheduler: they share the machine
         self.max_batch, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.max_batch_s = max_batch_s
         self.cost = CostModel()
@@ -113,9 +137,6 @@ class BatchScheduler:
         self._executor = ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix=f"k2d-{name}")
         self._running: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
-        self._requests = itertools.count(1)
-        self._clock = itertools.count()
-        self._turn: dict[int, int] = {}  # request -> when it arrived or last got a window (smallest goes first)
         self._swept = False
         self.accepting = True
 
@@ -159,9 +180,10 @@ class BatchScheduler:
         return self._dispatcher is not None and not self._dispatcher.done()
 
     def submit(self, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
-               background: bool = False) -> list[asyncio.Future]:
+               background: bool = False, ticket: Ticket | None = None) -> list[asyncio.Future]:
         """Queue all windows of one request at once (all or none, so a request is never half-queued).
 
+        ``ticket``: the admitted request they belong to (its deadline orders them; they are charged to it).
         ``background`` windows (shadow scoring) wait in their own lane, taken only when no foreground
         window is queued, and are bounded separately: shadow work never delays or rejects a request."""
         if not self.accepting:
@@ -171,9 +193,7 @@ class BatchScheduler:
         if queued + len(windows) > self.max_queue:
             raise QueueFullError(f"model {self.name!r} has {queued} windows queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        request = next(self._requests)
-        self._turn[request] = next(self._clock)
-        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w), request) for w in windows]
+        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w), ticket) for w in windows]
         for job in jobs:
             job.future.add_done_callback(self._on_done)
         lane.extend(jobs)
@@ -198,13 +218,7 @@ class BatchScheduler:
                 kept = [job for job in lane if job.live]
                 lane.clear()
                 lane.extend(kept)
-        self._forget_idle_requests()
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
-
-    def _forget_idle_requests(self) -> None:
-        waiting = {job.request for lane in (self.pending, self.background) for job in lane}
-        for request in [r for r in self._turn if r not in waiting]:
-            del self._turn[request]
 
     async def _dispatch(self) -> None:
         while True:
@@ -233,33 +247,18 @@ class BatchScheduler:
         task.add_done_callback(self._running.discard)
 
     def _take_batch(self, lane: deque[WindowJob]) -> list[WindowJob]:
-        """The request served longest ago leads: its oldest window's options and bucket decide the batch.
-        Compatible windows join one per request in turn (in the same order), up to :meth:`batch_limit`;
-        every request that got a window goes to the back of the line."""
-        live = [job for job in lane if job.live]
+        """The window with the earliest deadline leads: its options and bucket decide the batch, and
+        compatible windows join it in deadline order, up to :meth:`batch_limit`."""
+        live = sorted((job for job in lane if job.live), key=WindowJob.turn)
         if not live:
             lane.clear()
-            self._forget_idle_requests()
             return []
-        lead = min(live, key=lambda job: self._turn.get(job.request, -1))
+        lead = live[0]
         key, limit = lead.key(), self.batch_limit(lead)
-        by_request: dict[int, deque[WindowJob]] = {}
-        for job in live:
-            if job.key() == key:
-                by_request.setdefault(job.request, deque()).append(job)
-        turns = deque(sorted(by_request, key=lambda request: self._turn.get(request, -1)))
-        batch: list[WindowJob] = []
-        while turns and len(batch) < limit:
-            request = turns.popleft()
-            batch.append(by_request[request].popleft())
-            if by_request[request]:
-                turns.append(request)
-        for request in dict.fromkeys(job.request for job in batch):
-            self._turn[request] = next(self._clock)
+        batch = [job for job in live if job.key() == key][:limit]
         taken = {id(job) for job in batch}
         lane.clear()
         lane.extend(job for job in live if id(job) not in taken)
-        self._forget_idle_requests()
         self.metrics.queue_depth.labels(self.name).set(len(self.pending))
         return batch
 
@@ -271,6 +270,7 @@ class BatchScheduler:
             for job in batch:
                 self.metrics.queue_seconds.labels(self.name).observe(started - job.enqueued)
             loop = asyncio.get_running_loop()
+            token = self.clock.start()
             try:
                 results = await loop.run_in_executor(
                     self._executor, self.engine.transcribe_batch, [j.audio for j in batch], [j.language for j in batch],
@@ -281,6 +281,8 @@ class BatchScheduler:
                     if not job.future.done():
                         job.future.set_exception(EngineError(f"inference failed: {err}"))
                 return
+            finally:
+                self._charge(batch, self.clock.stop(token))  # before any result: a finished request has its charge
             elapsed = time.monotonic() - started
             self.cost.observe(sum(j.units for j in batch), len(batch), elapsed)
             audio_s = sum(len(j.audio) for j in batch) / SAMPLE_RATE
@@ -293,6 +295,14 @@ class BatchScheduler:
                     job.future.set_result((result, started - job.enqueued, elapsed))
         finally:
             self._slots.release()
+
+    @staticmethod
+    def _charge(batch: list[WindowJob], seconds: float) -> None:
+        """A call's compute seconds, shared among its windows' requests by their cost units."""
+        units = sum(job.units for job in batch)
+        for job in batch:
+            if job.ticket is not None and units > 0:
+                job.ticket.charge(seconds * job.units / units)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let queued and running batches finish (bounded by ``timeout``)."""

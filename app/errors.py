@@ -22,6 +22,10 @@ from k2d.registry import UnknownModelError
 class RequestTimeoutError(RuntimeError):
     """The transcription did not finish within ``K2D_REQUEST_TIMEOUT_S``."""
 
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after  # when admission expects a request like it to fit again
+
 
 class UnsupportedOptionError(ValueError):
     """A form value that parses but that this model cannot honour (e.g. an unknown language)."""

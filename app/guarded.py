@@ -20,6 +20,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from app.batching import BatchScheduler, QueueFullError, ShuttingDownError
 from app.metrics import Metrics
 from k2d.cascade import TeacherFallback
 from k2d.engine import DecodeOptions, WindowResult
+
+if TYPE_CHECKING:
+    from app.admission import Ticket
 
 log = logging.getLogger("k2d")
 Outcome = tuple[WindowResult, float, float]  # result, queue seconds, inference seconds
@@ -44,16 +48,19 @@ class Cascade:
         self._shadows: set[asyncio.Task] = set()
 
     def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
-               fallback: bool | None = None) -> list[asyncio.Future]:
-        futures = self.student_queue.submit(audios, language, options)
+               fallback: bool | None = None, ticket: Ticket | None = None) -> list[asyncio.Future]:
+        """``ticket``: the request's admission; a window that falls back keeps its deadline and is charged to it."""
+        futures = self.student_queue.submit(audios, language, options, ticket=ticket)
         use_fallback = self.fallback if fallback is None else fallback
-        return [asyncio.ensure_future(self._window(f, a, options, use_fallback)) for f, a in zip(futures, audios, strict=True)]
+        return [asyncio.ensure_future(self._window(f, a, options, use_fallback, ticket))
+                for f, a in zip(futures, audios, strict=True)]
 
-    async def _window(self, future: asyncio.Future, audio: np.ndarray, options: DecodeOptions, fallback: bool) -> Outcome:
+    async def _window(self, future: asyncio.Future, audio: np.ndarray, options: DecodeOptions, fallback: bool,
+                      ticket: Ticket | None = None) -> Outcome:
         result, queue_s, inference_s = await future
         if self.rule.wanted(result):
             if fallback:
-                return await self._fall_back(result, audio, options, queue_s, inference_s)
+                return await self._fall_back(result, audio, options, queue_s, inference_s, ticket)
             self._trim(result)
         if self.shadow_fraction and self._random.random() < self.shadow_fraction:
             task = asyncio.create_task(self._shadow(result, audio, options))
@@ -62,9 +69,10 @@ class Cascade:
         return result, queue_s, inference_s
 
     async def _fall_back(self, result: WindowResult, audio: np.ndarray, options: DecodeOptions, queue_s: float,
-                         inference_s: float) -> Outcome:
+                         inference_s: float, ticket: Ticket | None = None) -> Outcome:
         try:
-            (teacher_future,) = self.teacher_queue.submit([audio], result.language, self.rule.options(options))
+            (teacher_future,) = self.teacher_queue.submit([audio], result.language, self.rule.options(options),
+                                                          ticket=ticket)
         except (QueueFullError, ShuttingDownError):
             self._trim(result)
             return result, queue_s, inference_s  # the guarded student's trimmed transcript beats an error

@@ -36,6 +36,11 @@ class Metrics:
         self.tokens = Counter("k2d_generated_tokens", "Tokens generated", ["model"], registry=r)
         self.queue_depth = Gauge("k2d_queue_depth", "Windows waiting in the model's queue", ["model"], registry=r)
         self.in_flight = Gauge("k2d_in_flight_requests", "Requests being served", ["model"], registry=r)
+        self.admitted = Gauge("k2d_admitted_requests", "Requests admitted and not yet finished", ["model"], registry=r)
+        self.admitted_work = Gauge("k2d_admitted_work_seconds", "Estimated compute seconds the admitted requests "
+                                   "still need", ["model"], registry=r)
+        self.cost_ratio = Gauge("k2d_cost_ratio", "Learned compute seconds per nominal second (audio + encoder "
+                                "input) of a request, teacher fallback included", ["model"], registry=r)
         self.rtfx = Gauge("k2d_rtfx", "Audio seconds per engine second over a sliding window", ["model"], registry=r)
         self.speedup = Gauge("k2d_student_speedup", "Student RTFx divided by teacher RTFx", ["student", "teacher"],
                              registry=r)
@@ -78,6 +83,8 @@ class Metrics:
 
         for model in models:
             self.batch_size.labels(model)  # the window count the fallback alert divides by
+            self.admitted.labels(model).set(0)
+            self.admitted_work.labels(model).set(0)
             for reason in REASONS:
                 self.guard.labels(model, reason)
         for student, teacher in pairs:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.batching import BatchScheduler
+from app.costs import BusyClock
 from app.guarded import Cascade, Harvest
 from app.metrics import Metrics
 from app.settings import Settings
@@ -20,6 +22,9 @@ from k2d.cascade import TeacherFallback
 from k2d.engine import DecodeOptions
 from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
 from k2d.served import Served, serve_models
+
+if TYPE_CHECKING:
+    from app.admission import Ticket
 
 
 @dataclass
@@ -44,13 +49,14 @@ class ServedModel:
         return self.scheduler.engine.policy.max_window_s
 
     def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
-               fallback: bool | None = None) -> list[asyncio.Future]:
+               fallback: bool | None = None, ticket: Ticket | None = None) -> list[asyncio.Future]:
         """Queue one request's windows; each future resolves to ``(WindowResult, queue_s, inference_s)``
         once the window's final transcript is known (guard and teacher fallback included).
-        ``fallback`` overrides the deployment's choice for this request."""
+        ``fallback`` overrides the deployment's choice for this request; ``ticket``: its admission (deadline,
+        charged work), which its teacher-fallback windows carry too."""
         if self.cascade is not None:
-            return self.cascade.submit(audios, language, options, fallback)
-        return self.scheduler.submit(audios, language, options)
+            return self.cascade.submit(audios, language, options, fallback, ticket)
+        return self.scheduler.submit(audios, language, options, ticket=ticket)
 
 
 def choose_models(registry: Registry, settings: Settings) -> list[str]:
@@ -76,6 +82,7 @@ class ModelManager:
         self.settings, self.metrics = settings, metrics
         self.registry = Registry(settings.models_dir)
         self.models: dict[str, ServedModel] = {}
+        self.clock = BusyClock()  # the models share the machine: one clock charges all their engine calls
 
     def load(self) -> None:
         settings = self.settings
@@ -83,7 +90,7 @@ class ModelManager:
                               settings.runtime())
         for name, model in served.items():
             scheduler = BatchScheduler(name, model.engine, self.metrics, settings.max_batch_size, settings.max_wait_ms,
-                                       settings.max_queue_windows, settings.max_batch_s)
+                                       settings.max_queue_windows, settings.max_batch_s, self.clock)
             self.models[name] = ServedModel(model, scheduler)
         self.metrics.pairs = [(name, teacher) for name, model in served.items() if model.entry.role == "student"
                               and (teacher := teacher_of(self.registry, model.entry)) in self.models]

@@ -13,19 +13,22 @@ import asyncio
 import io
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Request, UploadFile
 from fastapi.responses import StreamingResponse
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
-from app.admission import Admission
+from app.admission import Admission, Ticket
+from app.batching import QueueFullError
 from app.errors import RequestTimeoutError, UnsupportedOptionError
 from app.lifecycle import attribute_to, deadline_of
 from app.model_manager import ModelManager, ServedModel
 from app.settings import Settings
 from app.transcription import Job, TranscribeRequest, collect, prepare, stream_events, submit
 from app.upload import probe
+from k2d.audio import SAMPLE_RATE
 from k2d.registry import resolve_alias
 
 LANGUAGES = frozenset(_LANGUAGE_CODES)  # Whisper's own list: "endoftext", "translate" or "0.00" are not languages
@@ -65,14 +68,20 @@ def translates(served: ServedModel) -> bool:
 
 
 @asynccontextmanager
-async def within(deadline: float, timeout_s: float):
-    """Run the block under the request's deadline (``time.monotonic()`` clock); 503 when it passes."""
+async def within(deadline: float, timeout_s: float, retry_after: Callable[[], int] | None = None):
+    """Run the block under the request's deadline (``time.monotonic()`` clock); 503 when it passes, with a
+    Retry-After from ``retry_after`` (admission's estimate of when the work ahead will have drained)."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
             yield
     except TimeoutError as err:
-        raise RequestTimeoutError(f"the request took longer than {timeout_s:.0f} s") from err
+        raise RequestTimeoutError(f"the request took longer than {timeout_s:.0f} s",
+                                  retry_after() if retry_after else 1) from err
+
+
+def _later(admission: Admission, name: str, served: ServedModel) -> Callable[[], int]:
+    return lambda: admission.retry_after_typical(name, served)
 
 
 async def start(http: Request, upload: UploadFile, model: str | None, request: TranscribeRequest) -> Job:
@@ -86,19 +95,21 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
     validate(name, served, request)
     deadline = deadline_of(http)
     arrived = deadline - settings.request_timeout_s
-    admission.precheck(name, served, deadline - time.monotonic())
-    async with within(deadline, settings.request_timeout_s):
+    admission.precheck(name, served, deadline)
+    async with within(deadline, settings.request_timeout_s, _later(admission, name, served)):
         data = await upload.read()  # the request's own copy: worker threads may outlive the upload's temp file
         declared = await asyncio.to_thread(probe, io.BytesIO(data), settings.max_audio_s)
-        reservation = admission.admit(name, served, _estimate(declared, len(data), settings),
-                                      deadline - time.monotonic())
+        ticket = admission.admit(name, served, _estimate(declared, len(data), settings), deadline)
+        _close_with_request(ticket)  # however the request ends, it is no longer work ahead of anyone
+        prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
+                                               settings.vad_min_silence_ms, stop=threading.Event(),
+                                               max_window_s=served.max_window_s)
         try:
-            prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
-                                                   settings.vad_min_silence_ms, stop=threading.Event(),
-                                                   max_window_s=served.max_window_s)
-            job = submit(served, name, prepared, request, arrived)
-        finally:
-            reservation.release()  # queued now (or failed): the scheduler's queue accounts for it from here
+            job = submit(served, name, prepared, request, arrived, ticket)
+        except QueueFullError as err:
+            err.retry_after = admission.retry_after_typical(name, served)
+            raise
+        ticket.queued(job.futures, admission.windows_nominal(served, [len(w.audio) / SAMPLE_RATE for w in prepared.windows]))
     _cancel_with_request(job)
     return job
 
@@ -110,6 +121,12 @@ async def _each_field_once(http: Request) -> None:
     repeated = sorted({key for key, _ in form.multi_items() if key not in LIST_FIELDS and len(form.getlist(key)) > 1})
     if repeated:
         raise UnsupportedOptionError(f"send each form field once; repeated: {', '.join(repeated)}")
+
+
+def _close_with_request(ticket: Ticket) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _: ticket.close())
 
 
 def _cancel_with_request(job: Job) -> None:
@@ -128,9 +145,10 @@ def _estimate(declared: float | None, size: int, settings: Settings) -> float:
 
 async def finish(http: Request, job: Job) -> dict:
     """Wait for every window of a queued request (within its deadline)."""
-    settings: Settings = http.app.state.settings
+    state = http.app.state
+    later = _later(state.admission, job.name, state.models.models[job.name])
     try:
-        async with within(deadline_of(http), settings.request_timeout_s):
+        async with within(deadline_of(http), state.settings.request_timeout_s, later):
             return await collect(job)
     finally:
         job.cancel()

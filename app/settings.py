@@ -52,16 +52,20 @@ class Settings(BaseSettings):
                                "0 = max_batch_size alone")
     max_queue_windows: int = Field(256, ge=1, description="Per-model queue bound; beyond it requests get 429")
     max_queue_audio_s: float = Field(1200.0, gt=0, description="Per-model queue bound in audio seconds (admission: 429 "
-                                     "before decoding); sized to drain well within the request timeout")
+                                     "before decoding), on top of the deadline: a request is admitted only if the work "
+                                     "admitted ahead of it and its own estimated cost fit in its request timeout")
     max_concurrent_decodes: int = Field(4, ge=1, description="Uploads decoded (and VAD-split) at once; the rest wait")
 
     max_streams: int = Field(8, ge=1, description="WebSocket transcription streams served at once (more: close code "
                              "1013, try again later)")
     max_upload_mb: float = Field(25.0, gt=0, description="Largest upload accepted (413 beyond it)")
     max_audio_s: float = Field(600.0, gt=0, description="Longest audio accepted (seconds)")
-    request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, inference")
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline per request: upload, decode, VAD, queue, "
+                                     "inference. Admission takes a request only if its estimated cost fits before its "
+                                     "deadline behind the work admitted ahead of it (else 429 with Retry-After)")
     shutdown_grace_s: float | None = Field(None, gt=0, description="SIGTERM: time in-flight requests get to finish "
-                                           "(default: request timeout + 10 s; never less than the request timeout)")
+                                           "(default: request timeout + 10 s; never less than the request timeout, "
+                                           "so it covers the deadline of every request admitted before the signal)")
     api_key: str | None = Field(None, description="If set, every route needs 'Authorization: Bearer <key>' (401 "
                                 "without it; a WebSocket is closed with code 1008) but the probes /healthz and /readyz "
                                 "and, with K2D_METRICS_PUBLIC, /metrics")

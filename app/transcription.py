@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from k2d.engine import DecodeOptions
 from k2d.textunits import join_texts
 from k2d.transcribe import rebase
 from k2d.windows import MAX_WINDOW_S, Window, split
+
+if TYPE_CHECKING:
+    from app.admission import Ticket
 
 SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
 
@@ -82,11 +85,12 @@ def _silent(audio: np.ndarray) -> bool:
     return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
 
 
-def submit(served: ServedModel, name: str, prepared: Prepared, request: TranscribeRequest, arrived: float) -> Job:
-    """Queue every window of the request at once (the scheduler takes all or none)."""
+def submit(served: ServedModel, name: str, prepared: Prepared, request: TranscribeRequest, arrived: float,
+           ticket: Ticket | None = None) -> Job:
+    """Queue every window of the request at once (the scheduler takes all or none); ``ticket``: its admission."""
     language = request.language or served.default_language
     audios = [w.audio for w in prepared.windows]
-    futures = served.submit(audios, language, request.options, request.fallback) if audios else []
+    futures = served.submit(audios, language, request.options, request.fallback, ticket) if audios else []
     return Job(name, prepared, language, futures, arrived, time.monotonic(), request.options.word_timestamps)
 
 

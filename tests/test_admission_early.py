@@ -82,38 +82,28 @@ def _count(url: str, status: str) -> float:
                if s.name == "k2d_requests_total" and s.labels.get("status") == status)
 
 
-class StandInScheduler:
-    """What admission reads of a model's queue: ``load_s`` seconds queued, no cost measured yet."""
-
-    max_queue = 256
-    queued_windows = 0
-
-    def __init__(self, load_s: float):
-        self.queued_audio_s = load_s
-
-    def backlog_s(self, extra_windows: int = 0) -> float:
-        return 0.0
-
-
 def test_the_early_check_refuses_when_a_typical_request_would_not_fit():
-    from types import SimpleNamespace
+    import time
 
     from app.admission import Admission
     from app.errors import OverloadedError
     from app.metrics import Metrics
+    from tests.test_deadline_admission import model
 
-    admission = Admission(Settings(max_queue_audio_s=60), Metrics())
-    busy = SimpleNamespace(scheduler=StandInScheduler(load_s=55))
-    admission.precheck("m", busy, 120)  # nothing seen yet: only an already full queue is refused early
-    idle = SimpleNamespace(scheduler=StandInScheduler(load_s=0))
+    admission = Admission(Settings(max_queue_audio_s=60, device="cpu"), Metrics())
+    busy, idle = model(), model()
+    busy.scheduler.queued_audio_s = 55
+    soon = time.monotonic() + 120
+    admission.precheck("m", busy, soon)  # nothing seen yet: only an already full queue is refused early
     for _ in range(30):
-        admission.admit("m", idle, 8.0, 120).release()  # the traffic: 8 s requests
+        admission.admit("m", idle, 8.0, soon).close()  # the traffic: 8 s requests
     assert admission.typical_s("m") == pytest.approx(8.0, abs=0.1)
     with pytest.raises(OverloadedError):
-        admission.precheck("m", busy, 120)  # 55 s + a typical 8 s is over 60 s: refused before the upload is read
-    admission.admit("m", busy, 3.0, 120).release()  # the precise check still takes a 3 s request that fits
-    admission.precheck("m", SimpleNamespace(scheduler=StandInScheduler(load_s=40)), 120)
+        admission.precheck("m", busy, soon)  # 55 s + a typical 8 s is over 60 s: refused before the upload is read
+    admission.admit("m", busy, 3.0, soon).close()  # the precise check still takes a 3 s request that fits
+    busy.scheduler.queued_audio_s = 40
+    admission.precheck("m", busy, soon)
     for _ in range(30):
-        admission.admit("m", idle, 600.0, 120).release()  # a run of 10-minute uploads
+        admission.admit("m", idle, 600.0, soon).close()  # a run of 10-minute uploads
     assert admission.typical_s("m") == 30.0  # at most one window: short requests still get the precise check
     admission.close()

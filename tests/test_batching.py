@@ -1,5 +1,5 @@
 """The batch scheduler's safety rules, on a stand-in engine (no model): each engine call's work is bounded
-by the measured cost, cancelled windows never reach the engine, and requests take turns."""
+by the measured cost, cancelled windows never reach the engine, and the earliest deadline goes first."""
 
 from __future__ import annotations
 
@@ -119,29 +119,60 @@ def test_cancelled_windows_leave_the_queue_at_once_and_never_reach_the_engine():
         assert len(sched.pending) == 2 and sched.queued_audio_s == 2
         engine.release.set()
         await asyncio.gather(*first, *kept)
-        assert not sched.pending and not sched._turn  # nothing left behind for the cancelled request
+        assert not sched.pending  # nothing left behind for the cancelled request
 
     asyncio.run(scenario())
     assert engine.calls == [[1], [20, 21]]
 
 
-def test_requests_take_turns_so_a_long_upload_cannot_starve_short_ones():
+class Due:
+    """What the scheduler reads of an admitted request: its deadline, and the compute seconds it is charged."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.spent = deadline, 0.0
+
+    def charge(self, seconds: float) -> None:
+        self.spent += seconds
+
+
+def test_the_earliest_deadline_goes_first_whatever_came_first():
     engine = StandInEngine()
+    soon, later, latest = Due(10.0), Due(20.0), Due(30.0)
 
     async def scenario():
         sched = scheduler(engine, max_batch=2, max_batch_s=0)
         sched.start()
         engine.release.clear()
-        busy = sched.submit(windows(0), "en", BEAM5)
+        busy = sched.submit(windows(0), "en", BEAM5, ticket=latest)
         await asyncio.sleep(0.05)
-        long = sched.submit(windows(*range(100, 108)), "en", BEAM5)  # a long upload: 8 windows
-        short = [sched.submit(windows(tag), "en", BEAM5) for tag in (1, 2, 3)]  # then three short requests
-        other = sched.submit(windows(4), "en", BEAM1)  # other options: a batch of its own, in its turn
+        late = sched.submit(windows(*range(300, 303)), "en", BEAM5, ticket=latest)  # queued first, due last
+        mid = sched.submit(windows(200, 201), "en", BEAM5, ticket=later)
+        first = sched.submit(windows(100, 101, 102), "en", BEAM5, ticket=soon)  # queued last, due first
+        other = sched.submit(windows(150), "en", BEAM1, ticket=soon)  # other options: a batch of its own, in turn
+        untimed = sched.submit(windows(400), "en", BEAM5)  # no deadline: after every window that has one
         engine.release.set()
-        await asyncio.gather(*busy, *long, *[f for s in short for f in s], *other)
+        await asyncio.gather(*busy, *late, *mid, *first, *other, *untimed)
 
     asyncio.run(scenario())
     calls = engine.calls[1:]
-    assert calls[0] == [100, 1] and calls[1] == [2, 3]  # one window of the long upload, then the short ones
-    assert calls[2] == [4]  # the request with other options is not starved by the long upload either
-    assert [tag for call in calls[3:] for tag in call] == list(range(101, 108))  # the long upload, in order
+    # the earliest deadline's windows in order, a batch filled up in deadline order, then its other options
+    assert calls[:3] == [[100, 101], [102, 200], [150]]
+    assert calls[3:] == [[201, 300], [301, 302], [400]]
+    assert soon.spent > 0 and later.spent > 0 and latest.spent > 0  # every call is charged to its requests
+
+
+def test_a_call_is_charged_to_its_requests_by_their_share_of_it():
+    engine = StandInEngine(seconds=0.05)
+    one, two = Due(1.0), Due(2.0)
+
+    async def scenario():
+        sched = scheduler(engine, max_batch=4, max_batch_s=0)
+        sched.start()
+        engine.release.clear()
+        futures = sched.submit(windows(1), "en", BEAM5, ticket=one) + sched.submit(windows(2, 3), "en", BEAM5, ticket=two)
+        engine.release.set()
+        await asyncio.gather(*futures)
+
+    asyncio.run(scenario())
+    assert engine.calls == [[1, 2, 3]]
+    assert two.spent == pytest.approx(2 * one.spent) and one.spent + two.spent == pytest.approx(0.15, abs=0.1)

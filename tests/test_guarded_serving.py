@@ -130,7 +130,7 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     cascade = override.models["whisper-tiny.en"].cascade
     submitted = []
 
-    def full_queue(audios, language, options, background=False):
+    def full_queue(audios, language, options, background=False, ticket=None):
         submitted.append(options)
         raise QueueFullError("full")
 
