@@ -173,7 +173,7 @@ def make(job: Job, options: SynthOptions, store: Path) -> dict:
     audio_path, sidecar = store / job.name, store / (job.name + ".json")
     if sidecar.exists():
         return json.loads(sidecar.read_text(encoding="utf-8"))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     rng = synth._item_rng(options, job.split, job.index)
     if job.lecture:
         pair = job.pairs[0]
@@ -189,9 +189,15 @@ def make(job: Job, options: SynthOptions, store: Path) -> dict:
     os.replace(partial, audio_path)
     row = {**row, "voice" if not job.lecture else "voices": pair.name, "condition": condition.to_json(),
            "seconds": round(len(audio) / SAMPLE_RATE, 2), "engine": pair.mandarin.engine,
-           "synth_seconds": round(time.perf_counter() - started, 2)}
+           "synth_seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu, 2)}
     atomic_write_text(sidecar, json.dumps(row, ensure_ascii=False))
     return row
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (espeak-ng and flite run as subprocesses)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _lecture(job: Job, pair: Pair, condition, options: SynthOptions, rng) -> tuple[np.ndarray, dict]:
@@ -272,7 +278,8 @@ def _relative(out: Path, store: Path, name: str) -> str:
 
 
 def build_real(out: Path, options: SynthOptions) -> None:
-    """The whole real-text corpus into ``out`` (its manifests; audio in ``audio_store`` or ``out``)."""
+    """The whole real-text corpus into ``out`` (its manifests; audio in ``audio_store`` or ``out``). The workers
+    are spawned: a script that calls this needs the ``if __name__ == "__main__":`` guard (``k2d`` has it)."""
     store = Path(options.audio_store) if options.audio_store else out
     jobs, facts = plan(options)
     workers = options.workers or os.cpu_count() or 1
@@ -285,8 +292,8 @@ def build_real(out: Path, options: SynthOptions) -> None:
         row = dict(rows[(job.split, job.index)])
         audio = _relative(out, store, job.name)
         conditions[audio] = row.pop("condition")
-        for key in ("seconds", "engine", "synth_seconds"):
-            row.pop(key)
+        for key in ("seconds", "engine", "synth_seconds", "cpu_seconds"):
+            row.pop(key, None)
         sets.setdefault(job.split, []).append({"audio": audio, **row})
     lectures = sets.pop("lectures", [])
     write_manifest(out / "lectures.jsonl", [{"audio": r["audio"], "voices": r["voices"]} for r in lectures])
@@ -321,16 +328,20 @@ def _spoken(sets: dict[str, list[dict]]) -> dict:
 
 
 def _speed(rows: dict, wall: float, workers: int) -> dict:
-    """Audio seconds per synthesis second (one process) for each Mandarin voice engine, and this build's wall time.
+    """Per Mandarin voice engine: audio seconds per second of one process's wall time (what this machine gave,
+    load included) and per CPU second (what a core gives, whatever else ran: the figure to project with).
     Items made by an earlier run count with the time they took then."""
     engines: dict[str, dict[str, float]] = {}
     for row in rows.values():
-        entry = engines.setdefault(row["engine"], {"audio_s": 0.0, "synth_s": 0.0, "items": 0})
+        entry = engines.setdefault(row["engine"], {"audio_s": 0.0, "synth_s": 0.0, "cpu_s": 0.0, "items": 0})
         entry["audio_s"] += row["seconds"]
         entry["synth_s"] += row["synth_seconds"]
+        entry["cpu_s"] += row.get("cpu_seconds", row["synth_seconds"])
         entry["items"] += 1
     for entry in engines.values():
         entry["audio_per_synth_s"] = round(entry["audio_s"] / max(entry["synth_s"], 1e-9), 2)
-        entry["audio_s"], entry["synth_s"] = round(entry["audio_s"], 1), round(entry["synth_s"], 1)
+        entry["audio_per_cpu_s"] = round(entry["audio_s"] / max(entry["cpu_s"], 1e-9), 2)
+        for key in ("audio_s", "synth_s", "cpu_s"):
+            entry[key] = round(entry[key], 1)
     audio = sum(r["seconds"] for r in rows.values())
     return {"workers": workers, "wall_s": round(wall, 1), "audio_s": round(audio, 1), "engines": engines}
