@@ -49,7 +49,8 @@ class Ticket:
                  estimate: float):
         self.admission, self.model, self.deadline = admission, model, deadline
         self.audio_s = audio_s  # declared audio, held against the model's audio bound until its windows queue
-        self.nominal, self.estimate = nominal, estimate
+        self.planned = self.nominal = nominal  # planned from the declared duration until the upload is cut
+        self.estimate = estimate
         self.spent = 0.0
         self.windows: int | None = None  # unknown until the upload is decoded and cut
         self.left = 0
@@ -71,6 +72,7 @@ class Ticket:
         context), and the request is learnt from once every window has its final transcript."""
         self.windows = self.left = len(futures)
         self.audio_s = 0.0  # the scheduler's queue accounts for the audio from here
+        self.admission.costs.observe_plan(self.model, self.planned, nominal)
         self.nominal, self.estimate = nominal, self.admission.costs.estimate(self.model, nominal)
         for future in futures:
             future.add_done_callback(self._window_done)
@@ -122,10 +124,10 @@ class Admission:
         return nominal_s(planned_windows(duration_s, served.max_window_s), frames_of(served.scheduler.engine))
 
     def estimate(self, name: str, served: ServedModel, duration_s: float) -> tuple[float, float]:
-        """(nominal seconds, estimated compute seconds) of an upload of ``duration_s`` to this model."""
+        """(planned nominal seconds, estimated compute seconds) of an upload of ``duration_s`` to this model."""
         self._declare(name, served)
         nominal = self.nominal(served, duration_s)
-        return nominal, self.costs.estimate(name, nominal)
+        return nominal, self.costs.estimate(name, self.costs.planned(name, nominal))
 
     def windows_nominal(self, served: ServedModel, windows: list[float]) -> float:
         return nominal_s(windows, frames_of(served.scheduler.engine))

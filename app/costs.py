@@ -13,8 +13,10 @@ and about 7 for the demo student.
 **The estimate.** Per model, compute seconds per nominal second, an exponentially weighted ratio of the
 requests that finished (:class:`CostEstimator`): it includes what batching saves, what teacher fallback
 costs on the traffic actually served (a student's window re-decoded by its teacher is charged to the
-student's request), VAD's extra windows and the machine's speed. Before a model's first request is
-measured, a prior per million parameters (``K2D_COST_PRIOR``) stands in.
+student's request) and the machine's speed. Before a model's first request is measured, a prior per
+million parameters stands in. Before an upload is decoded, its windows are only planned from its declared
+duration (as few as fit); VAD cuts at pauses into more, and a 30 s-context model pays 30 s for each, so a
+second weighted ratio, of the nominal seconds requests turned out to have to those planned, corrects the plan.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class CostEstimator:
     def __init__(self, prior_per_m: float, weight: float = COST_WEIGHT):
         self.prior_per_m, self.weight = prior_per_m, weight
         self._sums: dict[str, tuple[float, float]] = {}  # model -> weighted (compute s, nominal s)
+        self._plans: dict[str, tuple[float, float]] = {}  # model -> weighted (nominal s cut, nominal s planned)
         self._params: dict[str, float] = {}  # model -> millions of parameters (for the prior)
 
     def declare(self, model: str, parameters: int | None) -> None:
@@ -108,7 +111,24 @@ class CostEstimator:
         return compute / nominal if nominal > 0 else self.prior(model)
 
     def estimate(self, model: str, nominal: float) -> float:
+        """Compute seconds of windows whose nominal seconds are known (the upload is cut)."""
         return self.ratio(model) * nominal
+
+    def planned(self, model: str, nominal: float) -> float:
+        """Nominal seconds a plan from the declared duration will likely turn out to be (the plan itself until
+        a request of the model has been cut; never less than the plan: refusing is the cheap mistake)."""
+        if model not in self._plans:
+            return nominal
+        cut, planned = self._plans[model]
+        return nominal * max(1.0, cut / planned) if planned > 0 else nominal
+
+    def observe_plan(self, model: str, planned: float, cut: float) -> None:
+        """A request was cut into windows of ``cut`` nominal seconds where ``planned`` were planned."""
+        if planned <= 0 or cut <= 0:
+            return  # nothing declared, or nothing but silence: says nothing about how speech is cut
+        old = self._plans.get(model)
+        w = self.weight
+        self._plans[model] = (cut, planned) if old is None else ((1 - w) * old[0] + w * cut, (1 - w) * old[1] + w * planned)
 
     def observe(self, model: str, nominal: float, compute: float) -> None:
         """A finished request: ``compute`` seconds charged (its teacher fallback included) for ``nominal``."""

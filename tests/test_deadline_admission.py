@@ -212,3 +212,22 @@ def test_work_leaves_window_by_window_so_retry_after_waits_for_the_window_that_f
         gate.close()
 
     asyncio.run(scenario())
+
+
+def test_a_plan_from_the_declared_duration_learns_how_many_windows_vad_really_cuts():
+    async def scenario():
+        gate = admission()
+        m = model()
+        gate.costs.declare("m", 75_000_000)
+        gate.costs.observe("m", nominal=150.0, compute=15.0)  # 0.1 compute s per nominal s
+        ticket = gate.admit("m", m, 60.0, time.monotonic() + 100)
+        assert ticket.estimate == pytest.approx(12.0)  # planned: two 30 s windows, 120 nominal s
+        ticket.queued([asyncio.get_running_loop().create_future() for _ in range(3)], nominal=150.0)  # VAD cut three
+        assert ticket.estimate == pytest.approx(15.0)
+        ticket.close()
+        assert gate.admit("m", m, 60.0, time.monotonic() + 100).estimate == pytest.approx(15.0)  # the plan learnt it
+        gate.costs.observe_plan("m", planned=600.0, cut=60.0)  # a size-guessed duration far too long
+        assert gate.estimate("m", m, 60.0)[1] >= 12.0  # never below the plan itself
+        gate.close()
+
+    asyncio.run(scenario())
