@@ -92,9 +92,10 @@ def test_joining_puts_no_space_between_cjk_ends():
 
 
 def test_the_engine_decodes_with_its_repetition_penalty_on_windows_it_covers(registry):
-    """tiny.en on Mandarin said three times over (30 s) runs into its token budget; with a penalty of 1.3 on
-    the tokens already generated it ends before the budget (the penalty reaches CTranslate2's generate),
-    but not when the penalty covers only windows up to 15 s (the default)."""
+    """tiny.en on Mandarin said three times over (30 s) loops; with a penalty of 1.3 on the tokens already
+    generated it does not (the penalty reaches CTranslate2's generate), but it still does when the penalty
+    covers only windows up to 15 s (the default). Which loop flag fires first (the token budget, or the
+    compression ratio of a loop that ended early) depends on the CPU's int8 kernels: any loop flag is a loop."""
     clip = np.tile(decode_audio(DATA / "zh_lecture.flac"), 3)[: 16000 * 30]
     results = {}
     for name, penalty in {"none": RepetitionPenalty(), "1.3": RepetitionPenalty(1.3, max_window_s=30.0),
@@ -102,9 +103,12 @@ def test_the_engine_decodes_with_its_repetition_penalty_on_windows_it_covers(reg
         engine = WhisperEngine(registry.path_of("whisper-tiny.en"), "cpu", [0], "int8",
                                guard=GuardOptions(temperatures=()), repetition=penalty)
         results[name] = engine.transcribe_batch([clip], ["en"], DecodeOptions(beam_size=1))[0]
-    assert results["none"].triggered[0] == "token_budget"
-    assert "token_budget" not in results["1.3"].triggered and results["1.3"].tokens <= engine.guard.budget(30.0)
+    assert results["none"].triggered[0] in LOOP_REASONS, results["none"].triggered
+    assert not set(results["1.3"].triggered) & set(LOOP_REASONS), results["1.3"].triggered
+    assert results["1.3"].tokens <= engine.guard.budget(30.0)
+    # the same decode on the same CPU, thread count and options: the uncovered window is decoded as without one
     assert results["1.3 up to 15 s"].text == results["none"].text
+    assert results["1.3 up to 15 s"].triggered == results["none"].triggered
 
 
 @pytest.fixture(scope="module")
