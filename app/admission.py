@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from app.costs import PRIOR_CPU, PRIOR_GPU, CostEstimator, frames_of, nominal_s, planned_windows
+from app.costs import PRIOR_CPU, PRIOR_GPU, BusyClock, CostEstimator, frames_of, nominal_s, planned_windows
 from app.dependencies import key_matches
 from app.errors import OverloadedError, send_error
 from app.lifecycle import DEADLINE_KEY
@@ -236,24 +236,35 @@ class Admission:
 
     # --- bounded decoding ---------------------------------------------------------------------------------------
 
-    async def run_bounded(self, fn: Callable[..., T], *args, stop: threading.Event, **kwargs) -> T:
-        """Run ``fn(*args, stop=stop, **kwargs)`` in a thread once a decode slot is free; cancelling sets ``stop``."""
+    async def run_bounded(self, fn: Callable[..., T], *args, stop: threading.Event, clock: BusyClock | None = None,
+                          ticket: Ticket | None = None, **kwargs) -> T:
+        """Run ``fn(*args, stop=stop, **kwargs)`` in a thread once a decode slot is free; cancelling sets ``stop``.
+        The thread's time, shared on ``clock`` with the engine calls running beside it, is charged to ``ticket``:
+        decoding and VAD take the same cores as the models."""
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
+        token = clock.start() if clock is not None else 0.0
         try:
             future = loop.run_in_executor(self._pool, functools.partial(fn, *args, stop=stop, **kwargs))
         except BaseException:
             self._slots.release()
+            if clock is not None:
+                clock.stop(token)
             raise
-        future.add_done_callback(self._thread_ended)  # the slot frees when the thread ends, not when we stop waiting
+        # the slot frees (and the time is charged) when the thread ends, not when we stop waiting
+        future.add_done_callback(functools.partial(self._thread_ended, clock, token, ticket))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             stop.set()
             raise
 
-    def _thread_ended(self, future: asyncio.Future) -> None:
+    def _thread_ended(self, clock: BusyClock | None, token: float, ticket: Ticket | None, future: asyncio.Future) -> None:
         self._slots.release()
+        if clock is not None:
+            charge = clock.stop(token)
+            if ticket is not None:
+                ticket.charge(charge)
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned request's error is expected, not worth a warning
 

@@ -103,7 +103,7 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
         _close_with_request(ticket)  # however the request ends, it is no longer work ahead of anyone
         prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
                                                settings.vad_min_silence_ms, stop=threading.Event(),
-                                               max_window_s=served.max_window_s)
+                                               clock=models.clock, ticket=ticket, max_window_s=served.max_window_s)
         try:
             job = submit(served, name, prepared, request, arrived, ticket)
         except QueueFullError as err:
