@@ -93,7 +93,8 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
     final = registry.store / name / "hf"
     started = time.perf_counter()
     report = distill(registry.path_of(hf_name(config.teacher)), init, kept, folder / "distill", distill_options,
-                     dev=dev if dev.exists() else None, resume=True, final_dir=final)
+                     dev=dev if dev.exists() else None, resume=True, final_dir=final,
+                     teacher_ct2=registry.path_of(config.teacher))
     seconds = time.perf_counter() - started
     entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
     params = entry.parameters
