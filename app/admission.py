@@ -7,7 +7,9 @@ ticket whose deadline is not later than its own) plus its own estimate fits in `
 its deadline leaves; the schedulers serve the earliest deadline first, so admitting it delays no one
 admitted before it. Otherwise the answer is 429 with a ``Retry-After`` computed from that work: the
 seconds until enough of it will have run for this request to fit. With nothing admitted ahead, a request
-is always admitted (refusing it could never end, however long the client waited).
+is always admitted (refusing it could never end, however long the client waited). A refusal made on the
+prior alone (no request of the models involved measured yet: a burst on a cold server) waits instead, at
+most ``COLD_WAIT`` of the request's time, for the first measurement, and is decided on that.
 
 Twice: from the request's headers alone, as soon as it arrives, if the model cannot take even a *typical*
 request (:class:`EarlyRefusal`, nothing of the upload read), then with the duration the file's header
@@ -19,6 +21,7 @@ really ends (a cancelled request's thread is told to stop, but still counts unti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import threading
@@ -27,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from app.costs import PRIOR_CPU, PRIOR_GPU, BusyClock, CostEstimator, frames_of, nominal_s, planned_windows
+from app.costs import PRIOR_CPU, PRIOR_GPU, CostEstimator, frames_of, nominal_s, planned_windows
 from app.dependencies import key_matches
 from app.errors import OverloadedError, send_error
 from app.lifecycle import DEADLINE_KEY
@@ -39,18 +42,17 @@ from k2d.windows import MAX_WINDOW_S
 T = TypeVar("T")
 TYPICAL_WEIGHT = 0.1  # weight of the newest request in a model's typical request length
 HEADROOM = 0.85  # share of a request's remaining time the work ahead of it and its own estimate may fill
+COLD_WAIT = 0.15  # share of its remaining time a request refused on the prior alone waits for a measurement
 
 
 class Ticket:
     """One admitted request: its deadline (its windows' place in every queue they reach), its estimated
     cost, and the compute seconds its windows have been charged (teacher fallback included)."""
 
-    def __init__(self, admission: Admission, model: str, deadline: float, audio_s: float, nominal: float,
-                 estimate: float):
+    def __init__(self, admission: Admission, model: str, deadline: float, audio_s: float, nominal: float):
         self.admission, self.model, self.deadline = admission, model, deadline
         self.audio_s = audio_s  # declared audio, held against the model's audio bound until its windows queue
         self.planned = self.nominal = nominal  # planned from the declared duration until the upload is cut
-        self.estimate = estimate
         self.spent = 0.0
         self.windows: int | None = None  # unknown until the upload is decoded and cut
         self.left = 0
@@ -59,6 +61,14 @@ class Ticket:
     def charge(self, seconds: float) -> None:
         """Compute seconds one of its windows was charged (called by the model's scheduler)."""
         self.spent += seconds
+
+    @property
+    def estimate(self) -> float:
+        """Its whole cost in compute seconds at what the model's requests cost *now*: as the estimate learns
+        (a cold start's prior replaced by a measurement), the work admitted is re-estimated with it."""
+        costs = self.admission.costs
+        nominal = self.nominal if self.windows is not None else costs.planned(self.model, self.planned)
+        return costs.estimate(self.model, nominal)
 
     @property
     def remaining(self) -> float:
@@ -73,7 +83,7 @@ class Ticket:
         self.windows = self.left = len(futures)
         self.audio_s = 0.0  # the scheduler's queue accounts for the audio from here
         self.admission.costs.observe_plan(self.model, self.planned, nominal)
-        self.nominal, self.estimate = nominal, self.admission.costs.estimate(self.model, nominal)
+        self.nominal = nominal
         for future in futures:
             future.add_done_callback(self._window_done)
         if not futures:
@@ -108,6 +118,7 @@ class Admission:
         # that will be refused never waits behind another request's decoding
         self._pool = ThreadPoolExecutor(settings.max_concurrent_decodes, thread_name_prefix="k2d-decode")
         self._typical: dict[str, tuple[float, float]] = {}  # model -> weighted mean, variance of request seconds
+        self._news: asyncio.Event | None = None  # set when a request was measured (a cold start waits for it)
 
     # --- the estimate -------------------------------------------------------------------------------------------
 
@@ -135,6 +146,13 @@ class Admission:
     def learn(self, ticket: Ticket) -> None:
         self.costs.observe(ticket.model, ticket.nominal, ticket.spent)
         self.metrics.cost_ratio.labels(ticket.model).set(self.costs.ratio(ticket.model))
+        if self._news is not None:
+            self._news.set()
+            self._news = None
+
+    def guessing(self, name: str) -> bool:
+        """Is the decision about ``name`` made on a prior: the model, or one with work admitted, never measured?"""
+        return not self.costs.measured(name) or any(not self.costs.measured(t.model) for t in self.tickets)
 
     # --- the ledger ---------------------------------------------------------------------------------------------
 
@@ -165,14 +183,34 @@ class Admission:
         """Refuse at once, before the upload is read, when the model cannot take even a typical request.
 
         The precise check (:meth:`admit`, with the header's duration) comes later; this one trades at
-        most one typical request's worth of the bound for a 429 that costs no upload, parse or probe."""
-        self._check(name, served, self.typical_s(name), deadline)
+        most one typical request's worth of the bound for a 429 that costs no upload, parse or probe.
+        On a prior alone it refuses only what the queue bounds refuse: the route may wait for a measurement."""
+        self._check(name, served, self.typical_s(name), deadline, deadline_check=not self.guessing(name))
 
     def admit(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> Ticket:
         """A ticket for this request, or OverloadedError (429) if it cannot finish before ``deadline``."""
         self._weigh(name, duration_s)
-        nominal, estimate = self._check(name, served, duration_s, deadline)
-        ticket = Ticket(self, name, deadline, duration_s, nominal, estimate)
+        return self._admit(name, served, duration_s, deadline)
+
+    async def admit_measured(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> Ticket:
+        """:meth:`admit`; but a refusal made on the prior alone (a cold start) waits — at most ``COLD_WAIT``
+        of the time left — for the first request to be measured, and is decided again on what it cost."""
+        self._weigh(name, duration_s)
+        until = time.monotonic() + COLD_WAIT * (deadline - time.monotonic())
+        while True:
+            try:
+                return self._admit(name, served, duration_s, deadline)
+            except OverloadedError:
+                if not self.guessing(name) or time.monotonic() >= until:
+                    raise
+            if self._news is None:
+                self._news = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), until - time.monotonic())
+
+    def _admit(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> Ticket:
+        nominal, _ = self._check(name, served, duration_s, deadline)
+        ticket = Ticket(self, name, deadline, duration_s, nominal)
         self.tickets.add(ticket)
         self.publish(name)
         return ticket
@@ -187,7 +225,8 @@ class Admission:
         mean += TYPICAL_WEIGHT * delta
         self._typical[name] = (mean, (1 - TYPICAL_WEIGHT) * (variance + TYPICAL_WEIGHT * delta * delta))
 
-    def _check(self, name: str, served: ServedModel, duration_s: float, deadline: float) -> tuple[float, float]:
+    def _check(self, name: str, served: ServedModel, duration_s: float, deadline: float,
+               deadline_check: bool = True) -> tuple[float, float]:
         """(nominal, estimate) of the request if the model can take it; else OverloadedError."""
         scheduler = served.scheduler
         remaining = deadline - time.monotonic()
@@ -201,7 +240,7 @@ class Admission:
             excess = (load + duration_s - self.max_queue_s) / load  # the share of the work ahead that must run first
             raise OverloadedError(f"model {name!r} has {load:.0f} s of audio waiting (limit {self.max_queue_s:.0f} s)",
                                   retry_s(ahead * min(1.0, excess)))
-        if ahead > 0 and ahead + estimate > HEADROOM * remaining:
+        if deadline_check and ahead > 0 and ahead + estimate > HEADROOM * remaining:
             raise OverloadedError(f"model {name!r} cannot serve this request within its deadline (~{ahead:.0f} s of "
                                   f"work ahead, ~{estimate:.0f} s its own, {remaining:.0f} s left)",
                                   self.retry_after(ahead, estimate, remaining))
@@ -236,35 +275,32 @@ class Admission:
 
     # --- bounded decoding ---------------------------------------------------------------------------------------
 
-    async def run_bounded(self, fn: Callable[..., T], *args, stop: threading.Event, clock: BusyClock | None = None,
-                          ticket: Ticket | None = None, **kwargs) -> T:
+    async def run_bounded(self, fn: Callable[..., T], *args, stop: threading.Event, ticket: Ticket | None = None,
+                          **kwargs) -> T:
         """Run ``fn(*args, stop=stop, **kwargs)`` in a thread once a decode slot is free; cancelling sets ``stop``.
-        The thread's time, shared on ``clock`` with the engine calls running beside it, is charged to ``ticket``:
-        decoding and VAD take the same cores as the models."""
+        The thread's wall-clock time is charged to ``ticket`` in full: decoding and VAD take the same cores as
+        the models. (Not shared on the engines' clock: a one-thread VAD beside a one-thread decoder on two
+        cores slows neither, and sharing would make the decoder's call look cheaper than it is alone.)"""
         await self._slots.acquire()
         loop = asyncio.get_running_loop()
-        token = clock.start() if clock is not None else 0.0
+        started = time.monotonic()
         try:
             future = loop.run_in_executor(self._pool, functools.partial(fn, *args, stop=stop, **kwargs))
         except BaseException:
             self._slots.release()
-            if clock is not None:
-                clock.stop(token)
             raise
         # the slot frees (and the time is charged) when the thread ends, not when we stop waiting
-        future.add_done_callback(functools.partial(self._thread_ended, clock, token, ticket))
+        future.add_done_callback(functools.partial(self._thread_ended, started, ticket))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             stop.set()
             raise
 
-    def _thread_ended(self, clock: BusyClock | None, token: float, ticket: Ticket | None, future: asyncio.Future) -> None:
+    def _thread_ended(self, started: float, ticket: Ticket | None, future: asyncio.Future) -> None:
         self._slots.release()
-        if clock is not None:
-            charge = clock.stop(token)
-            if ticket is not None:
-                ticket.charge(charge)
+        if ticket is not None:
+            ticket.charge(time.monotonic() - started)
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned request's error is expected, not worth a warning
 

@@ -1,10 +1,11 @@
 """What a request costs the machine, learned from what requests really cost.
 
-**Compute seconds.** Every engine call, and every upload's decoding and VAD, is charged the wall-clock time
-it ran, shared with the work that ran beside it (:class:`BusyClock`: two batches running together for 2 s
-are charged 1 s each). So the charges of all work add up to the time the machine was busy, and the compute
-seconds admitted but not yet run are the time it will take to run them, whichever models and queues the
-work goes to.
+**Compute seconds.** Every engine call is charged the wall-clock time it ran, shared with the engine calls
+that ran beside it (:class:`BusyClock`: two batches running together for 2 s are charged 1 s each). So the
+charges of the models' work add up to the time the engines were busy, and the compute seconds admitted but
+not yet run are the time it will take to run them, whichever models and queues the work goes to. An
+upload's decoding and VAD are charged their wall-clock time in full (they are short, and mostly run on a
+core the engines leave free).
 
 **Nominal seconds.** What a request asks of a model before it is decoded: its audio seconds (what the
 decoder writes about) plus the seconds of encoder input its windows get (the model's context: Whisper's

@@ -99,11 +99,11 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
     async with within(deadline, settings.request_timeout_s, _later(admission, name, served)):
         data = await upload.read()  # the request's own copy: worker threads may outlive the upload's temp file
         declared = await asyncio.to_thread(probe, io.BytesIO(data), settings.max_audio_s)
-        ticket = admission.admit(name, served, _estimate(declared, len(data), settings), deadline)
+        ticket = await admission.admit_measured(name, served, _estimate(declared, len(data), settings), deadline)
         _close_with_request(ticket)  # however the request ends, it is no longer work ahead of anyone
         prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
                                                settings.vad_min_silence_ms, stop=threading.Event(),
-                                               clock=models.clock, ticket=ticket, max_window_s=served.max_window_s)
+                                               ticket=ticket, max_window_s=served.max_window_s)
         try:
             job = submit(served, name, prepared, request, arrived, ticket)
         except QueueFullError as err:

@@ -231,3 +231,31 @@ def test_a_plan_from_the_declared_duration_learns_how_many_windows_vad_really_cu
         gate.close()
 
     asyncio.run(scenario())
+
+
+def test_at_a_cold_start_a_refusal_on_the_prior_waits_for_the_first_measurement():
+    async def scenario():
+        gate = admission()
+        m = model()
+        now = time.monotonic()
+        first = await gate.admit_measured("m", m, 60.0, now + 40)  # nothing ahead: admitted
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(2)]
+        first.queued(futures, nominal=120.0)
+        assert first.estimate > 12.0  # the prior (0.15 per nominal second): ~18 s
+        gate.precheck("m", m, now + 40)  # on a prior alone, the early check refuses nothing the bounds allow
+        with pytest.raises(OverloadedError):
+            gate.admit("m", m, 60.0, now + 40.1)  # 18 + 18 s do not fit in 85 % of 40 s
+        waiting = asyncio.ensure_future(gate.admit_measured("m", m, 60.0, now + 40.1))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # it waits for a measurement instead of refusing on the prior
+        first.charge(6.0)
+        for future in futures:
+            future.set_result(None)  # the first request cost 6 s: 0.05 per nominal second
+        second = await asyncio.wait_for(waiting, 1)
+        assert second.estimate == pytest.approx(6.0) and not gate.guessing("m")
+        with pytest.raises(OverloadedError):  # measured now: a refusal is at once, however long it may wait
+            await asyncio.wait_for(gate.admit_measured("m", m, 600.0, now + 40.2), 0.5)
+        gate.close()
+
+    asyncio.run(scenario())
