@@ -18,7 +18,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import Request, UploadFile
 from fastapi.responses import StreamingResponse
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from app.admission import Admission, Ticket
 from app.batching import QueueFullError
@@ -29,9 +28,10 @@ from app.settings import Settings
 from app.transcription import Job, TranscribeRequest, collect, prepare, stream_events, submit
 from app.upload import probe
 from k2d.audio import SAMPLE_RATE
+from k2d.languages import WHISPER_LANGUAGES
 from k2d.registry import resolve_alias
 
-LANGUAGES = frozenset(_LANGUAGE_CODES)  # Whisper's own list: "endoftext", "translate" or "0.00" are not languages
+LANGUAGES = frozenset(WHISPER_LANGUAGES)  # "endoftext", "translate" or "0.00" are tokens, not languages
 LIST_FIELDS = frozenset({"timestamp_granularities[]"})  # the only form fields a client may repeat
 BYTES_PER_SECOND_GUESS = 4000  # 32 kbit/s: a low speech bitrate, so a header without a duration is not under-counted
 

@@ -28,3 +28,16 @@ def test_resolve_model_takes_the_alias_to_the_servable_student_not_its_training_
     path, entry = resolve_model("student", tmp_path)
     assert entry.name == "k2d-student" and path == tmp_path / "k2d-student"
     assert resolve_model("teacher", tmp_path)[1].name == "whisper-base"
+
+
+def test_the_language_list_is_every_language_token_of_the_multilingual_vocabulary(registry):
+    """k2d's own list (no private import from a tokenizer library) matches the real tokenizer's ``<|xx|>`` tokens."""
+    import json
+
+    from k2d.languages import WHISPER_LANGUAGES
+
+    added = json.loads((registry.path_of("whisper-base") / "tokenizer.json").read_text())["added_tokens"]
+    translate = next(t["id"] for t in added if t["content"] == "<|translate|>")  # the first token after the languages
+    language_tokens = [t["content"] for t in sorted(added, key=lambda t: t["id"]) if 50259 <= t["id"] < translate]
+    assert [t[2:-2] for t in language_tokens] == list(WHISPER_LANGUAGES[: len(language_tokens)])
+    assert len(WHISPER_LANGUAGES) == len(set(WHISPER_LANGUAGES)) >= len(language_tokens) >= 99
