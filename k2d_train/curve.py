@@ -64,6 +64,10 @@ def depth_student(start: Path, out: Path, layers: int) -> list[int]:
         kept, _, _ = build_student(start, out, layers)
     else:
         kept = json.loads((out / "k2d_student.json").read_text())["kept_layers"]
+    started = start / "k2d_student.json"  # ``start`` may itself be a student: name the teacher's layers
+    if started.exists():
+        theirs = json.loads(started.read_text())["kept_layers"]
+        kept = [theirs[i] for i in kept]
     if (start / POLICY_FILE).exists():
         (out / POLICY_FILE).write_bytes((start / POLICY_FILE).read_bytes())
     return kept
