@@ -79,3 +79,20 @@ def test_a_paused_stage_is_not_marked_done_and_runs_again_next_time(tmp_path, mo
     assert "paused (2 of 4 steps, checkpointed)" in lines[-1] and Markers(config.run_dir).read(stage) is None
     pipeline.run_pipeline(config, None, lines.append, to_stage=6)
     assert attempts == [0, 1] and Markers(config.run_dir).read(stage)["steps"] == 4
+
+
+def test_a_curve_size_is_a_prefix_of_the_kept_chunks_in_lecture_order(tmp_path):
+    """Every learning-curve size trains on what the smaller sizes trained on, plus more (never another sample)."""
+    import json
+
+    from k2d_train.curve import prefix_by_hours
+
+    kept = tmp_path / "kept.jsonl"
+    rows = [{"audio": f"lectures/lecture_{i // 3:04d}.flac", "id": f"c{i}", "start": 20.0 * (i % 3),
+             "end": 20.0 * (i % 3) + 18.0} for i in range(12)]
+    kept.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    small, small_h, small_n = prefix_by_hours(kept, 0.05, tmp_path / "small.jsonl")  # 180 s: ten 18 s chunks
+    big, big_h, big_n = prefix_by_hours(kept, 1.0, tmp_path / "big.jsonl")
+    ids = lambda path: [json.loads(line)["id"] for line in path.read_text().splitlines()]  # noqa: E731
+    assert (small_n, big_n) == (10, 12) and small_h == pytest.approx(0.05) and big_h == pytest.approx(12 * 18 / 3600)
+    assert ids(big)[:small_n] == ids(small) == [f"c{i}" for i in range(10)]
