@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 K2D := $(VENV)/bin/k2d
 export K2D_MODELS_DIR ?= $(CURDIR)/models
 
-.PHONY: setup models demo test lint clips bench-serving loadtest soak images
+.PHONY: setup models demo test lint clips bench-serving loadtest soak images reliability
 
 setup:
 	@scripts/setup.sh dev
@@ -29,6 +29,17 @@ loadtest: setup
 # any 5xx), and abandoned uploads leaving the server idle within seconds.
 soak: models
 	@$(PY) -m pytest -m soak -s
+
+# Reliability (not part of `make test`): bad inputs, FFmpeg formats, store names, auth on every route, WebSocket abuse,
+# deadline admission under a burst of long uploads, SIGTERM under load, the soak and abandon runs; the table of
+# test · expectation · result goes to docs/benchmarks/reliability-cpu/.
+RELIABILITY = tests/test_upload_formats.py tests/test_form_validation.py tests/test_hardening.py tests/test_api_fuzz.py \
+	tests/test_store_cli.py tests/test_auth_routes.py tests/test_realtime_stream.py tests/test_deadline_admission.py \
+	tests/test_deadline_burst.py tests/test_shutdown.py tests/test_soak.py
+reliability: models
+	@mkdir -p docs/benchmarks/reliability-cpu
+	@$(PY) -m pytest -q -m "soak or not soak" $(RELIABILITY) --junitxml=docs/benchmarks/reliability-cpu/junit.xml; \
+	  $(PY) scripts/reliability_report.py docs/benchmarks/reliability-cpu/junit.xml docs/benchmarks/reliability-cpu/README.md
 
 # Images, for real (a check with podman, minutes; not part of `make test`): build the CPU serving and training
 # images, serve the store `make demo` wrote, the image healthcheck, Prometheus answering every dashboard query,

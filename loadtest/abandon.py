@@ -68,10 +68,10 @@ def abandon_round(url: str, pid: int, audio: bytes, clients: int, seconds: float
             pass
         left.append(time.monotonic())
 
-    clients = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in clients:
+    threads = [threading.Thread(target=client) for _ in range(clients)]  # ``clients`` stays the count used below
+    for thread in threads:
         thread.start()
-    for thread in clients:
+    for thread in threads:
         thread.join()
     last_left = max(left)
     idle_s = seconds_to_idle(pid, last_left)
