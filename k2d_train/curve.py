@@ -129,7 +129,7 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     context = ContextPolicy.of_model(start)
     contenders = [Contender("teacher", teacher),
                   Contender("teacher, short context", teacher, {"context": f"{context.pad_s:g}/{context.bucket_s:g}"}),
-                  *(Contender(f"{p['layers']}L, {p['hours']:.2g} h", p["model"]) for p in points)]
+                  *(Contender(p_label(p), p["model"]) for p in points)]
     sets = {name: run_dir / "corpus" / f"{name}.jsonl" for name in options.sets}
     sets = {name: path for name, path in sets.items() if path.exists()}
     rows = compare(contenders, sets, config.evaluate, registry.store, say)

@@ -86,32 +86,30 @@ def compute_topk(teacher, examples: Sequence, states: Callable[[object], torch.T
     ``examples`` carry ``tokens`` (prompt + label + end) and ``prompt_len``; the positions kept are the ones
     the training loss masks in (the label tokens and the end token), in order. Examples whose states have
     one length are batched together (the decoder's cross-attention needs one length)."""
-    order = sorted(range(len(examples)), key=lambda i: (states(examples[i]).shape[0], len(examples[i].tokens)))
-    out: list[TopK | None] = [None] * len(examples)
-    progress = tqdm(total=len(examples), desc="teacher top-k", unit="ex", disable=quiet)
-    start = 0
-    while start < len(order):
-        frames = states(examples[order[start]]).shape[0]
-        batch = [order[start]]
-        while (len(batch) < batch_size and start + len(batch) < len(order)
-               and states(examples[order[start + len(batch)]]).shape[0] == frames):
-            batch.append(order[start + len(batch)])
-        _score_batch(teacher, [examples[i] for i in batch], states, k, temperature, device, out, batch)
-        progress.update(len(batch))
-        start += len(batch)
-    progress.close()
-    return [t for t in out if t is not None]
+    by_frames: dict[int, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_frames.setdefault(states(example).shape[0], []).append(index)
+    out: dict[int, TopK] = {}
+    with tqdm(total=len(examples), desc="teacher top-k", unit="ex", disable=quiet) as progress:
+        for members in by_frames.values():
+            for at in range(0, len(members), batch_size):
+                batch = members[at : at + batch_size]
+                out.update(zip(batch, _score_batch(teacher, [examples[i] for i in batch], states, k, temperature,
+                                                   device), strict=True))
+                progress.update(len(batch))
+    return [out[i] for i in range(len(examples))]
 
 
-def _score_batch(teacher, batch: list, states: Callable, k: int, temperature: float, device, out: list,
-                 slots: list[int]) -> None:
+def _score_batch(teacher, batch: list, states: Callable, k: int, temperature: float, device) -> list[TopK]:
     longest = max(len(ex.tokens) for ex in batch)
     inputs = torch.zeros((len(batch), longest - 1), dtype=torch.long)
     for row, ex in enumerate(batch):
         inputs[row, : len(ex.tokens) - 1] = torch.tensor(ex.tokens[:-1])
     hidden = torch.stack([states(ex).float() for ex in batch]).to(device)
     logits = teacher(encoder_outputs=(hidden,), decoder_input_ids=inputs.to(device)).logits.float()
-    for row, (ex, slot) in enumerate(zip(batch, slots, strict=True)):
+    targets = []
+    for row, ex in enumerate(batch):
         positions = logits[row, ex.prompt_len - 1 : len(ex.tokens) - 1] / temperature
         values, indices = torch.log_softmax(positions, dim=-1).topk(k, dim=-1)
-        out[slot] = TopK(values.cpu(), indices.cpu())
+        targets.append(TopK(values.cpu(), indices.cpu()))
+    return targets
