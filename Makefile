@@ -39,7 +39,7 @@ RELIABILITY = tests/test_upload_formats.py tests/test_form_validation.py tests/t
 reliability: models
 	@mkdir -p docs/benchmarks/reliability-cpu
 	@$(PY) -m pytest -q -m "soak or not soak" $(RELIABILITY) --junitxml=docs/benchmarks/reliability-cpu/junit.xml; \
-	  $(PY) scripts/reliability_report.py docs/benchmarks/reliability-cpu/junit.xml docs/benchmarks/reliability-cpu/README.md
+	  $(PY) -m loadtest.reliability_report docs/benchmarks/reliability-cpu/junit.xml docs/benchmarks/reliability-cpu/README.md
 
 # Images, for real (a check with podman, minutes; not part of `make test`): build the CPU serving and training
 # images, serve the store `make demo` wrote, the image healthcheck, Prometheus answering every dashboard query,

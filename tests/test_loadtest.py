@@ -38,3 +38,24 @@ def test_non_loopback_targets_need_an_explicit_flag(url):
         check_target(url, allow_remote=False)
     check_target("http://127.0.0.1:8000", allow_remote=False)
     check_target("http://localhost:8000", allow_remote=False)
+
+
+def test_reliability_report_marks_failures_and_fails_when_any_check_failed(tmp_path):
+    from loadtest.reliability_report import main
+
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_a" name="test_uploads_are_refused[ffconcat]" time="0.25"/>'
+        '<testcase classname="tests.test_b" name="test_soak_stays_flat" time="3"><failure message="x"/></testcase>'
+        '<testcase classname="tests.test_c" name="test_needs_gpu" time="0"><skipped message="no gpu"/></testcase>'
+        '</testsuite></testsuites>')
+    out = tmp_path / "README.md"
+    assert main(str(junit), str(out)) == 1
+    table = out.read_text()
+    assert "3 checks, 1 failed" in table
+    assert "| test_a `[ffconcat]` | uploads are refused | passed (0.2 s) |" in table
+    assert "| test_b | soak stays flat | **FAILED** (3.0 s) |" in table
+    assert "skipped: no gpu" in table
+    junit.write_text('<testsuites><testsuite><testcase classname="t.m" name="test_ok" time="1"/></testsuite></testsuites>')
+    assert main(str(junit), str(out)) == 0
