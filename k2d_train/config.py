@@ -14,12 +14,16 @@ from pathlib import Path
 import yaml
 
 from k2d.registry import check_name
-from k2d_train.stages.s2_pseudo_label import PseudoLabelOptions
-from k2d_train.stages.s3_validate import ValidateOptions
-from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions
-from k2d_train.stages.s6_distill import DistillOptions
-from k2d_train.stages.s7_distill_ctc import CTCOptions
-from k2d_train.stages.s9_evaluate import EvaluateOptions
+from k2d_train.options import (
+    CTCOptions,
+    DistillOptions,
+    EncoderDistillOptions,
+    EvaluateOptions,
+    ExportOptions,
+    PseudoLabelOptions,
+    StudentShape,
+    ValidateOptions,
+)
 
 # what stage 9 reports: in domain; out of domain; the same, noisier; held-out clear voices, plain Mandarin
 TEST_SETS = ("test", "test_ood", "test_ood_noisy", "test_ood_clear")
@@ -36,19 +40,6 @@ def section(cls, values: dict | None, where: str):
     if unknown:
         raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
     return cls(**values)
-
-
-@dataclass
-class StudentShape:
-    decoder_layers: int = 2
-    encoder_layers: int | None = None  # fewer encoder layers (needs distill_encoder)
-    encoder_ffn_ratio: float = 1.0  # thinner encoder FFN (needs distill_encoder)
-
-
-@dataclass
-class ExportOptions:
-    quantization: str = "int8"
-    repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The body of each ``k2d run`` stage: a function of the :class:`~k2d_train.pipeline.Run` (recipe, store,
+"""The body of each ``k2d run`` stage: a function of the :class:`~k2d_train.stage_graph.Run` (recipe, store,
 paths and every earlier stage's result) returning this stage's result. ``pipeline.py`` numbers them and
 decides which still need to run."""
 
@@ -7,14 +7,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.config import TEST_SETS
+from k2d_train.stage_graph import Run, StagePaused
 from k2d_train.store.operations import hf_name
-
-if TYPE_CHECKING:
-    from k2d_train.pipeline import Run
 
 
 def corpus(run: Run) -> dict:
@@ -113,8 +110,6 @@ def distillation(run: Run, rule: str | None = None) -> dict:
                      folder / "distill", config.distill, dev=dev, resume=True, final_dir=final, report_dev=report_dev,
                      teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
     if report["steps"] < config.distill.max_steps:
-        from k2d_train.pipeline import StagePaused
-
         raise StagePaused(f"{report['steps']} of {config.distill.max_steps} steps, checkpointed")
     if main:
         from k2d_train.stages.s4_student import register_student

@@ -30,28 +30,119 @@ def test_every_shipped_recipe_loads():
         assert RunConfig.load(path).name, path
 
 
-def test_a_finished_stage_made_with_other_settings_is_refused_not_reused(tmp_path):
-    """Changing the filtering rule after stage 3 ran must not silently train on the old rule's chunks."""
-    from k2d_train.pipeline import Markers, Run, Stage, StaleStageError, _run_stage
+def tiny_recipe(tmp_path, extra: str = "", name: str = "run.yaml") -> RunConfig:
+    path = tmp_path / name
+    path.write_text((REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run") + extra)
+    return RunConfig.load(path)
 
-    def config_with(rule: str) -> RunConfig:
-        path = tmp_path / f"{rule}.yaml"
-        path.write_text((REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run")
-                        + f"\nvalidate: {{rule: {rule}}}\n")
-        return RunConfig.load(path)
 
-    calls = []
-    stage = Stage(3, "validate", "test", lambda run: calls.append(run.config.validate.rule) or {"kept": 1},
-                  reads=("validator", "validate"))
-    first = config_with("ngram")
-    markers, lines = Markers(first.run_dir), []
-    assert _run_stage(stage, Run(first, None, {}, lines.append), markers, lines.append)["kept"] == 1
-    assert _run_stage(stage, Run(first, None, {}, lines.append), markers, lines.append)["kept"] == 1
-    assert calls == ["ngram"] and "done before, reusing" in lines[-1]  # same settings: reused
-    changed = config_with("mer")
-    with pytest.raises(StaleStageError, match="--from-stage 3"):
-        _run_stage(stage, Run(changed, None, {}, lines.append), markers, lines.append)
-    assert calls == ["ngram"]
+def fake_pipeline(monkeypatch, ran: list[int]):
+    """The real stage graph (reads, inputs, owned folders) with bodies that only note that they ran."""
+    import dataclasses
+
+    from k2d_train import pipeline
+
+    real = pipeline._stages()
+
+    def body(stage):
+        def action(run):
+            ran.append(stage.number)
+            for pattern in stage.owns:
+                (run.config.run_dir / pattern.replace("*", "x")).mkdir(parents=True, exist_ok=True)
+            getattr(run.config, stage.reads[0]) if stage.reads else None
+            return {"ok": True}
+        return action
+
+    monkeypatch.setattr(pipeline, "_stages", lambda: tuple(dataclasses.replace(s, action=body(s)) for s in real))
+    return pipeline
+
+
+@pytest.mark.parametrize(("change", "reruns"), [
+    ("distill_encoder: {max_steps: 3, batch_size: 2, save_every: 2}", [5, 6, 8, 9]),
+    ("evaluate: {beam_size: 2, language: zh}", [9]),
+    ("distill: {max_steps: 3, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 2, dev_limit: 2, "
+     "use_nbest: true}", [6, 8, 9]),
+    ("validate: {rule: ngram, alpha: 0.4}", [3, 5, 6, 8, 9]),
+    ("student: {decoder_layers: 4}", [4, 5, 6, 8, 9]),
+    ("distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 5, dev_limit: 2, "
+     "use_nbest: true, stop_after_steps: 9}\npseudo_label: {language: zh, beam_size: 2, nbest: 2, device: cpu, "
+     "batch_size: 1}", []),  # runtime knobs: how fast or where, not what
+])
+def test_a_recipe_change_re_runs_exactly_the_stages_that_depend_on_it(tmp_path, monkeypatch, change, reruns):
+    ran: list[int] = []
+    pipeline = fake_pipeline(monkeypatch, ran)
+    lines: list[str] = []
+    assert pipeline.run_pipeline(tiny_recipe(tmp_path), None, lines.append, to_stage=9) is None
+    assert ran == [1, 2, 3, 4, 5, 6, 8, 9]  # 7 (distill_ctc) is off in the tiny recipe
+    changed = tiny_recipe(tmp_path, "\n" + change + "\n", "changed.yaml")
+    listing = "\n".join(pipeline.stage_list(changed))
+    assert listing.count("\n    stale") == len(reruns), listing
+    ran.clear()
+    pipeline.run_pipeline(changed, None, lines.append, to_stage=9)
+    assert ran == reruns
+    assert sum("made with other settings" in line for line in lines) == len(reruns)
+    ran.clear()
+    pipeline.run_pipeline(changed, None, lines.append, to_stage=9)
+    assert ran == []  # and now the changed recipe's results are reused
+
+
+def test_a_stale_stage_says_why_and_clears_its_own_folders_first(tmp_path, monkeypatch):
+    """Stage 6 resumes from checkpoints in run/distill: after a change they must be gone, or the new recipe would
+    resume the old model; the folders of stages the change does not reach stay."""
+    ran: list[int] = []
+    pipeline = fake_pipeline(monkeypatch, ran)
+    config = tiny_recipe(tmp_path)
+    pipeline.run_pipeline(config, None, print, to_stage=9)
+    checkpoint = config.run_dir / "distill" / "checkpoint-2"
+    checkpoint.mkdir()
+    changed = tiny_recipe(tmp_path, "\ndistill: {max_steps: 3, batch_size: 2, use_nbest: true}\n", "changed.yaml")
+    listing = pipeline.stage_list(changed)
+    why = "stale (changed: distill.dev_limit, distill.eval_every, distill.max_steps, distill.warmup_steps)"
+    assert why in listing[5], listing[5]
+    assert "stale (input re-runs: distill)" in listing[7]
+    lines: list[str] = []
+    pipeline.run_pipeline(changed, None, lines.append, to_stage=9)
+    assert not checkpoint.exists() and (config.run_dir / "student-encoder").is_dir()
+    assert any("cleared distill" in line for line in lines)
+
+
+def test_an_interrupted_stage_is_resumed_only_with_the_settings_it_started_with(tmp_path, monkeypatch):
+    from k2d_train import pipeline
+    from k2d_train.stage_graph import Stage
+
+    config = tiny_recipe(tmp_path)
+
+    def crash(run):
+        (run.config.run_dir / "distill" / "checkpoint-1").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    stage = Stage(6, "distill", "test", crash, reads=("distill",), owns=("distill",))
+    later = Stage(7, "export", "test", lambda run: {})  # to_stage=6 stops before the model card
+    monkeypatch.setattr(pipeline, "_stages", lambda: (stage, later))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(config, None, print, to_stage=6)
+    seen = []
+    resumed = Stage(6, "distill", "test", lambda run: seen.append(
+        (run.config.run_dir / "distill" / "checkpoint-1").exists()) or {}, reads=("distill",), owns=("distill",))
+    monkeypatch.setattr(pipeline, "_stages", lambda: (resumed, later))
+    pipeline.run_pipeline(config, None, print, to_stage=6)
+    assert seen == [True]  # same settings: its checkpoint is resumed
+    pipeline.Markers(config.run_dir).forget(resumed)
+    (config.run_dir / "distill" / "checkpoint-1").mkdir(exist_ok=True)
+    pipeline.Markers(config.run_dir).write(resumed, {"fingerprint": "from-other-settings"}, ".started")
+    pipeline.run_pipeline(config, None, print, to_stage=6)
+    assert seen == [True, False]  # other settings: started clean
+
+
+def test_listing_the_stages_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from k2d_train.config import RunConfig; from k2d_train.pipeline import stage_list; "
+            "from pathlib import Path; print(len(stage_list(RunConfig.load(Path('configs/scale.yaml'))))); "
+            "print(sorted(m for m in ('torch', 'transformers', 'ctranslate2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["10", "[]"]
 
 
 def test_a_paused_stage_is_not_marked_done_and_runs_again_next_time(tmp_path, monkeypatch):
@@ -60,9 +151,7 @@ def test_a_paused_stage_is_not_marked_done_and_runs_again_next_time(tmp_path, mo
     from k2d_train import pipeline
     from k2d_train.pipeline import Markers, Stage, StagePaused
 
-    (tmp_path / "run.yaml").write_text((REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny",
-                                                                                          "run_dir: run"))
-    config = RunConfig.load(tmp_path / "run.yaml")
+    config = tiny_recipe(tmp_path)
     attempts = []
 
     def distill(run):

@@ -60,7 +60,14 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     again = runner.invoke(app, ["run", str(config), "--store", str(store.store)])
     assert again.exit_code == 0 and again.output.count("done before, reusing") == 9, again.output
     listed = runner.invoke(app, ["run", str(config), "--list-stages"])
-    assert listed.exit_code == 0 and "7  distill-ctc" in listed.output and "(off in this config)" in listed.output
+    assert listed.exit_code == 0 and "7  distill-ctc" in listed.output and "off in this config" in listed.output
+    assert listed.output.count("\n    done") == 9, listed.output
+    from k2d_train.pipeline import _stages
+
+    for stage in _stages():  # every recipe field a stage touched is one it declares (else it would be reused stale)
+        marker = tmp_path / "run" / "stages" / f"{stage.name}.json"
+        if marker.exists():
+            assert set(json.loads(marker.read_text())["touched"]) <= set(stage.reads), stage.name
     evaluated = (tmp_path / "run" / "stages" / "evaluate.json").stat().st_mtime
     partial = runner.invoke(app, ["run", str(config), "--store", str(store.store), "--from-stage", "9", "--to-stage", "9"])
     assert partial.exit_code == 0 and partial.output.count("done before, reusing") == 7, partial.output

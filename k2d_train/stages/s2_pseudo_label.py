@@ -14,7 +14,6 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,26 +23,10 @@ from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.chunking import Segment, merge_segments
 from k2d_train.decoding import generate_texts
+from k2d_train.options import PseudoLabelOptions
 from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here, merge_order, wait_for_files
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
-
-
-@dataclass
-class PseudoLabelOptions:
-    language: str | None = "zh"
-    beam_size: int = 5
-    batch_size: int = 8
-    nbest: int = 1
-    max_chunk_s: float = 30.0
-    min_chunk_s: float | None = 8.0  # each chunk draws its length limit from [min, max]: served windows vary too
-    edge_s: float = 0.2  # margin around each chunk so tight timestamps do not clip a phoneme
-    seed: int = 0
-    dataset_split: str = "train"  # for a Hugging Face dataset source
-    audio_column: str = "audio"
-    device: str = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int = 0
 
 
 def list_audio(source: Path) -> list[tuple[str, Path]]:

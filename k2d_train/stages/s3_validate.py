@@ -14,7 +14,6 @@ person can audit the rule.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
@@ -26,32 +25,12 @@ from k2d.textunits import is_han
 from k2d_train.chunking import Chunk, Segment
 from k2d_train.decoding import generate_texts
 from k2d_train.encoder_states import ClipReader
+from k2d_train.options import ValidateOptions
 from k2d_train.phonemes import per, phonemes
 from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here
 from k2d_train.store.loading import load_whisper
 
 RULES = ("none", "ngram", "mer", "per", "comp")
-TEACHER_ONLY = ("none", "ngram")  # rules that judge the teacher's text alone: no validator decoding
-
-
-@dataclass
-class ValidateOptions:
-    rule: str = "comp"
-    alpha: float = 0.4
-    ngram_n: int = 3
-    ngram_count: int = 3
-    beam_size: int = 1
-    batch_size: int = 8
-    edge_s: float = 0.15  # margin around each segment for the validator
-    device: str = "cpu"
-    compute_type: str = "int8"
-    also_rules: tuple[str, ...] = ()  # rules to measure besides ``rule`` (ablations): they may need the validator
-
-    @property
-    def needs_validator(self) -> bool:
-        return bool({self.rule, *self.also_rules} - set(TEACHER_ONLY))
-
-
 def distances(teacher: str, validator: str | None, n: int = 3, count: int = 3,
               english_only: bool = False) -> dict[str, float]:
     """δ of every rule for one segment (teacher text is the reference); without a validator transcript,

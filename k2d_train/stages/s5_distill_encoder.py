@@ -14,14 +14,14 @@ pseudo-labelled chunks' audio, no text. Resumable (Accelerate checkpoints), prog
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from k2d.context import FULL_FRAMES, ContextPolicy, mel_frames
+from k2d.context import FULL_FRAMES, mel_frames
 from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
 from k2d_train.checkpoints import CheckpointStore, StepLog
@@ -29,69 +29,9 @@ from k2d_train.data import augment
 from k2d_train.encoder import encode
 from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates, teacher_identity
 from k2d_train.losses import frame_contrastive, layer_regression
+from k2d_train.options import EncoderDistillOptions
 
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
-ADAPT = ("full", "norms", "lora")
-
-
-@dataclass
-class EncoderDistillOptions:
-    max_steps: int = 200
-    batch_size: int = 4
-    learning_rate: float = 5e-5
-    warmup_steps: int = 20
-    pad_min_s: float = 0.5  # training margins cover the serving policy's range (pad .. pad + bucket)
-    pad_max_s: float = 4.5
-    serve_pad_s: float = 2.0
-    serve_bucket_s: float = 2.0
-    # longest served window; 30 s by default: cutting long speech into ≤ 12 s windows made the demo student
-    # worse on minute-long out-of-domain audio (MER 0.550 vs 0.414, docs/benchmarks/long-audio-cpu)
-    serve_max_window_s: float = 30.0
-    target_layers: list[int] = field(default_factory=list)  # 1-based student layers → same-depth teacher layers
-    l1_weight: float = 1.0
-    cos_weight: float = 1.0
-    contrastive_weight: float = 0.1
-    contrastive_temperature: float = 0.1
-    extra_teachers: list[str] = field(default_factory=list)  # transformers dirs or store names (e.g. whisper-tiny.en-hf)
-    extra_weight: float = 0.5
-    spec_augment: bool = True
-    max_crop_s: float | None = 12.0  # train on the first ≤ N s of each chunk: short inputs are the point, and cheaper
-    train_top_layers: int | None = None  # train only the top N encoder layers (the rest run without autograd)
-    # what short-context adaptation may change, the rest staying the teacher's (Whisper's generality):
-    # full (every weight) | norms (layer norms + position table) | lora (low-rank adapters on attention and FFN
-    # + norms + positions, merged into the weights at the end)
-    adapt: str = "full"
-    lora_rank: int = 8
-    # also keep the student's states on the teacher's own 30 s input: every N-th step the batch runs at 30 s too,
-    # regressed to the teacher's states of all 1,500 frames with this weight (0: off)
-    full_context_weight: float = 0.0
-    full_context_every: int = 4
-    # noise (and room) on the student's input only, with this probability per clip; targets stay the teacher's
-    # states of the clean clip, so the student learns to hear through it
-    augment_p: float = 0.0
-    augment_snr_db: tuple[float, float] = (5.0, 25.0)
-    extra_audio: str | None = None  # unlabelled manifest {audio, start, end, id} heard by this stage only
-    # at most this many chunks, evenly spread over the kept ones (None: all): each needs the teacher's 30 s states,
-    # the dearest pass on a CPU, and 80 steps of 4 read 320 chunks however many hours the corpus holds
-    max_chunks: int | None = None
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    cache: bool = True
-
-    def __post_init__(self):
-        if self.adapt not in ADAPT:
-            raise ValueError(f"distill_encoder.adapt {self.adapt!r}: choose one of {', '.join(ADAPT)}")
-        if self.adapt != "full" and self.train_top_layers:
-            raise ValueError("distill_encoder: train_top_layers and adapt are two answers to one question; set one")
-        self.augment_snr_db = tuple(self.augment_snr_db)
-
-    @property
-    def policy(self) -> ContextPolicy:
-        """What serving must honour: the trained margin (and, if set, a shorter longest window)."""
-        return ContextPolicy(self.serve_pad_s, self.serve_bucket_s, self.serve_max_window_s)
-
-
 @dataclass
 class Chunk:
     key: str

@@ -30,36 +30,8 @@ from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates, t
 from k2d_train.hf_decode import greedy_decode
 from k2d_train.labels import chunk_label_ids
 from k2d_train.losses import LossWeights, distillation_loss
+from k2d_train.options import DistillOptions
 from k2d_train.teacher_targets import TopK, TopKCache, compute_topk, fingerprint
-
-
-@dataclass
-class DistillOptions:
-    ce_weight: float = 0.8
-    kl_weight: float = 1.0
-    temperature: float = 2.0
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    max_steps: int = 200
-    batch_size: int = 4
-    grad_accum: int = 1
-    save_every: int = 50
-    eval_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    use_nbest: bool = False
-    label_script: str = "simplified"  # simplified | traditional | as_is (the teacher flips between scripts)
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
-    cache_encoder: bool = True
-    dev_limit: int = 40
-    loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)
-    stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
-    # which encoder states the teacher's decoder reads for the KL term: "teacher" (its own 30 s states, the paper)
-    # or "student" (the student's short-context states: no 30 s encoder pass at all, k2d_train/teacher_targets.py)
-    kl_states: str = "teacher"
-    # > 0: the teacher's top-k distributions computed once per example and cached; each step is then student-only
-    teacher_topk: int = 0
 
 
 @dataclass

@@ -14,7 +14,7 @@ chunk encoded with 1.28 s of left context and no future), so the same head runs 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,50 +29,8 @@ from k2d.streaming import StreamWindows
 from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.encoder_states import BucketBatches, ClipReader, EncoderStates, cache_name, weights_fingerprint
 from k2d_train.losses import rnnt_loss
+from k2d_train.options import CTCOptions
 from k2d_train.units import UnitCoder, build_units
-
-HEADS = ("ctc", "transducer")
-
-
-@dataclass
-class CTCOptions:
-    head: str = "ctc"  # ctc | transducer (stateless predictor + joiner)
-    hidden: int = 768
-    joint: int = 320  # transducer: joiner width
-    context: int = 2  # transducer: units the stateless predictor sees
-    english_vocab: int = 256
-    max_steps: int = 800
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
-    mask_time: int = 2  # SpecAugment-style masks on the (cached) encoder states
-    mask_channels: int = 2
-    eval_every: int = 100
-    save_every: int = 100
-    dev_limit: int = 40
-    keep_checkpoints: int = 2
-    seed: int = 0
-    streaming: bool = False
-    chunk_s: float = 0.64
-    left_s: float = 1.28
-    label_script: str = "simplified"
-    quantization: str = "int8"  # the ONNX export: int8 (dynamic quantisation) | float32
-    # the head's own input: audio + pad_s rounded up to bucket_s (None: the encoder's policy). A CTC head needs no
-    # room for a decoder to look past the speech, so a tighter margin costs nothing and saves encoder time
-    pad_s: float | None = None
-    bucket_s: float | None = None
-
-    def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"distill_ctc.head {self.head!r}: choose {' or '.join(HEADS)}")
-
-    def policy(self, encoder_policy: ContextPolicy) -> ContextPolicy:
-        return replace(encoder_policy, pad_s=self.pad_s if self.pad_s is not None else encoder_policy.pad_s,
-                       bucket_s=self.bucket_s if self.bucket_s is not None else encoder_policy.bucket_s)
-
-    @property
-    def windows(self) -> StreamWindows | None:
-        return StreamWindows(self.chunk_s, self.left_s) if self.streaming else None
 
 
 class CTCHead(torch.nn.Module):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,43 +22,11 @@ from tqdm import tqdm
 from k2d.audio import decode_audio, duration
 from k2d.context import ContextPolicy
 from k2d.manifest import ManifestRow, read_manifest, write_manifest
-from k2d.policy import DecodePolicy
 from k2d.registry import resolve_model
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
-from k2d.served import EngineCache, Runtime, serve_one
+from k2d.served import EngineCache, serve_one
 from k2d.transcribe import Transcriber, Transcript
-
-
-@dataclass
-class EvaluateOptions:
-    """Where and how ``k2d evaluate`` / ``compare`` / stage 8 decode: a runtime and the serving DecodePolicy.
-    A config's ``evaluate:`` section may name DecodePolicy fields (``beam_size``, ``teacher_sampling``...)
-    directly beside these."""
-
-    language: str | None = None
-    use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
-    device: str = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int = 0
-    decode_threads: int = 1  # the server's default (K2D_CPU_DECODE_THREADS)
-    time_encoder: bool = True  # also time each model's encoder alone per utterance (compare's "encoder ms")
-    policy: DecodePolicy = field(default_factory=DecodePolicy)
-
-    @classmethod
-    def from_section(cls, section: dict | None) -> EvaluateOptions:
-        """A config's ``evaluate:`` mapping; DecodePolicy's fields go to the policy, unknown keys are refused."""
-        section = dict(section or {})
-        own = {f.name for f in fields(cls)} - {"policy"}
-        policy_keys = {f.name for f in fields(DecodePolicy)}
-        unknown = sorted(set(section) - own - policy_keys)
-        if unknown:
-            raise ValueError(f"config [evaluate]: unknown keys {unknown}; known: {sorted(own | policy_keys)}")
-        policy = DecodePolicy(**{k: section.pop(k) for k in list(section) if k in policy_keys})
-        return cls(**section, policy=policy)
-
-    def runtime(self) -> Runtime:
-        return Runtime(self.device, compute_type_cpu=self.compute_type, compute_type_cuda=self.compute_type,
-                       cpu_threads=self.cpu_threads, decode_threads=self.decode_threads)
+from k2d_train.options import EvaluateOptions
 
 
 @dataclass
