@@ -50,8 +50,11 @@ images: setup
 lint: setup
 	@$(VENV)/bin/ruff check .
 
-test: models lint
-	@$(PY) -m pytest -q
+# the fast tier first (no model store, about a minute), then the integration tier on real weights
+test: setup lint
+	@$(PY) -m pytest -q -m "not slow and not soak and not images"
+	@$(MAKE) --no-print-directory models
+	@$(PY) -m pytest -q -m "slow and not soak and not images"
 
 clips: setup
 	@$(PY) tests/data/make_clips.py

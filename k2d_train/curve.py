@@ -56,18 +56,23 @@ def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, i
     return out, total / 3600, len(chosen)
 
 
-def depth_student(start: Path, out: Path, layers: int) -> list[int]:
-    """``start``'s encoder (distilled, frozen) under ``layers`` of its decoder's layers, maximally spaced."""
+def depth_student(teacher: Path, start: Path, out: Path, layers: int) -> list[int]:
+    """``layers`` of the teacher's decoder layers, maximally spaced (stage 4's rule), under ``start``'s encoder
+    (distilled, frozen): any depth up to the teacher's, whatever depth ``start`` itself kept."""
+    from safetensors.torch import load_file, save_file
+
     from k2d_train.stages.s4_student import build_student
 
     if not (out / "model.safetensors").exists():
-        kept, _, _ = build_student(start, out, layers)
+        shape = json.loads((start / "config.json").read_text())
+        full = json.loads((teacher / "config.json").read_text())
+        kept, _, _ = build_student(teacher, out, layers, shape["encoder_layers"] if shape["encoder_layers"] <
+                                   full["encoder_layers"] else None, shape["encoder_ffn_dim"] / full["encoder_ffn_dim"])
+        weights = load_file(out / "model.safetensors")
+        weights.update({k: v for k, v in load_file(start / "model.safetensors").items() if k.startswith("model.encoder.")})
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     else:
         kept = json.loads((out / "k2d_student.json").read_text())["kept_layers"]
-    started = start / "k2d_student.json"  # ``start`` may itself be a student: name the teacher's layers
-    if started.exists():
-        theirs = json.loads(started.read_text())["kept_layers"]
-        kept = [theirs[i] for i in kept]
     if (start / POLICY_FILE).exists():
         (out / POLICY_FILE).write_bytes((start / POLICY_FILE).read_bytes())
     return kept
@@ -85,7 +90,7 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
 
     name = f"{config.name}-{folder.name}"
     init = folder / "init"
-    kept_layers = depth_student(start, init, layers)
+    kept_layers = depth_student(registry.path_of(hf_name(config.teacher)), start, init, layers)
     chunks = sum(1 for _ in read_manifest(kept))
     batch = options.batch_size or config.distill.batch_size
     steps = _steps(chunks, batch, options)

@@ -100,6 +100,7 @@ class EncoderDistillOptions:
     max_chunks: int | None = None
     save_every: int = 50
     keep_checkpoints: int = 2
+    stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
     seed: int = 0
     cache: bool = True
 
@@ -164,6 +165,7 @@ class CTCOptions:
     save_every: int = 100
     dev_limit: int = 40
     keep_checkpoints: int = 2
+    stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
     seed: int = 0
     streaming: bool = False
     chunk_s: float = 0.64

@@ -69,10 +69,18 @@ def encoder_distillation(run: Run) -> dict:
     extra = run.paths.get("extra_audio")
     if options.extra_audio is None and extra is not None and extra.exists():
         options = replace(options, extra_audio=str(extra))  # the corpus stage wrote encoder-only audio
-    return distill_encoder(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init",
-                           config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-encoder", options,
-                           config.run_dir / "student-encoder", registry.store,
-                           teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
+    return finished(distill_encoder(registry.path_of(hf_name(config.teacher)), config.run_dir / "student-init",
+                                    config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-encoder",
+                                    options, config.run_dir / "student-encoder", registry.store,
+                                    teacher_cache=config.run_dir / "teacher_states",
+                                    teacher_ct2=registry.path_of(config.teacher)), options.max_steps)
+
+
+def finished(report: dict, max_steps: int) -> dict:
+    """A trained stage's report, or a pause when ``stop_after_steps`` stopped it at a checkpoint before the end."""
+    if report["steps"] < max_steps:
+        raise StagePaused(f"{report['steps']} of {max_steps} steps, checkpointed")
+    return report
 
 
 def student_start(run: Run) -> Path:
@@ -109,8 +117,7 @@ def distillation(run: Run, rule: str | None = None) -> dict:
     report = distill(registry.path_of(hf_name(config.teacher)), student_start(run), kept_for_rule(run, rule),
                      folder / "distill", config.distill, dev=dev, resume=True, final_dir=final, report_dev=report_dev,
                      teacher_cache=config.run_dir / "teacher_states", teacher_ct2=registry.path_of(config.teacher))
-    if report["steps"] < config.distill.max_steps:
-        raise StagePaused(f"{report['steps']} of {config.distill.max_steps} steps, checkpointed")
+    finished(report, config.distill.max_steps)
     if main:
         from k2d_train.stages.s4_student import register_student
 
@@ -159,8 +166,9 @@ def ctc_distillation(run: Run) -> dict:
 
     config = run.config
     dev = run.paths.get("dev_ood") or run.paths.get("dev")
-    return distill_ctc(student_start(run), config.run_dir / "validate" / "kept.jsonl", config.run_dir / "distill-ctc",
-                       config.distill_ctc, dev=dev, out_dir=config.run_dir / "ctc-final")
+    return finished(distill_ctc(student_start(run), config.run_dir / "validate" / "kept.jsonl",
+                                config.run_dir / "distill-ctc", config.distill_ctc, dev=dev,
+                                out_dir=config.run_dir / "ctc-final"), config.distill_ctc.max_steps)
 
 
 def export_models(run: Run) -> dict:

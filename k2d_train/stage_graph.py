@@ -36,9 +36,9 @@ LOCATIONS = frozenset({"run_dir", "source"})  # where a run lives, not what it m
 RUNTIME_KNOBS = {
     "pseudo_label": {"device", "cpu_threads", "batch_size"},
     "validate": {"device", "batch_size"},
-    "distill_encoder": {"save_every", "keep_checkpoints", "cache"},
+    "distill_encoder": {"save_every", "keep_checkpoints", "stop_after_steps", "cache"},
     "distill": {"save_every", "keep_checkpoints", "stop_after_steps", "cache_encoder"},
-    "distill_ctc": {"save_every", "keep_checkpoints"},
+    "distill_ctc": {"save_every", "keep_checkpoints", "stop_after_steps"},
     "evaluate": {"device", "cpu_threads", "decode_threads"},
 }
 

@@ -77,3 +77,14 @@ def served_store(registry, tmp_path_factory) -> Registry:
     scratch.add(ModelEntry(**{**tiny.__dict__, "path": str(registry.path_of("whisper-tiny.en")), "role": "student",
                               "serving": Serving(teacher="whisper-base", default_language="en")}))
     return scratch
+
+
+STORE_FIXTURES = {"registry", "served_store"}  # the real model store: only the integration tier reads it
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier (``-m 'not slow'``) needs no model store: a test that reaches it through a fixture is
+    part of the integration tier, whether or not its author remembered to say so."""
+    for item in items:
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

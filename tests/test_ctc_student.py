@@ -190,3 +190,27 @@ MALFORMED = ['{"audio": 123}', "not json", "[" * 100_000, '{"type": "input_audio
              '{"type": "input_audio_buffer.append", "audio": [1, 2]}', '{"type": "input_audio_buffer.append"}',
              '{"type": "input_audio_buffer.append", "audio": "!!"}', '{"type": 5}', '{"type": {"a": []}}', "[]",
              "null", '"text"', "字" * 400_000]
+
+
+@pytest.mark.slow
+def test_a_paused_ctc_stage_publishes_nothing_and_resumes_to_the_straight_runs_losses(trained, tmp_path):
+    """The CTC head runs the one training loop: ``stop_after_steps`` checkpoints without publishing, and the
+    resumed run repeats an uninterrupted one step for step (no masking: every loss is deterministic)."""
+    from dataclasses import replace
+
+    from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
+
+    root, _, _ = trained
+    options = CTCOptions(max_steps=4, batch_size=3, warmup_steps=1, eval_every=0, save_every=10, mask_time=0,
+                         mask_channels=0)
+    distill_ctc(root / "student", root / "kept.jsonl", tmp_path / "straight", options, out_dir=tmp_path / "final-a")
+    paused = distill_ctc(root / "student", root / "kept.jsonl", tmp_path / "paused",
+                         replace(options, stop_after_steps=2), out_dir=tmp_path / "final-b")
+    assert paused["steps"] == 2 and not (tmp_path / "final-b").exists()
+    resumed = distill_ctc(root / "student", root / "kept.jsonl", tmp_path / "paused", options,
+                          out_dir=tmp_path / "final-b")
+    assert resumed["steps"] == 4 and (tmp_path / "final-b").is_dir()
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in ("straight", "paused")}
+    assert [(r["step"], r["lr"]) for r in logs["paused"]] == [(r["step"], r["lr"]) for r in logs["straight"]]
+    assert [r["loss"] for r in logs["paused"]] == pytest.approx([r["loss"] for r in logs["straight"]], rel=1e-4)

@@ -37,6 +37,7 @@ def english_words(texts) -> set[str]:
     return {w.lower() for t in texts for w in re.findall(r"[A-Za-z]+", t)}
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_every_manifest_exists_and_its_audio_decodes(corpus):
     for name in ("lectures", "lectures_reference", *SETS):
         listed = rows(corpus, name)
@@ -52,6 +53,7 @@ def test_every_manifest_exists_and_its_audio_decodes(corpus):
     assert set(report["used"]) == {"lectures", "test_ood_noisy", *SETS}
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_every_test_row_names_its_voice_group_and_the_noisy_copy_is_the_same_utterances_harder(corpus):
     ood, noisy = rows(corpus, "test_ood"), rows(corpus, "test_ood_noisy")
     assert [r.extra["group"] for r in ood] == [r.extra["voice"].split("+")[0] for r in ood]
@@ -64,6 +66,7 @@ def test_every_test_row_names_its_voice_group_and_the_noisy_copy_is_the_same_utt
         assert quiet(b) > 2 * quiet(a)
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_encoder_only_audio_is_cut_at_sentence_ends_into_short_spans(corpus):
     spans = rows(corpus, "encoder_audio")
     assert spans and len({r.extra["id"] for r in spans}) == len(spans)
@@ -94,6 +97,7 @@ def test_the_clear_set_speaks_with_every_neural_voice_no_lecture_uses():
     assert not unheard & lecturers
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_ood_voices_of_both_languages_never_lecture(corpus):
     lecture_voices = {v for row in rows(corpus, "lectures") for v in row.extra["voices"].split("+")}
     train = {v.name for v in VOICES if not v.heldout}
@@ -116,6 +120,7 @@ def test_ood_sentences_share_no_frame_term_word_or_sentence():
     assert not set(sentences.ood_sentence_bank(0)) & set(sentences.sentence_bank(0))
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_set_sentences_come_from_their_bank_and_test_sentences_never_lecture(corpus):
     ood_bank, bank = set(sentences.ood_sentence_bank(TINY.seed)), set(sentences.sentence_bank(TINY.seed))
     lectured = {s["text"] for row in rows(corpus, "lectures_reference") for s in row.extra["sentences"]}
@@ -126,6 +131,7 @@ def test_set_sentences_come_from_their_bank_and_test_sentences_never_lecture(cor
             assert not set(spoken) & lectured
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_utterance_durations_within_bounds(corpus):
     for name in SETS:
         for row in rows(corpus, name):
@@ -133,6 +139,7 @@ def test_utterance_durations_within_bounds(corpus):
             assert TINY.min_utterance_s - 0.01 <= seconds <= TINY.max_utterance_s, (name, seconds)
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_same_seed_same_corpus_and_reuse(corpus, tmp_path):
     assert not build_corpus(corpus, TINY)  # options match: reused
     voices_module._speak_cached.cache_clear()  # a cold start must give the same bytes as a warm one
@@ -152,6 +159,7 @@ def test_registry_has_train_and_heldout_voices_of_both_languages():
         assert len(voices(language, False)) >= 2 and len(voices(language, True)) >= 1
 
 
+@pytest.mark.slow  # synthesises speech: the integration tier
 def test_every_registered_voice_speaks_deterministically_and_was_measured():
     for spec in VOICES:
         text = "今天的天氣" if spec.language == "zh" else "code review"

@@ -79,3 +79,28 @@ def test_the_exported_student_carries_its_context_into_serving(registry, kept, t
     engine = WhisperEngine(tmp_path / "ct2", "cpu", [0], "int8")
     audio = decode_audio(MANIFEST.parent / "zh_lecture.flac")
     assert engine.policy == ContextPolicy(2.0, 2.0) and engine.frames(audio) < 3000
+
+
+def _schedule(run_dir) -> list[tuple[int, float]]:
+    return [(r["step"], r["lr"]) for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.slow
+def test_a_paused_encoder_stage_writes_no_student_and_resumes_on_the_straight_runs_schedule(registry, kept, tmp_path):
+    """``stop_after_steps`` (the one training loop's pause): a checkpoint, no half-trained student, and the
+    resumed run takes the steps and learning rates of an uninterrupted one."""
+    from dataclasses import replace
+
+    teacher = registry.path_of("whisper-base-hf")
+    build_student(teacher, tmp_path / "init", 2)
+    options = EncoderDistillOptions(max_steps=3, batch_size=2, warmup_steps=1, save_every=5)
+    args = (teacher, tmp_path / "init", kept / "kept.jsonl")
+    straight = distill_encoder(*args, tmp_path / "straight", options, tmp_path / "out-a", registry.store,
+                               teacher_cache=tmp_path / "targets")
+    paused = distill_encoder(*args, tmp_path / "paused", replace(options, stop_after_steps=2), tmp_path / "out-b",
+                             registry.store, teacher_cache=tmp_path / "targets")
+    assert paused["steps"] == 2 and not (tmp_path / "out-b").exists()
+    resumed = distill_encoder(*args, tmp_path / "paused", options, tmp_path / "out-b", registry.store,
+                              teacher_cache=tmp_path / "targets")
+    assert straight["steps"] == resumed["steps"] == 3 and (tmp_path / "out-b" / "model.safetensors").exists()
+    assert _schedule(tmp_path / "paused") == _schedule(tmp_path / "straight") and _schedule(tmp_path / "paused")[-1][1] == 0

@@ -24,12 +24,12 @@ from tqdm import tqdm
 from k2d.context import FULL_FRAMES, mel_frames
 from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
-from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.data import augment
 from k2d_train.encoder import encode
-from k2d_train.encoder_states import BucketBatches, ClipReader, CT2Encoder, EncoderStates, teacher_identity
+from k2d_train.encoder_states import ClipReader, CT2Encoder, EncoderStates, teacher_identity
 from k2d_train.losses import frame_contrastive, layer_regression
 from k2d_train.options import EncoderDistillOptions
+from k2d_train.training_loop import fit, make_accelerator
 
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
 @dataclass
@@ -88,12 +88,9 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
                     out_dir: Path, store: Path | None = None, resume: bool = True, teacher_cache: Path | None = None,
                     teacher_ct2: Path | None = None) -> dict:
     """Train the student encoder; write the whole student (new encoder, same decoder) to ``out_dir``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import WhisperForConditionalGeneration, get_linear_schedule_with_warmup
+    from transformers import WhisperForConditionalGeneration
 
-    accelerator = Accelerator()
-    set_seed(options.seed)
+    accelerator = make_accelerator(options)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = accelerator.device
     student = WhisperForConditionalGeneration.from_pretrained(student_dir)
@@ -121,44 +118,24 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
     encoder, merge = trainable_encoder(encoder, options)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
-    optimizer = torch.optim.AdamW(params, lr=options.learning_rate)
-    # stepped once per optimizer step on every process (Accelerate's wrapper): its horizon is max_steps either way
-    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
-                                                options.max_steps * accelerator.num_processes)
-    sampler = BucketBatches([int((c.end - c.start) // BUCKET_S) for c in chunks], options.batch_size, options.seed,
-                            accelerator.num_processes, accelerator.process_index)
-    loader = torch.utils.data.DataLoader(list(range(len(chunks))), batch_sampler=sampler, collate_fn=lambda b: b)
-    encoder, heads, optimizer, scheduler = accelerator.prepare(encoder, heads, optimizer, scheduler)  # the sampler shards
-    checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
-    step = checkpoints.restore(accelerator) if resume else 0
-    generator = torch.Generator().manual_seed(options.seed + step)
-    steps = StepLog(run_dir, "distill encoder", options.max_steps, step, accelerator, checkpoints, options.save_every)
-    last: dict = {}
-    encoder.train()
-    audio = ClipReader()
-    while step < options.max_steps:
-        sampler.use_epoch(*divmod(step, sampler.per_process()))
-        for batch in loader:
-            losses = _step_loss(batch, chunks, targets, audio, encoder, heads, depth, options, generator, device,
-                                step + 1)
-            accelerator.backward(losses["loss"])
-            accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            last = {"step": step, **{k: round(float(v.detach()), 4) for k, v in losses.items()}}
-            steps.stepped(last)
-            if step >= options.max_steps:
-                break
-    steps.close()
+    audio, generators = ClipReader(), []
+
+    def loss(modules, batch, step):
+        if not generators:  # seeded by the step it starts from: a resumed run draws what it would have drawn
+            generators.append(torch.Generator().manual_seed(options.seed + step - 1))
+        return _step_loss(batch, chunks, targets, audio, *modules, depth, options, generators[0], device, step)
+
+    fitted = fit(accelerator, [encoder, heads], params, list(range(len(chunks))),
+                 [int((c.end - c.start) // BUCKET_S) for c in chunks], lambda b: b, loss, options, run_dir,
+                 "distill encoder", resume)
+    step, last = fitted.step, fitted.last
     report = {"steps": step, "chunks": len(chunks), "last": last, "options": asdict(options),
-              "policy": asdict(options.policy), "seconds": steps.seconds}
-    if accelerator.is_main_process:
+              "policy": asdict(options.policy), "seconds": fitted.seconds}
+    if accelerator.is_main_process and fitted.finished:
         from k2d.context import POLICY_FILE
         from k2d_train.store.publish import write_student
 
-        student.model.encoder = merge(accelerator.unwrap_model(encoder))
+        student.model.encoder = merge(accelerator.unwrap_model(fitted.modules[0]))
         write_student(student, student_dir, out_dir, extra={POLICY_FILE: json.dumps(asdict(options.policy), indent=2)})
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report

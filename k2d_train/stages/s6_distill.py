@@ -24,14 +24,14 @@ from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import MAX_POSITIONS
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts, to_script
-from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.decoding import whisper_prompt
-from k2d_train.encoder_states import BucketBatches, CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
+from k2d_train.encoder_states import CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
 from k2d_train.hf_decode import greedy_decode
 from k2d_train.labels import chunk_label_ids
 from k2d_train.losses import LossWeights, distillation_loss
 from k2d_train.options import DistillOptions
 from k2d_train.teacher_targets import TopK, TopKCache, compute_topk, fingerprint
+from k2d_train.training_loop import fit, make_accelerator
 
 
 @dataclass
@@ -146,12 +146,6 @@ def dev_score(student, states: EncoderStates, dev: Path, tokenizer, limit: int, 
     return DevScore(raw.rate, guarded.rate, loops, len(rows))
 
 
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
 def same_encoder(student, teacher) -> bool:
     """Whether the student still has its teacher's encoder, weight for weight (K²D's frozen encoder)."""
     ours, theirs = student.model.encoder.state_dict(), teacher.model.encoder.state_dict()
@@ -194,13 +188,9 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             report_dev: list[Path] | None = None, teacher_cache: Path | None = None,
             teacher_ct2: Path | None = None) -> dict:
     """Train; write checkpoints under ``run_dir`` and the best (by ``dev``, see ``DevScore``) student to ``final_dir``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import WhisperForConditionalGeneration, WhisperTokenizer, get_linear_schedule_with_warmup
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(options.mixed_precision),
-                              gradient_accumulation_steps=options.grad_accum)
-    set_seed(options.seed)
+    accelerator = make_accelerator(options)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = WhisperTokenizer.from_pretrained(student_dir)
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).to(accelerator.device).eval()
@@ -222,75 +212,43 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     if topk is not None:
         teacher = None  # every step is student-only from here
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    sampler = BucketBatches([hidden[ex.key][0].shape[0] for ex in examples], options.batch_size, options.seed,
-                            accelerator.num_processes, accelerator.process_index)
     items = [Item(*hidden[ex.key], ex.tokens, ex.prompt_len, topk[i] if topk else None) for i, ex in enumerate(examples)]
-    loader = torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=options.learning_rate,
-                                  weight_decay=options.weight_decay)
-    # the scheduler is stepped once per optimizer step on every process: its horizon is max_steps either way
-    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * accelerator.num_processes,
-                                                options.max_steps * accelerator.num_processes)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)  # the sampler shards
-    checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
-    step = checkpoints.restore(accelerator) if resume else 0
     weights = LossWeights(options.ce_weight, options.kl_weight, options.temperature)
     best = _Best(run_dir / "best", student_dir)
-    stop_at = min(options.max_steps, step + options.stop_after_steps) if options.stop_after_steps else options.max_steps
-    steps = StepLog(run_dir, "distill", options.max_steps, step, accelerator, checkpoints, options.save_every, stop_at)
-    last: dict = {}
-    student.train()
-    while step < stop_at:
-        consumed = step * options.grad_accum  # this process's batches so far
-        sampler.use_epoch(*divmod(consumed, sampler.per_process()))
-        for batch in loader:
-            losses = _train_step(student, teacher, batch, weights, optimizer, scheduler, accelerator)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            last = {"step": step, **{k: round(float(v.detach()), 4) for k, v in losses.items()},
-                    "lr": scheduler.get_last_lr()[0]}
-            evaluate_now = options.eval_every and (step % options.eval_every == 0 or step == options.max_steps)
-            if dev is not None and evaluate_now and accelerator.is_main_process:
-                model = accelerator.unwrap_model(student)
-                chosen = _dev_scores(model, student_states, [dev, *(report_dev or [])], tokenizer, options,
-                                     accelerator.device, last)
-                best.offer(model, step, chosen, options.loop_weight)
-                steps.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in last.items() if "dev" in k))
-            steps.stepped(last)
-            if step >= stop_at:
-                break
-    steps.close()
-    report = {"steps": step, "examples": len(examples), "last": last, "options": asdict(options),
-              "seconds": steps.seconds, "best": best.summary(),
-              "context": policy.describe()}
+
+    def loss(modules, batch, step):
+        return _step_loss(modules[0], teacher, batch, weights, accelerator.device)
+
+    def evaluate(modules, step, record):
+        model = accelerator.unwrap_model(modules[0])
+        best.offer(model, step, _dev_scores(model, student_states, [dev, *(report_dev or [])], tokenizer, options,
+                                            accelerator.device, record), options.loop_weight)
+        return f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in record.items() if "dev" in k)
+
+    fitted = fit(accelerator, [student], [p for p in student.parameters() if p.requires_grad], items,
+                 [hidden[ex.key][0].shape[0] for ex in examples], lambda b: collate(b, pad), loss, options, run_dir,
+                 "distill", resume, evaluate if dev is not None else None)
+    report = {"steps": fitted.step, "examples": len(examples), "last": fitted.last, "options": asdict(options),
+              "seconds": fitted.seconds, "best": best.summary(), "context": policy.describe()}
     if accelerator.is_main_process:
-        if final_dir is not None and step >= options.max_steps:
-            _save_final(accelerator.unwrap_model(student), student_dir, final_dir, best)
+        if final_dir is not None and fitted.finished:
+            _save_final(accelerator.unwrap_model(fitted.modules[0]), student_dir, final_dir, best)
         (run_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _train_step(student, teacher, batch: dict, weights: LossWeights, optimizer, scheduler, accelerator) -> dict:
-    """One (accumulated) step: the teacher's logits on its own 30 s states, the student's on its own."""
-    batch = {name: value.to(accelerator.device) for name, value in batch.items()}
-    with accelerator.accumulate(student):
-        teacher_logits, topk = None, None
-        if "topk_indices" in batch:
-            topk = (batch["topk_logprobs"], batch["topk_indices"])
-        else:
-            with torch.no_grad():
-                teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
-                                         decoder_input_ids=batch["inputs"]).logits
-        logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
-        losses = distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights, topk)
-        accelerator.backward(losses["loss"])
-        if accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-    return losses
+def _step_loss(student, teacher, batch: dict, weights: LossWeights, device) -> dict:
+    """One batch's losses: the teacher's logits on its own 30 s states (or its cached top-k), the student's on its own."""
+    batch = {name: value.to(device) for name, value in batch.items()}
+    teacher_logits, topk = None, None
+    if "topk_indices" in batch:
+        topk = (batch["topk_logprobs"], batch["topk_indices"])
+    else:
+        with torch.no_grad():
+            teacher_logits = teacher(encoder_outputs=(batch["teacher_encoder"],),
+                                     decoder_input_ids=batch["inputs"]).logits
+    logits = student(encoder_outputs=(batch["student_encoder"],), decoder_input_ids=batch["inputs"]).logits
+    return distillation_loss(logits, teacher_logits, batch["labels"], batch["mask"], weights, topk)
 
 
 def _states_of(examples: list[Example], student_states: EncoderStates, teacher_states: EncoderStates,

@@ -26,10 +26,10 @@ from k2d.context import ContextPolicy
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts
 from k2d.streaming import StreamWindows
-from k2d_train.checkpoints import CheckpointStore, StepLog
-from k2d_train.encoder_states import BucketBatches, ClipReader, EncoderStates, cache_name, weights_fingerprint
+from k2d_train.encoder_states import ClipReader, EncoderStates, cache_name, weights_fingerprint
 from k2d_train.losses import rnnt_loss
 from k2d_train.options import CTCOptions
+from k2d_train.training_loop import fit, make_accelerator
 from k2d_train.units import UnitCoder, build_units
 
 
@@ -178,12 +178,9 @@ def dev_mer(head, states: States, dev: Path, coder: UnitCoder, limit: int) -> fl
 def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOptions, dev: Path | None = None,
                 out_dir: Path | None = None, resume: bool = True) -> dict:
     """Train the head; write ``out_dir`` (head weights, units, options, the encoder's policy) for export."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import WhisperForConditionalGeneration, get_linear_schedule_with_warmup
+    from transformers import WhisperForConditionalGeneration
 
-    accelerator = Accelerator()
-    set_seed(options.seed)
+    accelerator = make_accelerator(options)
     run_dir.mkdir(parents=True, exist_ok=True)
     encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
     policy = options.policy(ContextPolicy.of_model(student_dir))
@@ -201,44 +198,30 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     if not examples:
         raise ValueError(f"{kept}: no chunk with a label to learn from")
     head = make_head(options, encoder.config.d_model, len(coder.units))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=options.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.max_steps)
-    sampler = BucketBatches([len(h) // 100 for h, _ in examples], options.batch_size, options.seed)
-    loader = torch.utils.data.DataLoader(list(range(len(examples))), batch_sampler=sampler, collate_fn=lambda b: b)
-    head, optimizer, scheduler = accelerator.prepare(head, optimizer, scheduler)
-    checkpoints = CheckpointStore(run_dir / "checkpoints", options.keep_checkpoints)
-    step = checkpoints.restore(accelerator) if resume else 0
-    generator = torch.Generator().manual_seed(options.seed + step)
-    best = _best_state(run_dir)
-    steps = StepLog(run_dir, f"distill {options.head}", options.max_steps, step, accelerator, checkpoints,
-                    options.save_every)
-    last: dict = {}
-    while step < options.max_steps:
-        sampler.use_epoch(*divmod(step, sampler.per_process()))
-        for batch in loader:
-            loss = head_loss(head, *_collate([examples[i] for i in batch], options, generator))
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(head.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            last = {"step": step, "loss": round(float(loss.detach()), 4)}
-            if dev is not None and options.eval_every and (step % options.eval_every == 0 or step == options.max_steps):
-                last["dev_mer"] = round(dev_mer(accelerator.unwrap_model(head), states, dev, coder, options.dev_limit), 4)
-                steps.write(f"step {step}: dev MER {last['dev_mer']}")
-                if best is None or last["dev_mer"] < best["dev_mer"]:
-                    best = {"step": step, "dev_mer": last["dev_mer"]}
-                    _save_head(accelerator.unwrap_model(head), run_dir / "best", best)
-            steps.stepped(last)
-            if step >= options.max_steps:
-                break
-    steps.close()
-    if best is None:
-        _save_head(accelerator.unwrap_model(head), run_dir / "best", {"step": step})
+    generators, best = [], _best_state(run_dir)
+
+    def loss(modules, batch, step):
+        if not generators:  # seeded by the step it starts from: a resumed run masks what it would have masked
+            generators.append(torch.Generator().manual_seed(options.seed + step - 1))
+        return {"loss": head_loss(modules[0], *_collate([examples[i] for i in batch], options, generators[0]))}
+
+    def evaluate(modules, step, record):
+        nonlocal best
+        record["dev_mer"] = round(dev_mer(accelerator.unwrap_model(modules[0]), states, dev, coder, options.dev_limit), 4)
+        if best is None or record["dev_mer"] < best["dev_mer"]:
+            best = {"step": step, "dev_mer": record["dev_mer"]}
+            _save_head(accelerator.unwrap_model(modules[0]), run_dir / "best", best)
+        return f"step {step}: dev MER {record['dev_mer']}"
+
+    fitted = fit(accelerator, [head], list(head.parameters()), list(range(len(examples))),
+                 [len(h) // 100 for h, _ in examples], lambda b: b, loss, options, run_dir, f"distill {options.head}",
+                 resume, evaluate if dev is not None else None)
+    step, last, head = fitted.step, fitted.last, accelerator.unwrap_model(fitted.modules[0])
+    if best is None and fitted.finished:
+        _save_head(head, run_dir / "best", {"step": step})
     report = {"steps": step, "examples": len(examples), "units": len(coder.units), "last": last, "best": best,
-              "options": asdict(options), "context": policy.describe(), "seconds": steps.seconds}
-    if out_dir is not None:
+              "options": asdict(options), "context": policy.describe(), "seconds": fitted.seconds}
+    if out_dir is not None and fitted.finished:
         _publish(run_dir, student_dir, out_dir, options, report)
     return report
 
