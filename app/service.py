@@ -51,7 +51,7 @@ def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None
         if not engine.knows_language(language):
             raise UnsupportedOptionError(f"model {name!r} does not transcribe the language {language!r}"
                                          f"{' (English only)' if engine.knows_language('en') else ''}")
-    if request.options.prompt and not getattr(engine, "takes_prompt", True):
+    if request.options.prompt and not engine.capabilities.prompts:
         raise UnsupportedOptionError(f"model {name!r} has no decoder to prompt (a CTC / transducer student)")
     if request.options.task == "translate" and not translates(served):
         raise UnsupportedOptionError(f"model {name!r} does not translate; use task=transcribe or a teacher model")
@@ -59,7 +59,7 @@ def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None
 
 def translates(served: ServedModel) -> bool:
     """Multilingual Whisper translates; a distilled student only if its card says it was trained to."""
-    if not served.scheduler.engine.multilingual:
+    if not served.scheduler.engine.capabilities.translates:
         return False
     if served.entry.role != "student":
         return True

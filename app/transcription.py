@@ -25,7 +25,7 @@ from app.upload import DecodeCancelledError, decode_upload
 from k2d.audio import SAMPLE_RATE
 from k2d.engine import DecodeOptions
 from k2d.textunits import join_texts
-from k2d.transcribe import rebase
+from k2d.transcribe import rebase, transcript_language
 from k2d.windows import MAX_WINDOW_S, Window, split
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def result(job: Job, outcomes: list[tuple]) -> dict:
         segments.extend(_segments(window, window_result.segments, len(segments)))
     body = {
         "text": join_texts([s["text"] for s in segments]),
-        "language": max(set(languages), key=languages.count) if languages else (job.language or "en"),
+        "language": transcript_language(languages, job.language),
         "duration": round(job.prepared.duration, 3),
         "segments": segments,
         "model": job.name,

@@ -1,10 +1,10 @@
-"""A CTC or transducer student served by ONNX Runtime: the distilled encoder plus a non-autoregressive head.
+"""A CTC student served by ONNX Runtime: the distilled encoder plus a non-autoregressive head (and the head
+machinery the transducer, ``k2d.transducer_engine``, shares).
 
 Whisper's decoder generates one token per step and can repeat itself until its budget runs out; a CTC
 head labels every encoder frame at once (one forward pass, then a greedy collapse), and a transducer
 emits at most a few units per frame — neither can loop, so there is no guard and no teacher fallback to
-pay for. The engine has the interface the scheduler, the transcriber and the routers use
-(:class:`k2d.engine.WhisperEngine`'s ``frames``, ``transcribe_batch``, ``policy``, ``workers``...).
+pay for. It implements the serving contract (:class:`k2d.engine_contract.Engine`, kinds ``ctc`` and ``transducer``).
 Timestamps come from the alignment: the frame at which each unit is emitted (20 ms steps).
 
 Why ONNX Runtime: the model is an encoder and a small head, which is exactly what ONNX Runtime runs well
@@ -23,6 +23,7 @@ import numpy as np
 from k2d.audio import SAMPLE_RATE
 from k2d.context import ENCODER_FRAME_S, ContextPolicy
 from k2d.engine import DecodeOptions, Segment, WindowResult
+from k2d.engine_contract import Capabilities
 from k2d.features import log_mel
 from k2d.guard import GuardOptions, RepetitionPenalty
 from k2d.textunits import is_han
@@ -30,11 +31,14 @@ from k2d.units import WORD_START, Units
 
 HEAD_FILE = "k2d_head.json"  # {"kind": "ctc" | "transducer", "language": "zh", ...}
 MODEL_FILE = "model.onnx"  # mel (B, mels, frames) → CTC log-probs (B, T, V) or transducer encoder (B, T, J)
-JOINER_FILE = "transducer.npz"  # the transducer's predictor and joiner weights (greedy search in numpy)
+JOINER_FILE = "transducer.npz"  # the transducer's predictor and joiner weights (k2d.transducer_engine)
 SEGMENT_GAP_S = 0.8  # a pause this long between two units starts a new segment
 
 
-class CTCEngine:
+class HeadEngine:
+    """What a CTC and a transducer head share: the ONNX session over mel features, the units, segments and
+    words from (frame, unit) emissions. A subclass says how frames become emissions (:meth:`emit`)."""
+
     def __init__(self, path: Path, device: str = "cpu", replicas: int = 1, cpu_threads: int = 0,
                  policy: ContextPolicy | None = None):
         import onnxruntime
@@ -48,20 +52,22 @@ class CTCEngine:
         options.inter_op_num_threads = 1
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         self.session = onnxruntime.InferenceSession(str(self.path / MODEL_FILE), options, providers=providers)
-        self.joiner = dict(np.load(self.path / JOINER_FILE)) if self.kind == "transducer" else None
         self.policy = policy or ContextPolicy.of_model(self.path)
         self.mels = int(self.head.get("mels", 80))
         self.language = self.head.get("language", "zh")
         self.workers = max(1, replicas)
         self.multilingual = False  # one language model: a request may name it, or nothing
-        self.takes_prompt = False  # no decoder to prompt
         self.guard = GuardOptions(enabled=False)  # nothing to guard: no decoder that can loop
         self.repetition = RepetitionPenalty()
+        # no decoder to prompt or to loop; a streaming CTC head transcribes live (k2d.streaming.StreamDecoder)
+        self.capabilities = Capabilities(multilingual=False, prompts=False, translates=False, word_timestamps=True,
+                                         streaming=self.streams)
 
-    @property
-    def streams(self) -> bool:
-        """Trained on chunked frames (``distill_ctc.streaming``): it can transcribe live, chunk by chunk."""
-        return self.kind == "ctc" and bool(self.head.get("streaming"))
+    streams = False  # only a CTC head trained on chunked frames transcribes live
+
+    def emit(self, frames: np.ndarray) -> tuple[list[tuple[int, int]], float]:
+        """(frame, unit) emissions of one window's usable frames, and a confidence (mean log-prob)."""
+        raise NotImplementedError
 
     def knows_language(self, language: str) -> bool:
         return language == self.language
@@ -104,10 +110,7 @@ class CTCEngine:
         results = []
         for window, frames in zip(windows, outputs, strict=True):
             usable = min(len(frames), int(np.ceil(len(window) / SAMPLE_RATE / ENCODER_FRAME_S)) + 1)
-            if self.kind == "ctc":
-                emitted, confidence = ctc_greedy(frames[:usable], self.units.blank)
-            else:
-                emitted, confidence = transducer_greedy(frames[:usable], self.joiner, self.units.blank)
+            emitted, confidence = self.emit(frames[:usable])
             segments = self.segments(emitted, len(window) / SAMPLE_RATE, options.word_timestamps)
             results.append(WindowResult(self.language, segments, len(emitted), avg_logprob=confidence))
         return results
@@ -149,6 +152,19 @@ class CTCEngine:
         return [w for w in words if w["word"]]
 
 
+class CTCEngine(HeadEngine):
+    """A CTC head (kind ``ctc``): one forward pass labels every frame, greedy collapse; a head trained on
+    chunked frames also streams (:class:`k2d.streaming.StreamDecoder`)."""
+
+    @property
+    def streams(self) -> bool:
+        """Trained on chunked frames (``distill_ctc.streaming``): it can transcribe live, chunk by chunk."""
+        return bool(self.head.get("streaming"))
+
+    def emit(self, frames: np.ndarray) -> tuple[list[tuple[int, int]], float]:
+        return ctc_greedy(frames, self.units.blank)
+
+
 def ctc_greedy(logprobs: np.ndarray, blank: int) -> tuple[list[tuple[int, int]], float]:
     """Best unit per frame, repeats merged, blanks dropped: [(frame, unit)], and the mean best log-prob."""
     best = logprobs.argmax(-1)
@@ -156,31 +172,3 @@ def ctc_greedy(logprobs: np.ndarray, blank: int) -> tuple[list[tuple[int, int]],
     frames = np.flatnonzero(keep)
     confidence = float(logprobs.max(-1).mean()) if len(logprobs) else 0.0
     return [(int(f), int(best[f])) for f in frames], confidence
-
-
-def transducer_greedy(encoded: np.ndarray, weights: dict[str, np.ndarray], blank: int,
-                      max_per_frame: int = 3) -> tuple[list[tuple[int, int]], float]:
-    """Frame-synchronous greedy search: at each frame emit units until the joiner says blank (at most
-    ``max_per_frame``: a bound, not a loop guard — a transducer moves on with the frames). The predictor is
-    stateless: it sees the last ``context`` units (Ghodsi et al. 2020)."""
-    context = int(weights["context"])
-    history = [blank] * context
-    emitted, scores = [], []
-    embed, pred_w, pred_b = weights["embed"], weights["pred_w"], weights["pred_b"]
-    out_w, out_b = weights["out_w"], weights["out_b"]
-
-    def predictor() -> np.ndarray:
-        return np.concatenate([embed[u] for u in history[-context:]]) @ pred_w + pred_b
-
-    predicted = predictor()
-    for frame, enc in enumerate(encoded):
-        for _ in range(max_per_frame):
-            logits = np.tanh(enc + predicted) @ out_w + out_b
-            unit = int(logits.argmax())
-            scores.append(float(logits[unit] - np.logaddexp.reduce(logits)))
-            if unit == blank:
-                break
-            emitted.append((frame, unit))
-            history.append(unit)
-            predicted = predictor()
-    return emitted, float(np.mean(scores)) if scores else 0.0

@@ -19,6 +19,7 @@ import numpy as np
 
 from k2d.audio import SAMPLE_RATE
 from k2d.context import ENCODER_FRAME_S, FRAMES_PER_S, ContextPolicy
+from k2d.engine_contract import Capabilities
 from k2d.features import log_mel
 from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
@@ -136,7 +137,8 @@ def _words_within(words: list[dict], text: str) -> list[dict]:
 
 
 class WhisperEngine:
-    takes_prompt = True  # an initial prompt goes to the decoder, as in Whisper
+    """Whisper on CTranslate2 (the ``whisper`` kind of :mod:`k2d.engine_contract`)."""
+
     def __init__(self, path: Path, device: str, device_index: list[int], compute_type: str,
                  replicas: int = 1, cpu_threads: int = 0, guard: GuardOptions | None = None,
                  policy: ContextPolicy | None = None, repetition: RepetitionPenalty | None = None,
@@ -170,6 +172,8 @@ class WhisperEngine:
                     "<|startofprev|>")}
         self.timestamp_begin = self.id["<|notimestamps|>"] + 1
         self.multilingual = self.model.is_multilingual
+        self.capabilities = Capabilities(multilingual=self.multilingual, prompts=True, translates=self.multilingual,
+                                         word_timestamps=True, loops=True)
         self.workers = max(1, len(device_index)) * replicas
         # faster-whisper's rule: encoder outputs must come back to the host when several GPUs share a model
         self.to_cpu = device == "cuda" and len(device_index) > 1

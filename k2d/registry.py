@@ -18,7 +18,7 @@ from k2d.atomic import atomic_write_text
 from k2d.guard import RepetitionPenalty
 
 Format = Literal["ctranslate2", "transformers", "onnx"]
-Engine = Literal["whisper", "ctc", "transducer"]
+Engine = str  # a kind with a factory in k2d.engine_contract: whisper, ctc, transducer, or one registered
 Role = Literal["teacher", "validator", "student"]
 
 REGISTRY_FILE = "registry.json"

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from k2d.engine_contract import Engine
 from k2d.policy import DecodePolicy
 from k2d.registry import ModelEntry, Registry, teacher_of
 
@@ -46,7 +47,7 @@ class Served:
 
     name: str
     entry: ModelEntry | None  # None: a bare model folder, not in the registry
-    engine: object  # k2d.engine.WhisperEngine (or another engine with its interface)
+    engine: Engine  # the contract every engine implements (k2d.engine_contract)
     policy: DecodePolicy
     teacher: Served | None = None
 
@@ -60,35 +61,30 @@ class Served:
         English-only model is always en; a multilingual one without a default detects it."""
         if self.entry is not None and self.entry.serving.default_language:
             return self.entry.serving.default_language
-        return None if self.engine.multilingual else "en"
+        return None if self.engine.capabilities.multilingual else "en"
 
 
 EngineCache = dict  # (path, guard, context, penalty, runtime) → engine: one load however many users
 
 
 def build_engine(path: Path, entry: ModelEntry | None, policy: DecodePolicy, runtime: Runtime, cascades: bool,
-                 cache: EngineCache | None = None):
-    """The engine of one model: its guard (sending loops to a teacher instead of sampling when it
-    ``cascades``), its context (the policy's override, else its own), its repetition penalty."""
-    from k2d.ctc_engine import HEAD_FILE, CTCEngine
-    from k2d.engine import WhisperEngine
+                 cache: EngineCache | None = None) -> Engine:
+    """The engine of one model, made by the factory its kind registered (:mod:`k2d.engine_contract`): its guard
+    (sending loops to a teacher instead of sampling when it ``cascades``), its context (the policy's override,
+    else its own), its repetition penalty."""
+    from k2d.engine_contract import EngineSpec, create_engine, engine_kind
     from k2d.guard import RepetitionPenalty
 
-    non_autoregressive = (entry is not None and entry.serving.engine != "whisper") or (path / HEAD_FILE).exists()
-    if not non_autoregressive and not (path / "model.bin").exists():
-        raise ValueError(f"{path}: not a CTranslate2 model (export it first: k2d models export)")
+    kind = engine_kind(path, entry)
     guard = policy.guard_for(cascades)
     context = policy.context_policy()
     penalty = policy.penalty(entry.repetition_penalty if entry is not None else RepetitionPenalty())
     device, compute_type, indices = runtime.resolve()
-    key = (Path(path).resolve(), guard, context, penalty, runtime)
+    key = (Path(path).resolve(), kind, guard, context, penalty, runtime)
     if cache is not None and key in cache:
         return cache[key]
-    if non_autoregressive:  # a CTC / transducer head: ONNX Runtime, nothing that can loop to guard
-        engine = CTCEngine(path, device, runtime.replicas * len(indices), runtime.cpu_threads, context)
-    else:
-        engine = WhisperEngine(path, device, indices, compute_type, runtime.replicas, runtime.cpu_threads, guard,
-                               context, penalty, runtime.decode_threads)
+    engine = create_engine(kind, EngineSpec(Path(path), entry, device, tuple(indices), compute_type, runtime.replicas,
+                                            runtime.cpu_threads, runtime.decode_threads, guard, context, penalty))
     if cache is not None:
         cache[key] = engine
     return engine
@@ -102,7 +98,7 @@ def serve_models(registry: Registry, names: list[str], policy_for: Callable[[Mod
     teachers = {name: teacher_of(registry, entry) for name, entry in entries.items() if entry.role == "student"}
     served: dict[str, Served] = {}
     for name, entry in entries.items():
-        if entry.format not in ("ctranslate2", "onnx"):
+        if entry.format == "transformers":
             raise ValueError(f"{name} is a {entry.format} model; serve its CTranslate2 (or ONNX) export")
         policy = policy_for(entry)
         cascades = policy.teacher_fallback and teachers.get(name) in entries
@@ -125,7 +121,7 @@ def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolic
     teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
     if entry is None or entry.name not in registry:
         return Served(model, entry, build_engine(path, entry, policy, runtime, False, cache), policy)
-    falls_back = policy.teacher_fallback and entry.serving.engine == "whisper"  # a CTC head cannot loop
+    falls_back = policy.teacher_fallback and entry.serving.engine == "whisper"  # only Whisper's decoder loops
     names = [entry.name] + ([teacher] if teacher and falls_back else [])
     own_context = replace(policy, context=None)
     return serve_models(registry, names, lambda e: policy if e.name == entry.name else own_context, runtime,

@@ -8,6 +8,7 @@ segments and text joining. So a reported MER is the MER users get.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -47,6 +48,15 @@ def rebase(window: Window, found: list[Segment], first_id: int = 0) -> list[Time
         out.append(TimedSegment(first_id + len(out), start, _clamp(window.offset + seg.end, start, high), seg.text,
                                 seg.tokens, seg.from_teacher, words))
     return out
+
+
+def transcript_language(languages: list[str], requested: str | None) -> str:
+    """A transcript's language, the same rule on every path: its windows' most common language, a tie going
+    to the one heard first (deterministic); with no window (silence), the language asked for or the model's
+    own, else en."""
+    if languages:
+        return Counter(languages).most_common(1)[0][0]  # equal counts keep first-seen order
+    return requested or "en"
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -116,16 +126,15 @@ class Transcriber:
         options = options or DecodeOptions(beam_size=policy.beam_size)
         windows = split(samples, policy.vad, policy.vad_min_silence_ms, self.engine.policy.max_window_s)
         if not windows:
-            return Transcript("", language=language or self.served.default_language)
+            return Transcript("", language=transcript_language([], language or self.served.default_language))
         audios = [w.audio for w in windows]
         results = decode_windows(self.engine, audios, language or self.served.default_language, options)
         self._fall_back(results, audios, options)
         segments: list[TimedSegment] = []
         for window, result in zip(windows, results, strict=True):
             segments += rebase(window, result.segments, len(segments))
-        languages = [r.language for r in results]
         return Transcript(join_texts([r.text for r in results]), segments, results,
-                          max(set(languages), key=languages.count))
+                          transcript_language([r.language for r in results], None))
 
     __call__ = transcribe
 

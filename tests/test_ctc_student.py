@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from k2d.ctc_engine import ctc_greedy, transducer_greedy
+from k2d.ctc_engine import ctc_greedy
+from k2d.engine_contract import Engine
+from k2d.transducer_engine import transducer_greedy
 from k2d.units import Units
 from k2d_train.losses import rnnt_loss
 from k2d_train.stages.s7_distill_ctc import TransducerHead
@@ -107,7 +109,8 @@ def test_an_exported_streaming_ctc_student_transcribes_the_same_live_and_offline
     root, rows, report = trained
     assert report["steps"] == 60 and report["last"]["loss"] < 5
     engine = CTCEngine(root / "onnx")
-    assert engine.streams and not engine.takes_prompt and engine.knows_language("zh")
+    assert engine.capabilities.streaming and not engine.capabilities.prompts and engine.knows_language("zh")
+    assert isinstance(engine, Engine)  # the serving contract, checked structurally
     for row in rows:
         audio = decode_audio(row["audio"])
         (offline,) = engine.transcribe_batch([audio], ["zh"], DecodeOptions(word_timestamps=True))
@@ -214,3 +217,26 @@ def test_a_paused_ctc_stage_publishes_nothing_and_resumes_to_the_straight_runs_l
             for name in ("straight", "paused")}
     assert [(r["step"], r["lr"]) for r in logs["paused"]] == [(r["step"], r["lr"]) for r in logs["straight"]]
     assert [r["loss"] for r in logs["paused"]] == pytest.approx([r["loss"] for r in logs["straight"]], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_transducer_student_is_served_by_its_own_engine_under_the_contract(trained, tmp_path):
+    from k2d.audio import decode_audio
+    from k2d.engine import DecodeOptions
+    from k2d.served import serve_one
+    from k2d.transducer_engine import TransducerEngine
+    from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
+    from k2d_train.store.onnx_export import export_ctc
+
+    root, rows, _ = trained
+    options = CTCOptions(head="transducer", max_steps=3, batch_size=3, eval_every=0, save_every=10, mask_time=0,
+                         mask_channels=0, quantization="float32")
+    distill_ctc(root / "student", root / "kept.jsonl", tmp_path / "run", options, out_dir=tmp_path / "final")
+    export_ctc(tmp_path / "final", tmp_path / "onnx", "float32")
+    (tmp_path / "store").mkdir()
+    engine = serve_one(str(tmp_path / "onnx"), tmp_path / "store").engine  # the kind comes from the head's file
+    assert isinstance(engine, TransducerEngine) and isinstance(engine, Engine)
+    assert not engine.capabilities.loops and not engine.capabilities.streaming
+    audio = decode_audio(rows[0]["audio"])
+    (result,) = engine.transcribe_batch([audio], ["zh"], DecodeOptions(word_timestamps=True))
+    assert result.language == "zh" and all(s.end <= len(audio) / 16000 + 0.05 for s in result.segments)

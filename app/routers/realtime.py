@@ -100,7 +100,7 @@ async def realtime_transcription(websocket: WebSocket, model: str | None = None)
     settings, models = state.settings, state.models
     if state.streams >= settings.max_streams:
         return await _refuse(websocket, TRY_AGAIN_LATER, f"{settings.max_streams} streams already running")
-    streaming = [n for n, s in models.models.items() if getattr(s.served.engine, "streams", False)]
+    streaming = [n for n, s in models.models.items() if s.served.engine.capabilities.streaming]
     name = model or (streaming[0] if streaming else None)
     if name not in streaming:
         return await _refuse(websocket, POLICY_VIOLATION, "no streaming model: serve a CTC student trained with "

@@ -67,7 +67,7 @@ class TransducerHead(torch.nn.Module):
         return self.out(torch.tanh(encoded[:, :, None] + predicted[:, None]))
 
     def numpy_weights(self) -> dict[str, np.ndarray]:
-        """What greedy search needs at serving time (``k2d.ctc_engine.transducer_greedy``)."""
+        """What greedy search needs at serving time (``k2d.transducer_engine.transducer_greedy``)."""
         grab = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
         return {"context": np.array(self.context), "embed": grab(self.embed.weight), "pred_w": grab(self.pred.weight.T),
                 "pred_b": grab(self.pred.bias), "out_w": grab(self.out.weight.T), "out_b": grab(self.out.bias)}
@@ -156,7 +156,8 @@ def head_loss(head, states: torch.Tensor, frames: torch.Tensor, targets: torch.T
 @torch.no_grad()
 def greedy(head, states: torch.Tensor) -> list[int]:
     """Unit ids of one clip's states, as the server decodes them (k2d.ctc_engine)."""
-    from k2d.ctc_engine import ctc_greedy, transducer_greedy
+    from k2d.ctc_engine import ctc_greedy
+    from k2d.transducer_engine import transducer_greedy
 
     if isinstance(head, CTCHead):
         emitted, _ = ctc_greedy(head(states[None])[0].numpy(), 0)
