@@ -241,3 +241,25 @@ def test_the_openai_client_transcribes_lists_models_and_streams(server):
         events = list(client.audio.transcriptions.create(model="whisper-1", file=fh, stream=True))
     assert events[-1].type == "transcript.text.done" and events[-1].text.lower().startswith(plain.text.lower()[:10])
     assert {m.id for m in client.models.list()} == {"whisper-tiny.en", "whisper-base"}
+
+
+def test_every_way_in_gives_the_same_transcript(server, served_store, tmp_path):
+    """Sync JSON, the OpenAI shape, SSE, the Python API and the evaluation stage run one served model the same
+    way (its windows, engine, guard and teacher fallback): the same clips give the same text everywhere."""
+    import k2d
+    from k2d.manifest import read_manifest
+    from k2d_train.stages.s9_evaluate import EvaluateOptions, transcribe_manifest
+
+    url, _ = server
+    student = "whisper-tiny.en"
+    local = k2d.load(student, store=served_store.store, cpu_threads=2)
+    options = EvaluateOptions(use_manifest_language=False, cpu_threads=2)
+    transcribe_manifest(student, MANIFEST, tmp_path / "hyp.jsonl", options, served_store.store)
+    evaluated = {row.audio: row.text for row in read_manifest(tmp_path / "hyp.jsonl")}
+    for row in read_manifest(MANIFEST):
+        sync = post(url, row.audio).json()["text"]
+        openai = post(url, row.audio, "/v1/audio/transcriptions", model=student).json()["text"]
+        streamed = post(url, row.audio, stream="true").text.split("\n\n")
+        done = json.loads([c for c in streamed if c.strip()][-1].removeprefix("data: "))
+        api = local.transcribe(row.path(MANIFEST)).text
+        assert sync == openai == done["text"] == api == evaluated[row.audio], row.audio
