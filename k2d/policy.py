@@ -20,18 +20,18 @@ from k2d.guard import LOOP_REASONS, REASONS, GuardOptions, RepetitionPenalty, Sa
 
 @dataclass(frozen=True)
 class DecodePolicy:
-    beam_size: int = 5
+    beam_size: int = 5  # beam width
     guard: bool = True  # the loop guard on every window (token budget, compression, log-prob, n-gram)
-    guard_tokens_per_s: float = 12.0
-    guard_compression_ratio: float = 2.4
-    guard_logprob: float = -1.0
+    guard_tokens_per_s: float = 12.0  # guard: most tokens per second of audio
+    guard_compression_ratio: float = 2.4  # guard: highest gzip compression ratio of the text
+    guard_logprob: float = -1.0  # guard: lowest mean log-prob
     teacher_fallback: bool = True  # a student's looping window goes to its teacher, when that is served
     teacher_fallback_on: tuple[str, ...] = LOOP_REASONS  # which guard flags send it there
     teacher_sampling: SampleOn = "all"  # the temperature fallback of a teacher standing in: all | loops | none
     repetition_penalty: float | None = None  # override the model's own (its registry entry's)
     context: str | None = None  # override the model's own context: "full" or "PAD/BUCKET" seconds
-    vad: bool = True
-    vad_min_silence_ms: int = 500
+    vad: bool = True  # cut at speech pauses with Silero VAD (off: fixed windows)
+    vad_min_silence_ms: int = 500  # a pause this long ends a speech region
 
     def __post_init__(self):
         sample_on(self.teacher_sampling)

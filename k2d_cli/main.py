@@ -160,8 +160,16 @@ def serve_command(
 
 
 @app.command("settings")
-def settings_command() -> None:
+def settings_command(
+    recipe: Annotated[bool, typer.Option("--recipe", help="The keys of a `k2d run` recipe instead "
+                                                          "(Markdown: docs/recipe.md)")] = False,
+) -> None:
     """Every K2D_* setting of the service, with its default and meaning (Markdown: docs/settings.md)."""
+    if recipe:
+        from k2d_train.config import reference as recipe_reference
+
+        sys.stdout.write(recipe_reference())
+        return
     from app.settings import reference
 
     sys.stdout.write(reference())

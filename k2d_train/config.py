@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from k2d.registry import check_name
 from k2d_train.options import (
@@ -32,14 +33,23 @@ SECTIONS = {"extends", "name", "run_dir", "teacher", "validator", "corpus", "pse
             "distill_encoder", "distill", "distill_ctc", "export", "evaluate", "ablation_rules", "ablation_contexts"}
 
 
-def section(cls, values: dict | None, where: str):
-    """``values`` as ``cls``; unknown keys are an error that lists the known ones."""
+def section(cls, values: dict | None, where: str, build=None):
+    """``values`` as ``cls`` (or ``build(values)``); unknown keys are an error that lists the known ones, a bad
+    value one that names its YAML path (``distill.max_steps: Input should be a valid integer, got 'abc'``)."""
     values = values or {}
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    if not isinstance(values, dict):
+        raise ValueError(f"config [{where}]: expected a mapping of options, got {values!r}")
+    if build is None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config [{where}]: unknown keys {unknown}; known: {sorted(known)}")
+    try:
+        return build(values) if build is not None else cls(**values)
+    except ValidationError as err:
+        problems = [f"{'.'.join([where, *map(str, e['loc'])])}: {e['msg']}, got {e['input']!r}" if e["loc"] else
+                    f"{where}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()]
+        raise ValueError(f"config: {'; '.join(problems)}") from None
 
 
 @dataclass
@@ -105,7 +115,7 @@ class RunConfig:
             pseudo_label=section(PseudoLabelOptions, raw.get("pseudo_label"), "pseudo_label"),
             validate=section(ValidateOptions, raw.get("validate"), "validate"),
             distill=section(DistillOptions, raw.get("distill"), "distill"),
-            evaluate=EvaluateOptions.from_section(raw.get("evaluate")),
+            evaluate=section(EvaluateOptions, raw.get("evaluate"), "evaluate", EvaluateOptions.from_section),
             student=section(StudentShape, raw.get("student"), "student"),
             distill_encoder=section(EncoderDistillOptions, encoder, "distill_encoder") if encoder is not None else None,
             distill_ctc=section(CTCOptions, ctc, "distill_ctc") if ctc is not None else None,
@@ -134,6 +144,69 @@ class RunConfig:
             out.append(f"the validator is the teacher itself ({self.teacher}): rules {sorted(rules)} then measure "
                        "the teacher's agreement with itself, not a second opinion (K²D validates with another model)")
         return out
+
+
+TOP_LEVEL = {  # the recipe's own keys (the sections below have their tables)
+    "extends": ("", "another recipe beside this one to start from, section by section"),
+    "name": ("k2d-student", "the student's name in the model store"),
+    "run_dir": ("../runs/<recipe name>", "where the stages write, relative to the recipe"),
+    "teacher": ("whisper-base", "the teacher (a store name; any Whisper the store can import)"),
+    "validator": ("whisper-base", "the second model that re-decodes segments (stage 3)"),
+    "corpus": ("{synth: {}}", "`synth:` options of the offline data engine, or `audio`/`dataset`, `test`, `test_ood`, "
+               "`dev`, `dev_ood` manifests of your own data"),
+    "ablation_rules": ("[]", "other filtering rules to train the decoder on again (stage 10)"),
+    "ablation_contexts": ("false", "also measure the untrained short-context rows in stage 9"),
+}
+SECTION_OPTIONS = {"pseudo_label": PseudoLabelOptions, "validate": ValidateOptions, "student": StudentShape,
+                   "distill_encoder": EncoderDistillOptions, "distill": DistillOptions, "distill_ctc": CTCOptions,
+                   "export": ExportOptions, "evaluate": EvaluateOptions}
+
+
+def reference() -> str:
+    """Every recipe key with its default and the comment beside it in the source (``docs/recipe.md`` is this
+    text: ``k2d settings --recipe``; a test keeps the two equal)."""
+    from k2d.policy import DecodePolicy
+
+    lines = ["# Recipe reference", "", "Every key a `k2d run` recipe (YAML) may hold. Generated from "
+             "`k2d_train/options.py` and `k2d_train/config.py` by `k2d settings --recipe`; do not edit by hand. "
+             "Unknown keys and bad values are refused with their path (`distill.max_steps: ...`).", "",
+             "| key | default | what it does |", "|---|---|---|"]
+    lines += [f"| `{key}` | `{default}` | {what} |" if default else f"| `{key}` | | {what} |"
+              for key, (default, what) in TOP_LEVEL.items()]
+    for name, cls in SECTION_OPTIONS.items():
+        lines += ["", f"## `{name}:`", "", "| key | default | what it does |", "|---|---|---|"]
+        for owner in (cls, DecodePolicy) if cls is EvaluateOptions else (cls,):
+            notes = _comments(owner)
+            for item in dataclasses.fields(owner):
+                if item.name == "policy" and owner is EvaluateOptions:
+                    continue
+                default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+                lines.append(f"| `{item.name}` | `{_shown(default)}` | {notes.get(item.name, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else \
+        str(list(value)) if isinstance(value, tuple) else str(value)
+
+
+def _comments(cls) -> dict[str, str]:
+    """The comment beside (and the comment lines just above) each field in ``cls``'s source."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+            continue
+        found = re.match(r"    (\w+): [^#]*?(?:#\s*(.*))?$", line)
+        if found:
+            notes[found.group(1)] = " ".join([*pending, found.group(2) or ""]).strip().replace("|", "/")
+        pending = []
+    return notes
 
 
 def read_recipe(path: Path) -> dict:

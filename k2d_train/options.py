@@ -2,17 +2,24 @@
 
 The stages import their options from here, so loading a recipe, listing the stages and fingerprinting
 them (``k2d run --list-stages``) never imports torch or transformers. One class per recipe section; the
-defaults written here are the only defaults.
+defaults and the comments written here are the only ones: they are validated by pydantic (an unknown key
+or a bad value fails with its YAML path) and ``docs/recipe.md`` is generated from them (``k2d settings
+--recipe``, a test keeps the two equal).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, fields, replace
 from typing import TYPE_CHECKING
+
+from pydantic import ConfigDict, TypeAdapter
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from k2d.context import ContextPolicy
 from k2d.policy import DecodePolicy
 from k2d.streaming import StreamWindows
+
+dataclass = pydantic_dataclass(config=ConfigDict(extra="forbid"))  # options validated as they are made
 
 if TYPE_CHECKING:
     from k2d.served import Runtime
@@ -23,33 +30,33 @@ HEADS = ("ctc", "transducer")
 
 @dataclass
 class PseudoLabelOptions:
-    language: str | None = "zh"
-    beam_size: int = 5
-    batch_size: int = 8
-    nbest: int = 1
-    max_chunk_s: float = 30.0
+    language: str | None = "zh"  # the teacher decodes in this language (null: detect)
+    beam_size: int = 5  # the teacher's beam
+    batch_size: int = 8  # chunks per teacher batch
+    nbest: int = 1  # hypotheses kept per chunk (N-best KD needs >= 2)
+    max_chunk_s: float = 30.0  # longest chunk (Whisper's 30 s)
     min_chunk_s: float | None = 8.0  # each chunk draws its length limit from [min, max]: served windows vary too
     edge_s: float = 0.2  # margin around each chunk so tight timestamps do not clip a phoneme
-    seed: int = 0
+    seed: int = 0  # random seed of this stage (batch order, draws)
     dataset_split: str = "train"  # for a Hugging Face dataset source
-    audio_column: str = "audio"
-    device: str = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int = 0
+    audio_column: str = "audio"  # for a Hugging Face dataset source
+    device: str = "cpu"  # cpu | cuda (`k2d run --device` sets it)
+    compute_type: str = "int8"  # CTranslate2 compute type
+    cpu_threads: int = 0  # intra-op threads (0: CTranslate2's default)
 
 
 
 @dataclass
 class ValidateOptions:
-    rule: str = "comp"
-    alpha: float = 0.4
-    ngram_n: int = 3
-    ngram_count: int = 3
-    beam_size: int = 1
-    batch_size: int = 8
+    rule: str = "comp"  # the filter: none | ngram | mer | per | comp (K²D's)
+    alpha: float = 0.4  # the rule's threshold (drop a chunk above it)
+    ngram_n: int = 3  # ngram rule: n-gram length
+    ngram_count: int = 3  # ngram rule: repeats that drop a chunk
+    beam_size: int = 1  # the validator's beam
+    batch_size: int = 8  # segments per validator batch
     edge_s: float = 0.15  # margin around each segment for the validator
-    device: str = "cpu"
-    compute_type: str = "int8"
+    device: str = "cpu"  # cpu | cuda (`k2d run --device` sets it)
+    compute_type: str = "int8"  # CTranslate2 compute type
     also_rules: tuple[str, ...] = ()  # rules to measure besides ``rule`` (ablations): they may need the validator
 
     @property
@@ -60,49 +67,49 @@ class ValidateOptions:
 
 @dataclass
 class EncoderDistillOptions:
-    max_steps: int = 200
-    batch_size: int = 4
-    learning_rate: float = 5e-5
-    warmup_steps: int = 20
+    max_steps: int = 200  # optimizer steps of this stage
+    batch_size: int = 4  # examples per batch
+    learning_rate: float = 5e-5  # peak learning rate (linear warm-up, then linear decay to 0)
+    warmup_steps: int = 20  # steps of linear warm-up
     pad_min_s: float = 0.5  # training margins cover the serving policy's range (pad .. pad + bucket)
-    pad_max_s: float = 4.5
-    serve_pad_s: float = 2.0
-    serve_bucket_s: float = 2.0
+    pad_max_s: float = 4.5  # largest training margin after the audio
+    serve_pad_s: float = 2.0  # served margin: audio + pad
+    serve_bucket_s: float = 2.0  # served lengths round up to this
     # longest served window; 30 s by default: cutting long speech into ≤ 12 s windows made the demo student
     # worse on minute-long out-of-domain audio (MER 0.550 vs 0.414, docs/benchmarks/long-audio-cpu)
     serve_max_window_s: float = 30.0
     target_layers: list[int] = field(default_factory=list)  # 1-based student layers → same-depth teacher layers
-    l1_weight: float = 1.0
-    cos_weight: float = 1.0
-    contrastive_weight: float = 0.1
-    contrastive_temperature: float = 0.1
+    l1_weight: float = 1.0  # L1 on the final states
+    cos_weight: float = 1.0  # cosine distance on the final states
+    contrastive_weight: float = 0.1  # frame contrastive term
+    contrastive_temperature: float = 0.1  # its temperature
     extra_teachers: list[str] = field(default_factory=list)  # transformers dirs or store names (e.g. whisper-tiny.en-hf)
-    extra_weight: float = 0.5
-    spec_augment: bool = True
+    extra_weight: float = 0.5  # weight of the extra teachers' terms
+    spec_augment: bool = True  # SpecAugment on the student's input
     max_crop_s: float | None = 12.0  # train on the first ≤ N s of each chunk: short inputs are the point, and cheaper
     train_top_layers: int | None = None  # train only the top N encoder layers (the rest run without autograd)
     # what short-context adaptation may change, the rest staying the teacher's (Whisper's generality):
     # full (every weight) | norms (layer norms + position table) | lora (low-rank adapters on attention and FFN
     # + norms + positions, merged into the weights at the end)
     adapt: str = "full"
-    lora_rank: int = 8
+    lora_rank: int = 8  # adapter rank (adapt: lora)
     # also keep the student's states on the teacher's own 30 s input: every N-th step the batch runs at 30 s too,
     # regressed to the teacher's states of all 1,500 frames with this weight (0: off)
     full_context_weight: float = 0.0
-    full_context_every: int = 4
+    full_context_every: int = 4  # see full_context_weight
     # noise (and room) on the student's input only, with this probability per clip; targets stay the teacher's
     # states of the clean clip, so the student learns to hear through it
     augment_p: float = 0.0
-    augment_snr_db: tuple[float, float] = (5.0, 25.0)
+    augment_snr_db: tuple[float, float] = (5.0, 25.0)  # SNR range of that noise
     extra_audio: str | None = None  # unlabelled manifest {audio, start, end, id} heard by this stage only
     # at most this many chunks, evenly spread over the kept ones (None: all): each needs the teacher's 30 s states,
     # the dearest pass on a CPU, and 80 steps of 4 read 320 chunks however many hours the corpus holds
     max_chunks: int | None = None
-    save_every: int = 50
-    keep_checkpoints: int = 2
+    save_every: int = 50  # checkpoint every N steps (resume point)
+    keep_checkpoints: int = 2  # checkpoints kept on disk
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
-    seed: int = 0
-    cache: bool = True
+    seed: int = 0  # random seed of this stage (batch order, draws)
+    cache: bool = True  # cache the teacher's states on disk
 
     def __post_init__(self):
         if self.adapt not in ADAPT:
@@ -120,24 +127,24 @@ class EncoderDistillOptions:
 
 @dataclass
 class DistillOptions:
-    ce_weight: float = 0.8
-    kl_weight: float = 1.0
-    temperature: float = 2.0
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    max_steps: int = 200
-    batch_size: int = 4
-    grad_accum: int = 1
-    save_every: int = 50
-    eval_every: int = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    use_nbest: bool = False
+    ce_weight: float = 0.8  # cross-entropy on the pseudo-labels (K²D: 0.8)
+    kl_weight: float = 1.0  # KL to the teacher (K²D: 1.0)
+    temperature: float = 2.0  # KL temperature (K²D: 2)
+    learning_rate: float = 1e-4  # peak learning rate (linear warm-up, then linear decay to 0)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 20  # steps of linear warm-up
+    max_steps: int = 200  # optimizer steps of this stage
+    batch_size: int = 4  # examples per batch
+    grad_accum: int = 1  # batches per optimizer step
+    save_every: int = 50  # checkpoint every N steps (resume point)
+    eval_every: int = 50  # dev evaluation every N steps (0: never)
+    keep_checkpoints: int = 2  # checkpoints kept on disk
+    seed: int = 0  # random seed of this stage (batch order, draws)
+    use_nbest: bool = False  # train on every N-best hypothesis (needs pseudo_label.nbest)
     label_script: str = "simplified"  # simplified | traditional | as_is (the teacher flips between scripts)
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
-    cache_encoder: bool = True
-    dev_limit: int = 40
+    cache_encoder: bool = True  # cache encoder states on disk
+    dev_limit: int = 40  # dev utterances scored at each evaluation
     loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
     # which encoder states the teacher's decoder reads for the KL term: "teacher" (its own 30 s states, the paper)
@@ -151,31 +158,31 @@ class DistillOptions:
 @dataclass
 class CTCOptions:
     head: str = "ctc"  # ctc | transducer (stateless predictor + joiner)
-    hidden: int = 768
+    hidden: int = 768  # head width
     joint: int = 320  # transducer: joiner width
     context: int = 2  # transducer: units the stateless predictor sees
-    english_vocab: int = 256
-    max_steps: int = 800
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    warmup_steps: int = 50
+    english_vocab: int = 256  # English word pieces in the unit set
+    max_steps: int = 800  # optimizer steps of this stage
+    batch_size: int = 8  # examples per batch
+    learning_rate: float = 1e-3  # peak learning rate (linear warm-up, then linear decay to 0)
+    warmup_steps: int = 50  # steps of linear warm-up
     mask_time: int = 2  # SpecAugment-style masks on the (cached) encoder states
-    mask_channels: int = 2
-    eval_every: int = 100
-    save_every: int = 100
-    dev_limit: int = 40
-    keep_checkpoints: int = 2
+    mask_channels: int = 2  # channel masks
+    eval_every: int = 100  # dev evaluation every N steps (0: never)
+    save_every: int = 100  # checkpoint every N steps (resume point)
+    dev_limit: int = 40  # dev utterances scored at each evaluation
+    keep_checkpoints: int = 2  # checkpoints kept on disk
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
-    seed: int = 0
-    streaming: bool = False
-    chunk_s: float = 0.64
-    left_s: float = 1.28
-    label_script: str = "simplified"
+    seed: int = 0  # random seed of this stage (batch order, draws)
+    streaming: bool = False  # train on chunked frames so it can transcribe live
+    chunk_s: float = 0.64  # streaming chunk
+    left_s: float = 1.28  # streaming left context
+    label_script: str = "simplified"  # simplified | traditional | as_is
     quantization: str = "int8"  # the ONNX export: int8 (dynamic quantisation) | float32
     # the head's own input: audio + pad_s rounded up to bucket_s (None: the encoder's policy). A CTC head needs no
     # room for a decoder to look past the speech, so a tighter margin costs nothing and saves encoder time
     pad_s: float | None = None
-    bucket_s: float | None = None
+    bucket_s: float | None = None  # see pad_s
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -197,11 +204,11 @@ class EvaluateOptions:
     A config's ``evaluate:`` section may name DecodePolicy fields (``beam_size``, ``teacher_sampling``...)
     directly beside these."""
 
-    language: str | None = None
+    language: str | None = None  # decode in this language (null: the model's own, or the manifest row's)
     use_manifest_language: bool = True  # a row's "language" wins over the model's default when --language is unset
-    device: str = "cpu"
-    compute_type: str = "int8"
-    cpu_threads: int = 0
+    device: str = "cpu"  # cpu | cuda (`k2d evaluate --device`, `k2d run --device`)
+    compute_type: str = "int8"  # CTranslate2 compute type, as served
+    cpu_threads: int = 0  # intra-op threads of the encoding instance (0: CTranslate2's default)
     decode_threads: int = 1  # the server's default (K2D_CPU_DECODE_THREADS)
     time_encoder: bool = True  # also time each model's encoder alone per utterance (compare's "encoder ms")
     policy: DecodePolicy = field(default_factory=DecodePolicy)
@@ -215,7 +222,7 @@ class EvaluateOptions:
         unknown = sorted(set(section) - own - policy_keys)
         if unknown:
             raise ValueError(f"config [evaluate]: unknown keys {unknown}; known: {sorted(own | policy_keys)}")
-        policy = DecodePolicy(**{k: section.pop(k) for k in list(section) if k in policy_keys})
+        policy = TypeAdapter(DecodePolicy).validate_python({k: section.pop(k) for k in list(section) if k in policy_keys})
         return cls(**section, policy=policy)
 
     def runtime(self) -> Runtime:
@@ -228,12 +235,12 @@ class EvaluateOptions:
 
 @dataclass
 class StudentShape:
-    decoder_layers: int = 2
+    decoder_layers: int = 2  # decoder layers kept from the teacher, maximally spaced (first and last kept)
     encoder_layers: int | None = None  # fewer encoder layers (needs distill_encoder)
     encoder_ffn_ratio: float = 1.0  # thinner encoder FFN (needs distill_encoder)
 
 
 @dataclass
 class ExportOptions:
-    quantization: str = "int8"
+    quantization: str = "int8"  # int8 | int8_float16 | float16 | float32 (CTranslate2)
     repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry

@@ -185,3 +185,25 @@ def test_a_curve_size_is_a_prefix_of_the_kept_chunks_in_lecture_order(tmp_path):
     ids = lambda path: [json.loads(line)["id"] for line in path.read_text().splitlines()]  # noqa: E731
     assert (small_n, big_n) == (10, 12) and small_h == pytest.approx(0.05) and big_h == pytest.approx(12 * 18 / 3600)
     assert ids(big)[:small_n] == ids(small) == [f"c{i}" for i in range(10)]
+
+
+def test_the_recipe_reference_is_the_one_the_options_generate():
+    from k2d_train.config import SECTION_OPTIONS, reference
+
+    text = reference()
+    assert (REPO / "docs/recipe.md").read_text() == text, "run: k2d settings --recipe > docs/recipe.md"
+    assert all(f"## `{name}:`" in text for name in SECTION_OPTIONS)
+    assert "| `temperature` | `2.0` | KL temperature (K²D: 2) |" in text  # the comment beside the field in the source
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("distill: {max_steps: abc}", "distill.max_steps: Input should be a valid integer"),
+    ("validate: {rule: comp, alpha: high}", "validate.alpha: Input should be a valid number"),
+    ("evaluate: {beam_size: many}", "evaluate.beam_size: Input should be a valid integer"),
+    ("distill_encoder: {adapt: everything}", "distill_encoder.adapt 'everything': choose one of full, norms, lora"),
+    ("distill: {max_step: 3}", r"config \[distill\]: unknown keys \['max_step'\]"),
+    ("student: 2", r"config \[student\]: expected a mapping"),
+])
+def test_a_bad_value_is_refused_with_its_yaml_path(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_recipe(tmp_path, "\n" + extra + "\n")
