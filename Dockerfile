@@ -24,6 +24,7 @@ COPY k2d_cli k2d_cli
 COPY app app
 COPY loadtest loadtest
 COPY k2d_train k2d_train
+COPY k2d_bench k2d_bench
 
 FROM sources AS build
 # The same install script as CI and developers (serve extras: no torch), into /opt/venv.

@@ -1,4 +1,4 @@
-"""``k2d bench ...``: measurements, not tests (``k2d_train.bench``). Each prints its table and the command."""
+"""``k2d bench ...``: measurements, not tests (``k2d_bench``). Each prints its table and the command."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def bench_speed(
     import platform
     import sys
 
-    from k2d_train.bench.speed import model_pairs, speed_benchmark, speed_markdown
+    from k2d_bench.speed import model_pairs, speed_benchmark, speed_markdown
 
     registry = Registry(store or default_store())
     pairs = run_guarded(lambda: model_pairs(pair, registry, say, student_encoder_layers))
@@ -54,7 +54,7 @@ def _pass_through(name: str, module: str, summary: str) -> None:
     def command(ctx: typer.Context) -> None:
         from importlib import import_module
 
-        run_guarded(lambda: import_module(f"k2d_train.bench.{module}").main(ctx.args))
+        run_guarded(lambda: import_module(f"k2d_bench.{module}").main(ctx.args))
 
     command.__doc__ = summary
     bench_app.command(name, context_settings=PASS_THROUGH, add_help_option=False)(command)

@@ -1,7 +1,8 @@
 """The direction of dependencies the layout promises, checked on the source itself (static imports):
 the torch-free core ``k2d`` imports none of the other packages, ``app`` never imports torch,
-transformers or training code, ``loadtest`` talks HTTP (no ``app``, no training), nothing outside
-``tests`` imports ``tests``, and no module patches ``sys.path``."""
+transformers or training code, ``loadtest`` talks HTTP (no ``app``, no training), training never imports
+the load tester or the benchmarks (``k2d_bench`` sits beside both), nothing outside ``tests`` imports
+``tests``, and no module patches ``sys.path``."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ("k2d", "k2d_cli", "k2d_train", "app", "loadtest")
+PACKAGES = ("k2d", "k2d_cli", "k2d_train", "k2d_bench", "app", "loadtest")
 FORBIDDEN = {
-    "k2d": {"app", "k2d_train", "k2d_cli", "loadtest", "tests", "torch", "transformers"},
-    "app": {"k2d_train", "k2d_cli", "loadtest", "tests", "torch", "transformers"},
-    "loadtest": {"app", "k2d_train", "k2d_cli", "tests", "torch", "transformers"},
-    "k2d_train": {"app", "tests"},
+    "k2d": {"app", "k2d_train", "k2d_bench", "k2d_cli", "loadtest", "tests", "torch", "transformers"},
+    "app": {"k2d_train", "k2d_bench", "k2d_cli", "loadtest", "tests", "torch", "transformers"},
+    "loadtest": {"app", "k2d_train", "k2d_bench", "k2d_cli", "tests", "torch", "transformers"},
+    "k2d_train": {"app", "k2d_bench", "k2d_cli", "loadtest", "tests"},  # training never imports the load tester
+    "k2d_bench": {"app", "k2d_cli", "tests"},  # measurements may drive training code and the load tester
     "k2d_cli": {"tests"},
 }
 

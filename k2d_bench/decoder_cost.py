@@ -26,7 +26,7 @@ from k2d.audio import decode_audio
 from k2d.engine import GENERATE_LENGTH_FACTOR, DecodeOptions, WhisperEngine
 from k2d.features import log_mel
 from k2d.registry import resolve_model
-from k2d_train.bench import command_line
+from k2d_bench import command_line
 from k2d_train.store.ct2_format import read_model_bin
 from k2d_train.store.ct2_to_hf import whisper_shape
 

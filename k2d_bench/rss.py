@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from k2d.manifest import read_manifest
-from k2d_train.bench import command_line
+from k2d_bench import command_line
 from loadtest.harness import RssSampler, Server
 
 

@@ -25,7 +25,7 @@ from k2d.engine import DecodeOptions, WhisperEngine
 from k2d.guard import GuardOptions
 from k2d.manifest import read_manifest
 from k2d.registry import resolve_model
-from k2d_train.bench import command_line
+from k2d_bench import command_line
 
 
 def engines(model: str, store: Path | None, variants: list[str]) -> dict[str, WhisperEngine]:

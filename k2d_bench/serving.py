@@ -23,7 +23,7 @@ from k2d.engine import DecodeOptions, WhisperEngine
 from k2d.manifest import read_manifest
 from k2d.registry import Registry, default_store
 from k2d.windows import split
-from k2d_train.bench import command_line
+from k2d_bench import command_line
 from loadtest.__main__ import hardware, run
 from loadtest.harness import REPO, serving
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from k2d_train.bench import command_line
+from k2d_bench import command_line
 from loadtest.__main__ import hardware
 from loadtest.harness import REPO, serving
 from loadtest.report import percentile
