@@ -1,4 +1,4 @@
-"""FastAPI dependencies: settings, the model manager, metrics, and the optional API key."""
+"""FastAPI dependencies: the model manager, metrics, and the optional API key."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ from app.auth import AUTH_MESSAGE, key_matches
 from app.errors import AuthError
 from app.metrics import Metrics
 from app.model_manager import ModelManager
-from app.settings import Settings
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def get_models(request: Request) -> ModelManager:
@@ -31,4 +26,4 @@ def require_api_key(request: Request, authorization: str | None = Header(None, d
         raise AuthError(AUTH_MESSAGE)
 
 
-__all__ = ["get_metrics", "get_models", "get_settings", "key_matches", "require_api_key"]
+__all__ = ["get_metrics", "get_models", "key_matches", "require_api_key"]

@@ -305,6 +305,8 @@ def curve_command(
     learning_rate: Annotated[float | None, typer.Option(help="[default: the config's distill.learning_rate]")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[default: the config's distill.batch_size]")] = None,
     sets: Annotated[list[str] | None, typer.Option(help="Test sets to score [default: all the corpus has]")] = None,
+    head: Annotated[list[str] | None, typer.Option(help="Also a ctc and/or transducer head per size, on the same "
+                                                        "encoder")] = None,
     store: StoreOption = None,
 ) -> None:
     """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
@@ -312,7 +314,7 @@ def curve_command(
     from k2d_train.curve import CurveOptions, curve
 
     options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
-                           topk=topk, learning_rate=learning_rate, batch_size=batch_size)
+                           topk=topk, learning_rate=learning_rate, batch_size=batch_size, heads=head or [])
     if sets:
         options.sets = sets
     loaded = run_guarded(lambda: RunConfig.load(config))

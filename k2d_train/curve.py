@@ -8,10 +8,11 @@ saw everything the 0.3-hour one saw; every depth keeps the teacher's first and l
 top-k targets cached once per size (``DistillOptions.teacher_topk``) and the teacher's decoder reading
 the student's states (``kl_states: student``): no 30 s encoder pass, student-only steps.
 
-The students are scored through the serving path (``k2d compare``) against the teacher at 30 s and
-the teacher at the student's own short context (what anyone gets without training), with
-paired-bootstrap intervals per set and voice group; ``curve.json``, ``README.md`` and ``curve.png``
-go to ``--out``.
+``heads`` adds a CTC and/or transducer head per size, trained on the same frozen encoder's states (stage 7's
+training and ONNX export), on the same plot. The students are scored through the serving path (``k2d
+compare``) against the teacher at 30 s and the teacher at the student's own short context (what anyone gets
+without training), with paired-bootstrap intervals per set and voice group; ``curve.json``, ``README.md``
+and ``curve.png`` go to ``--out``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CurveOptions:
     batch_size: int | None = None  # None: the config's distill.batch_size
     eval_every: int = 0  # 0: ~4 dev evaluations per run
     sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
+    heads: list[str] = field(default_factory=list)  # ctc and/or transducer heads on the same encoder, per size
 
 
 def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, int]:
@@ -114,6 +116,32 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
             "parameters": params, "best": report.get("best")}
 
 
+def train_head_point(config: RunConfig, registry, start: Path, kept: Path, head: str, folder: Path,
+                     options: CurveOptions, say) -> dict:
+    """One (head, size) non-autoregressive student on the same frozen encoder (stage 7's training and export,
+    the recipe's ``distill_ctc`` options or their defaults), registered as ``<name>-<head>-<H>h``."""
+    from k2d_train.options import CTCOptions
+    from k2d_train.stages.s7_distill_ctc import distill_ctc
+    from k2d_train.store.onnx_export import publish_ctc_student
+
+    base = replace(config.distill_ctc or CTCOptions(), head=head)
+    chunks = sum(1 for _ in read_manifest(kept))
+    steps = _steps(chunks, base.batch_size, options)
+    ctc = replace(base, max_steps=steps, warmup_steps=min(base.warmup_steps, steps // 10),
+                  eval_every=max(steps // 4, 1), save_every=max(steps // 4, 1))
+    dev = config.run_dir / "corpus" / "dev_ood.jsonl"
+    started = time.perf_counter()
+    report = distill_ctc(start, kept, folder / "run", ctc, dev=dev if dev.exists() else None, out_dir=folder / "final")
+    seconds = time.perf_counter() - started
+    teacher = registry.get(config.teacher).family or config.teacher
+    entry = publish_ctc_student(registry, f"{config.name}-{folder.name}", folder / "final", ctc.quantization,
+                                config.pseudo_label.language or "zh", teacher, f"k2d-curve:{config.source}")
+    say(f"{entry.name}: {steps} steps in {seconds / 60:.1f} min ({steps / max(seconds, 1e-9):.2f} steps/s)")
+    return {"model": entry.name, "layers": 0, "head": head, "kept_layers": [], "steps": steps, "chunks": chunks,
+            "train_seconds": round(seconds, 1), "steps_per_s": round(steps / max(seconds, 1e-9), 3),
+            "parameters": entry.parameters, "best": report.get("best")}
+
+
 def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
     """Every (depth, size) student, then one comparison of them all with both teachers."""
     from k2d_train.compare import Contender, compare, markdown
@@ -129,6 +157,10 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
         for layers in options.layers:
             point = train_point(config, registry, start, kept, layers, run_dir / "curve" / f"d{layers}-{hours:g}h",
                                 options, say)
+            points.append({**point, "hours": round(real_hours, 3)})
+        for head in options.heads:
+            point = train_head_point(config, registry, start, kept, head, run_dir / "curve" / f"{head}-{hours:g}h",
+                                     options, say)
             points.append({**point, "hours": round(real_hours, 3)})
     teacher = export_teacher(config, registry)
     context = ContextPolicy.of_model(start)
@@ -150,7 +182,8 @@ def points_markdown(points: list[dict]) -> str:
     lines = ["| student | decoder layers (teacher's) | hours | chunks | steps | train min | steps/s | parameters |",
              "|---|---|---|---|---|---|---|---|"]
     for p in points:
-        lines.append(f"| {p['model']} | {p['layers']} ({p['kept_layers']}) | {p['hours']:.2f} | {p['chunks']} | "
+        depth = f"{p['head']} head" if p.get("head") else f"{p['layers']} ({p['kept_layers']})"
+        lines.append(f"| {p['model']} | {depth} | {p['hours']:.2f} | {p['chunks']} | "
                      f"{p['steps']} | {p['train_seconds'] / 60:.1f} | {p['steps_per_s']:.2f} | "
                      f"{p['parameters'] / 1e6:.1f}M |")
     return "\n".join(lines) + "\n"
@@ -172,8 +205,8 @@ def plot(result: dict, path: Path) -> None:
         for label, style in (("teacher", "k-"), ("teacher, short context", "k--")):
             if label in here:
                 axis.axhline(here[label]["mer"], color="k", linestyle=style[1:], label=label)
-        for layers in sorted({p["layers"] for p in result["points"]}):
-            mine = sorted((p for label, p in by_label.items() if p["layers"] == layers and label in here),
+        for kind in sorted({series(p) for p in result["points"]}):
+            mine = sorted((p for label, p in by_label.items() if series(p) == kind and label in here),
                           key=lambda p: p["hours"])
             if not mine:
                 continue
@@ -184,7 +217,7 @@ def plot(result: dict, path: Path) -> None:
             axis.errorbar([p["hours"] for p in mine], mers,
                           yerr=[[max(m - (base + lo), 0) for m, lo in zip(mers, lows, strict=True)],
                                 [max(base + hi - m, 0) for m, hi in zip(mers, highs, strict=True)]],
-                          marker="o", capsize=3, label=f"{layers}-layer decoder")
+                          marker="o", capsize=3, label=kind)
         axis.set_xscale("log")
         axis.set_title(set_name)
         axis.set_xlabel("hours of pseudo-labelled audio")
@@ -195,8 +228,14 @@ def plot(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def series(point: dict) -> str:
+    """The line a point belongs to on the plot: its decoder depth, or its non-autoregressive head."""
+    return f"{point['head']} head" if point.get("head") else f"{point['layers']}-layer decoder"
+
+
 def p_label(point: dict) -> str:
-    return f"{point['layers']}L, {point['hours']:.2g} h"
+    return f"{point['head'].upper()}, {point['hours']:.2g} h" if point.get("head") else \
+        f"{point['layers']}L, {point['hours']:.2g} h"
 
 
 __all__ = ["CurveOptions", "curve", "prefix_by_hours"]
