@@ -10,7 +10,7 @@ from pathlib import Path
 
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.config import TEST_SETS
-from k2d_train.stage_graph import Run, StagePaused
+from k2d_train.stage_graph import BOOKKEEPING, Run, StagePaused
 from k2d_train.store.operations import hf_name
 
 
@@ -253,7 +253,7 @@ def model_card(run: Run) -> dict:
         "config": str(config.source), "language": config.pseudo_label.language,
     }
     if results.get("ablation"):
-        card["ablation"] = {k: v for k, v in results["ablation"].items() if k not in ("stage_seconds", "recipe")}
+        card["ablation"] = {k: v for k, v in results["ablation"].items() if k not in BOOKKEEPING}
     write_card(registry.path_of(config.name), card)
     entry = registry.get(config.name)
     entry.card = card

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 
+# what the pipeline adds to a stage's own result in its marker (a reader of the result leaves these out)
+BOOKKEEPING = frozenset({"stage_seconds", "recipe", "fingerprint", "inputs", "touched"})
 LOCATIONS = frozenset({"run_dir", "source"})  # where a run lives, not what it makes: never stale-making
 
 # options that change how fast or where a stage runs, not what it makes: changing them re-runs nothing
@@ -205,5 +207,5 @@ class ReadRecorder:
         raise AttributeError(f"a stage may not change the recipe ({name})")
 
 
-__all__ = ["LOCATIONS", "Markers", "ReadRecorder", "Run", "Stage", "StagePaused", "StageState", "clear_owned",
+__all__ = ["BOOKKEEPING", "LOCATIONS", "Markers", "ReadRecorder", "Run", "Stage", "StagePaused", "StageState", "clear_owned",
            "fingerprints", "plan", "recipe"]
