@@ -21,6 +21,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from k2d.context import POLICY_FILE, ContextPolicy
@@ -142,6 +143,18 @@ def train_head_point(config: RunConfig, registry, start: Path, kept: Path, head:
             "parameters": entry.parameters, "best": report.get("best")}
 
 
+def finished_point(folder: Path, train) -> dict:
+    """A point trained once: its record (training time included) is kept in ``point.json`` and reused, so a
+    rerun that adds sizes or heads neither retrains it nor reports the seconds of a no-op resume."""
+    record = folder / "point.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    point = train()
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(point, indent=2))
+    return point
+
+
 def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
     """Every (depth, size) student, then one comparison of them all with both teachers."""
     from k2d_train.compare import Contender, compare, markdown
@@ -155,12 +168,14 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     for hours in options.hours:
         kept, real_hours, _ = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours, run_dir / f"curve-{hours:g}h.jsonl")
         for layers in options.layers:
-            point = train_point(config, registry, start, kept, layers, run_dir / "curve" / f"d{layers}-{hours:g}h",
-                                options, say)
+            folder = run_dir / "curve" / f"d{layers}-{hours:g}h"
+            point = finished_point(folder, partial(train_point, config, registry, start, kept, layers, folder, options,
+                                                   say))
             points.append({**point, "hours": round(real_hours, 3)})
         for head in options.heads:
-            point = train_head_point(config, registry, start, kept, head, run_dir / "curve" / f"{head}-{hours:g}h",
-                                     options, say)
+            folder = run_dir / "curve" / f"{head}-{hours:g}h"
+            point = finished_point(folder, partial(train_head_point, config, registry, start, kept, head, folder,
+                                                   options, say))
             points.append({**point, "hours": round(real_hours, 3)})
     teacher = export_teacher(config, registry)
     context = ContextPolicy.of_model(start)

@@ -207,3 +207,18 @@ def test_the_recipe_reference_is_the_one_the_options_generate():
 def test_a_bad_value_is_refused_with_its_yaml_path(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         tiny_recipe(tmp_path, "\n" + extra + "\n")
+
+
+def test_a_curve_point_is_trained_once_and_its_measured_time_kept(tmp_path):
+    """A rerun that adds sizes must not retrain a point nor report a no-op resume's seconds as its training."""
+    from k2d_train.curve import finished_point
+
+    trained = []
+
+    def train():
+        trained.append(1)
+        return {"model": "m", "train_seconds": 528.0, "steps_per_s": 0.46}
+
+    first = finished_point(tmp_path / "d2-0.3h", train)
+    again = finished_point(tmp_path / "d2-0.3h", lambda: {"train_seconds": 0.1})
+    assert first == again == {"model": "m", "train_seconds": 528.0, "steps_per_s": 0.46} and trained == [1]
