@@ -45,7 +45,7 @@ def tiny_setup(registry, tmp_path_factory):
         if row["text"]:
             seconds = round(len(decode_audio(MANIFEST.parent / row["audio"])) / 16000, 2)
             rows.append({"audio": str(MANIFEST.parent / row["audio"]), "id": row["audio"], "start": 0.0,
-                         "end": seconds, "language": row["language"],
+                         "end": seconds, "language": row["language"], "teacher_text": row["text"],
                          "teacher_label": f"<|0.00|>{row['text']}<|{min(seconds, 30):.2f}|>"})
     kept = root / "kept.jsonl"
     kept.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -128,13 +128,21 @@ distill(teacher, student, kept, out, DistillOptions(max_steps=4, batch_size=2, s
 """
 
 
-@pytest.mark.slow
-def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, tmp_path):
-    """`accelerate launch` with 2 CPU processes: the same steps and learning rates as one process (the
-    schedule accounts for N), the log and the student written once, one encoder cache without collisions."""
+CTC_DRIVER = """
+import sys
+from pathlib import Path
+from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
+teacher, student, kept, out, final = map(Path, sys.argv[1:6])
+distill_ctc(student, kept, out, CTCOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0, warmup_steps=1,
+                                           mask_time=0, mask_channels=0), out_dir=final)
+"""
+
+
+def _one_and_two_processes(registry, tiny_setup, tmp_path, driver_text: str) -> dict[str, list[dict]]:
+    """Run a stage's driver under 1 process and under `accelerate launch` with 2 CPU processes; their logs."""
     root, kept = tiny_setup
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
+    driver.write_text(driver_text)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env |= {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -144,8 +152,16 @@ def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, 
         result = subprocess.run([*launcher, str(driver), *map(str, args)], capture_output=True, text=True, env=env,
                                 cwd=REPO, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    logs = {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+    return {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
             for name in ("one", "two")}
+
+
+@pytest.mark.slow
+def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, tmp_path):
+    """`accelerate launch` with 2 CPU processes: the same steps and learning rates as one process (the
+    schedule accounts for N), the log and the student written once, one encoder cache without collisions."""
+    root, _ = tiny_setup
+    logs = _one_and_two_processes(registry, tiny_setup, tmp_path, DRIVER)
     assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
     assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
     assert json.loads((tmp_path / "two" / "distill_report.json").read_text())["steps"] == 4
@@ -153,6 +169,16 @@ def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, 
     assert caches["two"] == caches["one"] and not [n for n in caches["two"] if ".tmp" in n]
     trained, start = load_file(tmp_path / "two-final" / "model.safetensors"), load_file(root / "student" / "model.safetensors")
     assert any(not torch.equal(trained[n], start[n]) for n in trained if "decoder.layers" in n)
+
+
+@pytest.mark.slow
+def test_the_ctc_stage_under_two_processes_follows_the_single_process_schedule(registry, tiny_setup, tmp_path):
+    """Stage 7 runs the one training loop too (issue 31: its batches had no process index and its schedule was
+    not scaled, so under 2 processes the learning rate reached 0 half-way): same steps, same rates."""
+    logs = _one_and_two_processes(registry, tiny_setup, tmp_path, CTC_DRIVER)
+    assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
+    assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
+    assert (tmp_path / "two-final").is_dir()
 
 
 def test_bucket_batches_shard_evenly_and_resume_where_they_stopped():

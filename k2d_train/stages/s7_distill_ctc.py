@@ -66,6 +66,19 @@ class TransducerHead(torch.nn.Module):
     def joint_logits(self, encoded: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(encoded[:, :, None] + predicted[:, None]))
 
+    def forward(self, states: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
+                lengths: torch.Tensor) -> torch.Tensor:
+        """A batch's mean transducer loss, one item at a time (the joint tensor is T x (U + 1) x V per item).
+        The loss is the forward pass so that a step is one call of the module: under several processes the
+        gradient synchronisation of DistributedDataParallel hangs on exactly that call."""
+        losses = []
+        for b in range(states.shape[0]):
+            t, u = int(frames[b]), int(lengths[b])
+            item = targets[b : b + 1, :u]
+            logits = self.joint_logits(self.encode(states[b : b + 1, :t]), self.predict(item))
+            losses.append(rnnt_loss(logits, item, frames[b : b + 1], lengths[b : b + 1]))
+        return torch.stack(losses).mean()
+
     def numpy_weights(self) -> dict[str, np.ndarray]:
         """What greedy search needs at serving time (``k2d.transducer_engine.transducer_greedy``)."""
         grab = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
@@ -141,16 +154,11 @@ def _masked(states: torch.Tensor, options: CTCOptions, generator: torch.Generato
 
 def head_loss(head, states: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
               lengths: torch.Tensor) -> torch.Tensor:
-    if isinstance(head, CTCHead):
+    """The batch's loss through the head's forward pass (``head`` may be wrapped for several processes)."""
+    if isinstance(getattr(head, "module", head), CTCHead):
         logprobs = head(states).transpose(0, 1)  # (T, B, V)
         return F.ctc_loss(logprobs, targets, frames, lengths, blank=0, reduction="mean", zero_infinity=True)
-    losses = []  # one item at a time: the joint tensor is T × (U + 1) × V per item
-    for b in range(states.shape[0]):
-        t, u = int(frames[b]), int(lengths[b])
-        item = targets[b : b + 1, :u]
-        logits = head.joint_logits(head.encode(states[b : b + 1, :t]), head.predict(item))
-        losses.append(rnnt_loss(logits, item, frames[b : b + 1], lengths[b : b + 1]))
-    return torch.stack(losses).mean()
+    return head(states, frames, targets, lengths)
 
 
 @torch.no_grad()
@@ -186,16 +194,17 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
     policy = options.policy(ContextPolicy.of_model(student_dir))
     rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
-    coder = build_units([r.extra["teacher_text"] for r in rows], run_dir / "units", options.english_vocab,
-                        options.label_script)
     states = States(encoder, student_dir, run_dir / "encoder_cache", options, policy)
     examples = []
-    for row in tqdm(rows, desc="encoder states (frozen)", disable=not accelerator.is_main_process):
-        ids = coder.encode(row.extra["teacher_text"], options.label_script)
-        hidden = states.get(row.path(kept), row.extra["start"], row.extra["end"], row.extra["id"])
-        usable = min(len(hidden), _frames(row.extra["end"] - row.extra["start"]))
-        if ids and usable > len(ids):
-            examples.append((hidden[:usable], ids))
+    with accelerator.main_process_first():  # the main process writes the units and the state cache; others read
+        coder = build_units([r.extra["teacher_text"] for r in rows], run_dir / "units", options.english_vocab,
+                            options.label_script)
+        for row in tqdm(rows, desc="encoder states (frozen)", disable=not accelerator.is_main_process):
+            ids = coder.encode(row.extra["teacher_text"], options.label_script)
+            hidden = states.get(row.path(kept), row.extra["start"], row.extra["end"], row.extra["id"])
+            usable = min(len(hidden), _frames(row.extra["end"] - row.extra["start"]))
+            if ids and usable > len(ids):
+                examples.append((hidden[:usable], ids))
     if not examples:
         raise ValueError(f"{kept}: no chunk with a label to learn from")
     head = make_head(options, encoder.config.d_model, len(coder.units))
@@ -218,12 +227,14 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
                  [len(h) // 100 for h, _ in examples], lambda b: b, loss, options, run_dir, f"distill {options.head}",
                  resume, evaluate if dev is not None else None)
     step, last, head = fitted.step, fitted.last, accelerator.unwrap_model(fitted.modules[0])
-    if best is None and fitted.finished:
-        _save_head(head, run_dir / "best", {"step": step})
     report = {"steps": step, "examples": len(examples), "units": len(coder.units), "last": last, "best": best,
               "options": asdict(options), "context": policy.describe(), "seconds": fitted.seconds}
-    if out_dir is not None and fitted.finished:
-        _publish(run_dir, student_dir, out_dir, options, report)
+    if accelerator.is_main_process and fitted.finished:  # one writer of the kept head and the published folder
+        if best is None:
+            _save_head(head, run_dir / "best", {"step": step})
+        if out_dir is not None:
+            _publish(run_dir, student_dir, out_dir, options, report)
+    accelerator.wait_for_everyone()
     return report
 
 
