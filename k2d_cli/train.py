@@ -307,6 +307,7 @@ def curve_command(
     sets: Annotated[list[str] | None, typer.Option(help="Test sets to score [default: all the corpus has]")] = None,
     head: Annotated[list[str] | None, typer.Option(help="Also a ctc and/or transducer head per size, on the same "
                                                         "encoder")] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="Leave out points by name (d4-3h, ctc-1h)")] = None,
     store: StoreOption = None,
 ) -> None:
     """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
@@ -314,7 +315,8 @@ def curve_command(
     from k2d_train.curve import CurveOptions, curve
 
     options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
-                           topk=topk, learning_rate=learning_rate, batch_size=batch_size, heads=head or [])
+                           topk=topk, learning_rate=learning_rate, batch_size=batch_size, heads=head or [],
+                           skip=skip or [])
     if sets:
         options.sets = sets
     loaded = run_guarded(lambda: RunConfig.load(config))

@@ -43,6 +43,7 @@ class CurveOptions:
     eval_every: int = 0  # 0: ~4 dev evaluations per run
     sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
     heads: list[str] = field(default_factory=list)  # ctc and/or transducer heads on the same encoder, per size
+    skip: list[str] = field(default_factory=list)  # points left out by folder name (d4-3h, ctc-1h): a partial grid
 
 
 def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, int]:
@@ -169,11 +170,15 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
         kept, real_hours, _ = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours, run_dir / f"curve-{hours:g}h.jsonl")
         for layers in options.layers:
             folder = run_dir / "curve" / f"d{layers}-{hours:g}h"
+            if folder.name in options.skip:
+                continue
             point = finished_point(folder, partial(train_point, config, registry, start, kept, layers, folder, options,
                                                    say))
             points.append({**point, "hours": round(real_hours, 3)})
         for head in options.heads:
             folder = run_dir / "curve" / f"{head}-{hours:g}h"
+            if folder.name in options.skip:
+                continue
             point = finished_point(folder, partial(train_head_point, config, registry, start, kept, head, folder,
                                                    options, say))
             points.append({**point, "hours": round(real_hours, 3)})
