@@ -103,7 +103,7 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: in
                               warmup_steps=min(config.distill.warmup_steps, steps // 10),
                               eval_every=options.eval_every or max(steps // 4, 1), save_every=max(steps // 4, 1))
     dev = config.run_dir / "corpus" / "dev_ood.jsonl"
-    final = registry.store / name / "hf"
+    final = registry.folder(name, "hf")
     started = time.perf_counter()
     report = distill(registry.path_of(hf_name(config.teacher)), init, kept, folder / "distill", distill_options,
                      dev=dev if dev.exists() else None, resume=True, final_dir=final,

@@ -111,7 +111,7 @@ def distillation(run: Run, rule: str | None = None) -> dict:
     rule = rule or config.validate.rule
     main = rule == config.validate.rule
     folder = config.run_dir if main else config.run_dir / f"ablation-{rule}"
-    final = registry.store / config.name / "hf" if main else folder / "final"
+    final = registry.folder(config.name, "hf") if main else folder / "final"
     dev = paths.get("dev_ood") or paths.get("dev")  # the kept checkpoint is the best on voices never heard
     report_dev = [paths["dev"]] if paths.get("dev_ood") and paths.get("dev") else []
     report = distill(registry.path_of(hf_name(config.teacher)), student_start(run), kept_for_rule(run, rule),

@@ -285,3 +285,17 @@ def test_a_run_config_name_is_a_store_name(tmp_path):
     (tmp_path / "bad.yaml").write_text("name: ../victim\n")
     with pytest.raises(ValueError, match="invalid config .*name '../victim'"):
         RunConfig.load(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("name", ["../victim", "/tmp/victim-abs", "a/../../victim"])
+def test_a_new_student_is_never_built_outside_the_store(tmp_path, name):
+    """``k2d student --name`` (create_student) takes the same checked folder as publishing: the name is refused
+    before any model is loaded or any folder made (issue 33: it built ``<store>/<name>/hf`` unchecked)."""
+    from k2d.registry import InvalidNameError
+    from k2d_train.stages.s4_student import create_student
+
+    store = tmp_path / "store"
+    store.mkdir()
+    with pytest.raises(InvalidNameError):
+        create_student(Registry(store), "whisper-base", name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"] and not list(store.iterdir())

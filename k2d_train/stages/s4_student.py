@@ -104,8 +104,8 @@ def _thin_ffn(state: dict, layers: int, width: int) -> None:
 def create_student(registry: Registry, teacher: str, name: str, decoder_layers: int = 2, encoder_layers: int | None = None,
                    encoder_ffn_ratio: float = 1.0) -> StudentReport:
     """Build ``<name>/hf`` in the store from a registered teacher and register it (role student)."""
+    out_dir = registry.folder(name, "hf")  # a checked name: never a folder outside the store
     teacher_entry = registry.get(teacher if registry.get(teacher).format == "transformers" else hf_name(teacher))
-    out_dir = registry.store / name / "hf"
     kept, teacher_params, student_params = build_student(registry.path_of(teacher_entry.name), out_dir, decoder_layers,
                                                          encoder_layers, encoder_ffn_ratio)
     register_student(registry, name, out_dir, student_params, teacher_entry, f"student-of:{teacher_entry.family}", kept)
