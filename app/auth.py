@@ -4,8 +4,9 @@ With ``K2D_API_KEY`` set, every HTTP request needs ``Authorization: Bearer <key>
 metrics, the OpenAPI document and its pages (``/docs``, ``/redoc``, ``/openapi.json``), and any path
 that does not exist (401, not a 404 that would map the routes) — except the paths the application
 names public: the probes ``/healthz`` and ``/readyz`` always, ``/metrics`` when
-``K2D_METRICS_PUBLIC=true``. A middleware, not a dependency, so that a route added later, or one FastAPI
-adds itself (the documentation pages), cannot be left open by forgetting it.
+``K2D_METRICS_PUBLIC=true``, the documentation pages when ``K2D_DOCS_PUBLIC=true``. A middleware, not a
+dependency, so that a route added later, or one FastAPI adds itself (the documentation pages), cannot be left
+open by forgetting it.
 
 A WebSocket without the key is accepted and closed at once with code 1008 (policy violation): a
 refusal before the handshake completes reaches the client only as a bare HTTP 403, without the reason.
@@ -22,6 +23,7 @@ POLICY_VIOLATION = 1008  # RFC 6455: the message (here: the handshake) violates 
 TRY_AGAIN_LATER = 1013  # RFC 6455 (IANA registry): the server is overloaded, try again later
 AUTH_MESSAGE = "missing or wrong API key (Authorization: Bearer <key>)"
 PROBES = frozenset({"/healthz", "/readyz"})
+DOCS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})  # FastAPI's documentation pages
 
 
 def key_matches(authorization: str | None, expected: str | None) -> bool:

@@ -68,9 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _public_paths(settings: Settings):
-    """What answers without the API key: the probes, /metrics if opted out, and the race page's static files
-    (its asset route serves only the page's own files; everything the page calls needs the key)."""
-    public = auth.PROBES | ({"/metrics"} if settings.metrics_public else frozenset())
+    """What answers without the API key: the probes, /metrics and the API documentation if opted out, and the
+    race page's static files (its asset route serves only the page's own files; everything the page calls needs
+    the key)."""
+    public = auth.PROBES | ({"/metrics"} if settings.metrics_public else frozenset()) | \
+        (auth.DOCS if settings.docs_public else frozenset())
     return lambda path: path in public or (settings.ui and (ui.is_public(path) or path.startswith(ui.PUBLIC_PREFIX)))
 
 

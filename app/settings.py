@@ -71,6 +71,8 @@ class Settings(BaseSettings):
                                 "and, with K2D_METRICS_PUBLIC, /metrics")
     metrics_public: bool = Field(False, description="Serve /metrics without the API key (a scraper that cannot send "
                                  "one); default: /metrics needs the key like every route")
+    docs_public: bool = Field(False, description="Serve the API documentation (/docs, /redoc, /openapi.json) without "
+                              "the API key; default: it needs the key like every route")
     ui: bool = Field(True, description="Serve the race page at / and /ui (student against teacher in a browser; the "
                      "page and its assets load without the API key, every call it makes needs it); false: 404")
 

@@ -84,6 +84,14 @@ def test_metrics_can_opt_out_and_nothing_else_opens_with_it(tmp_path, monkeypatc
         assert client.get(path).status_code == 401, path
 
 
+def test_the_documentation_can_opt_out_and_nothing_else_opens_with_it(tmp_path, monkeypatch):
+    client = TestClient(app_with(tmp_path, monkeypatch, docs_public=True))
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+    for path in ("/metrics", "/v1/models", "/transcribe", "/docs-not-really"):
+        assert client.get(path).status_code == 401, path
+
+
 def test_without_a_key_nothing_asks_for_one(tmp_path, monkeypatch):
     monkeypatch.setenv("K2D_UI", "false")
     client = TestClient(create_app(Settings(models_dir=tmp_path)))
