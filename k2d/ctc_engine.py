@@ -56,10 +56,9 @@ class HeadEngine:
         self.mels = int(self.head.get("mels", 80))
         self.language = self.head.get("language", "zh")
         self.workers = max(1, replicas)
-        self.multilingual = False  # one language model: a request may name it, or nothing
         self.guard = GuardOptions(enabled=False)  # nothing to guard: no decoder that can loop
         self.repetition = RepetitionPenalty()
-        # no decoder to prompt or to loop; a streaming CTC head transcribes live (k2d.streaming.StreamDecoder)
+        # one language, no decoder to prompt or to loop; a streaming CTC head transcribes live (StreamDecoder)
         self.capabilities = Capabilities(multilingual=False, prompts=False, translates=False, word_timestamps=True,
                                          streaming=self.streams)
 

@@ -86,40 +86,32 @@ def _steps(chunks: int, batch: int, options: CurveOptions) -> int:
     return max(options.min_steps, min(options.max_steps, math.ceil(options.epochs * chunks / batch)))
 
 
-def train_point(config: RunConfig, registry, start: Path, kept: Path, layers: int, folder: Path,
-                options: CurveOptions, say) -> dict:
+def train_point(config: RunConfig, registry, start: Path, kept: Path, chunks: int, folder: Path,
+                options: CurveOptions, say, *, layers: int) -> dict:
     """One (depth, size) student: distilled, registered as ``<name>-d<L>-<H>h`` and exported for serving."""
     from k2d_train.pipeline_stages import register_and_export
     from k2d_train.stages.s6_distill import distill
 
     name = f"{config.name}-{folder.name}"
-    init = folder / "init"
-    kept_layers = depth_student(registry.path_of(hf_name(config.teacher)), start, init, layers)
-    chunks = sum(1 for _ in read_manifest(kept))
+    teacher = registry.path_of(hf_name(config.teacher))
+    kept_layers = depth_student(teacher, start, folder / "init", layers)
     batch = options.batch_size or config.distill.batch_size
     steps = _steps(chunks, batch, options)
     distill_options = replace(config.distill, max_steps=steps, teacher_topk=options.topk, kl_states="student",
                               batch_size=batch, learning_rate=options.learning_rate or config.distill.learning_rate,
                               warmup_steps=min(config.distill.warmup_steps, steps // 10),
                               eval_every=options.eval_every or max(steps // 4, 1), save_every=max(steps // 4, 1))
-    dev = config.run_dir / "corpus" / "dev_ood.jsonl"
     final = registry.folder(name, "hf")
     started = time.perf_counter()
-    report = distill(registry.path_of(hf_name(config.teacher)), init, kept, folder / "distill", distill_options,
-                     dev=dev if dev.exists() else None, resume=True, final_dir=final,
-                     teacher_ct2=registry.path_of(config.teacher))
+    report = distill(teacher, folder / "init", kept, folder / "distill", distill_options, dev=_dev(config),
+                     resume=True, final_dir=final, teacher_ct2=registry.path_of(config.teacher))
     seconds = time.perf_counter() - started
     entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
-    params = entry.parameters
-    say(f"{name}: {steps} steps in {seconds / 60:.1f} min ({steps / max(seconds, 1e-9):.2f} steps/s), "
-        f"{params / 1e6:.1f}M parameters")
-    return {"model": entry.name, "layers": layers, "kept_layers": kept_layers, "steps": steps, "chunks": chunks,
-            "train_seconds": round(seconds, 1), "steps_per_s": round(steps / max(seconds, 1e-9), 3),
-            "parameters": params, "best": report.get("best")}
+    return _record(entry, steps, chunks, seconds, report, say, layers=layers, kept_layers=kept_layers)
 
 
-def train_head_point(config: RunConfig, registry, start: Path, kept: Path, head: str, folder: Path,
-                     options: CurveOptions, say) -> dict:
+def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunks: int, folder: Path,
+                     options: CurveOptions, say, *, head: str) -> dict:
     """One (head, size) non-autoregressive student on the same frozen encoder (stage 7's training and export,
     the recipe's ``distill_ctc`` options or their defaults), registered as ``<name>-<head>-<H>h``."""
     from k2d_train.options import CTCOptions
@@ -127,21 +119,31 @@ def train_head_point(config: RunConfig, registry, start: Path, kept: Path, head:
     from k2d_train.store.onnx_export import publish_ctc_student
 
     base = replace(config.distill_ctc or CTCOptions(), head=head)
-    chunks = sum(1 for _ in read_manifest(kept))
     steps = _steps(chunks, base.batch_size, options)
     ctc = replace(base, max_steps=steps, warmup_steps=min(base.warmup_steps, steps // 10),
                   eval_every=max(steps // 4, 1), save_every=max(steps // 4, 1))
-    dev = config.run_dir / "corpus" / "dev_ood.jsonl"
     started = time.perf_counter()
-    report = distill_ctc(start, kept, folder / "run", ctc, dev=dev if dev.exists() else None, out_dir=folder / "final")
+    report = distill_ctc(start, kept, folder / "run", ctc, dev=_dev(config), out_dir=folder / "final")
     seconds = time.perf_counter() - started
     teacher = registry.get(config.teacher).family or config.teacher
     entry = publish_ctc_student(registry, f"{config.name}-{folder.name}", folder / "final", ctc.quantization,
                                 config.pseudo_label.language or "zh", teacher, f"k2d-curve:{config.source}")
-    say(f"{entry.name}: {steps} steps in {seconds / 60:.1f} min ({steps / max(seconds, 1e-9):.2f} steps/s)")
-    return {"model": entry.name, "layers": 0, "head": head, "kept_layers": [], "steps": steps, "chunks": chunks,
-            "train_seconds": round(seconds, 1), "steps_per_s": round(steps / max(seconds, 1e-9), 3),
-            "parameters": entry.parameters, "best": report.get("best")}
+    return _record(entry, steps, chunks, seconds, report, say, layers=0, head=head, kept_layers=[])
+
+
+def _dev(config: RunConfig) -> Path | None:
+    """The out-of-domain dev set that picks each point's kept step (None when the corpus has none)."""
+    dev = config.run_dir / "corpus" / "dev_ood.jsonl"
+    return dev if dev.exists() else None
+
+
+def _record(entry, steps: int, chunks: int, seconds: float, report: dict, say, **kind) -> dict:
+    """A trained point as the table and plot read it, its training time said as it is recorded."""
+    rate = steps / max(seconds, 1e-9)
+    say(f"{entry.name}: {steps} steps in {seconds / 60:.1f} min ({rate:.2f} steps/s), "
+        f"{entry.parameters / 1e6:.1f}M parameters")
+    return {"model": entry.name, **kind, "steps": steps, "chunks": chunks, "train_seconds": round(seconds, 1),
+            "steps_per_s": round(rate, 3), "parameters": entry.parameters, "best": report.get("best")}
 
 
 def finished_point(folder: Path, train) -> dict:
@@ -166,22 +168,17 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     if not start.is_dir():
         raise FileNotFoundError(f"{start}: run `k2d run {config.source} --to-stage 5` first (the distilled encoder)")
     points = []
+    kinds = [(f"d{layers}", partial(train_point, layers=layers)) for layers in options.layers] + \
+        [(head, partial(train_head_point, head=head)) for head in options.heads]
     for hours in options.hours:
-        kept, real_hours, _ = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours, run_dir / f"curve-{hours:g}h.jsonl")
-        for layers in options.layers:
-            folder = run_dir / "curve" / f"d{layers}-{hours:g}h"
-            if folder.name in options.skip:
-                continue
-            point = finished_point(folder, partial(train_point, config, registry, start, kept, layers, folder, options,
-                                                   say))
-            points.append({**point, "hours": round(real_hours, 3)})
-        for head in options.heads:
-            folder = run_dir / "curve" / f"{head}-{hours:g}h"
-            if folder.name in options.skip:
-                continue
-            point = finished_point(folder, partial(train_head_point, config, registry, start, kept, head, folder,
-                                                   options, say))
-            points.append({**point, "hours": round(real_hours, 3)})
+        kept, real_hours, chunks = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours,
+                                                   run_dir / f"curve-{hours:g}h.jsonl")
+        for kind, train in kinds:
+            folder = run_dir / "curve" / f"{kind}-{hours:g}h"
+            if folder.name not in options.skip:
+                point = finished_point(folder, partial(train, config, registry, start, kept, chunks, folder, options,
+                                                       say))
+                points.append({**point, "hours": round(real_hours, 3)})
     teacher = export_teacher(config, registry)
     context = ContextPolicy.of_model(start)
     contenders = [Contender("teacher", teacher),

@@ -27,9 +27,7 @@ from k2d_train.stage_graph import (
     StagePaused,
     StageState,
     clear_owned,
-    fingerprints,
     plan,
-    recipe,
 )
 
 
@@ -101,7 +99,6 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
     for stage in (s for s in stages if from_stage is not None and s.number >= from_stage):
         if markers.forget(stage):
             say(f"[stage {stage.number}] {stage.name}: result forgotten (--from-stage {from_stage})")
-    prints = fingerprints(config, stages)
     for state in plan(config, stages, markers):
         stage = state.stage
         if stage.number > to_stage:
@@ -109,7 +106,7 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
         if state.state == "off":
             continue
         try:
-            run.results[stage.name] = _run_stage(state, run, markers, prints, say)
+            run.results[stage.name] = _run_stage(state, run, markers, say)
         except StagePaused as paused:
             say(f"[stage {stage.number}] {stage.name}: paused ({paused}); run the same command again to resume")
             return None
@@ -121,23 +118,22 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
     return card
 
 
-def _run_stage(state: StageState, run: Run, markers: Markers, prints: dict[str, str], say: Say) -> dict:
+def _run_stage(state: StageState, run: Run, markers: Markers, say: Say) -> dict:
     """Reuse a finished result made with this recipe; otherwise run the stage (clearing its folders first when
     they were made with other settings) and record its result with the fingerprint it was made with."""
     stage, config = state.stage, run.config
     if state.state == "done":
         say(f"[stage {stage.number}] {stage.name}: done before, reusing")
         return markers.read(stage)
-    fingerprint = prints[stage.name]
     started = markers.read(stage, ".started")
-    if state.state == "stale" or (started is not None and started.get("fingerprint") != fingerprint):
+    if state.state == "stale" or (started is not None and started.get("fingerprint") != state.fingerprint):
         removed = clear_owned(config.run_dir, stage)
         say(f"[stage {stage.number}] {stage.name}: made with other settings ({state.why or 'an interrupted run'}), "
             f"running it again" + (f"; cleared {', '.join(removed)}" if removed else ""))
         markers.forget(stage)
     else:
         say(f"[stage {stage.number}] {stage.name}")
-    markers.write(stage, {"fingerprint": fingerprint}, ".started")
+    markers.write(stage, {"fingerprint": state.fingerprint}, ".started")
     recorder = ReadRecorder(config)
     clock = time.perf_counter()
     result = stage.action(dataclasses.replace(run, config=recorder))
@@ -146,9 +142,8 @@ def _run_stage(state: StageState, run: Run, markers: Markers, prints: dict[str, 
     if undeclared:  # a stage reading a field it does not declare would be reused after that field changes
         say(f"[stage {stage.number}] {stage.name}: warning: reads {undeclared} without declaring them")
     # wall time per stage: what a newcomer's `make demo` spends where (docs/scaling.md uses it)
-    result = {**result, "stage_seconds": round(time.perf_counter() - clock, 1), "recipe": recipe(config, stage),
-              "fingerprint": fingerprint, "inputs": {name: prints[name] for name in stage.inputs},
-              "touched": touched}
+    result = {**result, "stage_seconds": round(time.perf_counter() - clock, 1), "recipe": state.recipe,
+              "fingerprint": state.fingerprint, "inputs": state.inputs, "touched": touched}
     say(f"[stage {stage.number}] {stage.name}: {result['stage_seconds']:.0f} s")
     markers.write(stage, result)
     markers.forget(stage, ".started")

@@ -84,18 +84,6 @@ def recipe(config, stage: Stage) -> dict:
     return json.loads(json.dumps({name: plain(name, getattr(config, name)) for name in stage.reads}, default=str))
 
 
-def fingerprints(config, stages: tuple[Stage, ...]) -> dict[str, str]:
-    """Each stage's fingerprint: its recipe and its inputs' fingerprints (``off`` for a stage this config skips)."""
-    out: dict[str, str] = {}
-    for stage in stages:
-        if not stage.wanted(config):
-            out[stage.name] = "off"
-            continue
-        payload = {"recipe": recipe(config, stage), "inputs": {name: out[name] for name in stage.inputs}}
-        out[stage.name] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return out
-
-
 class Markers:
     """Finished stages: a JSON result per stage (with the fingerprint it was made with), written atomically;
     a ``.started`` note while a stage runs, so an interrupted stage with other settings is not resumed."""
@@ -129,11 +117,16 @@ class Markers:
 @dataclass(frozen=True)
 class StageState:
     """Where one stage stands for this recipe: ``done``, ``stale`` (done with other settings), ``to run``
-    or ``off``; ``why`` names the changed fields or inputs."""
+    or ``off``; ``why`` names the changed fields or inputs. ``recipe``, ``fingerprint`` (a hash of the recipe
+    and of the inputs' fingerprints; ``off`` for a stage this config skips) and ``inputs`` (those fingerprints)
+    are what a result made now records."""
 
     stage: Stage
     state: str
-    why: str = ""
+    why: str
+    recipe: dict
+    fingerprint: str
+    inputs: dict[str, str]
 
 
 def why_stale(done: dict, wanted: dict, inputs: dict[str, str]) -> str:
@@ -157,21 +150,24 @@ def why_stale(done: dict, wanted: dict, inputs: dict[str, str]) -> str:
 
 def plan(config, stages: tuple[Stage, ...], markers: Markers) -> list[StageState]:
     """Every stage's state for this recipe, stale-ness propagated downstream through ``inputs``."""
-    prints, states = fingerprints(config, stages), {}
+    states: dict[str, StageState] = {}
     for stage in stages:
-        if prints[stage.name] == "off":
-            states[stage.name] = StageState(stage, "off", "off in this config")
+        if not stage.wanted(config):
+            states[stage.name] = StageState(stage, "off", "off in this config", {}, "off", {})
             continue
+        wanted = recipe(config, stage)
+        inputs = {name: states[name].fingerprint for name in stage.inputs}
+        payload = json.dumps({"recipe": wanted, "inputs": inputs}, sort_keys=True)
+        made = (wanted, hashlib.sha256(payload.encode()).hexdigest()[:16], inputs)
         done = markers.read(stage)
         if done is None:
-            states[stage.name] = StageState(stage, "to run", "not run yet")
+            states[stage.name] = StageState(stage, "to run", "not run yet", *made)
             continue
-        inputs = {name: prints[name] for name in stage.inputs}
-        why = why_stale(done, recipe(config, stage), inputs)
+        why = why_stale(done, wanted, inputs)
         upstream = [n for n in stage.inputs if states[n].state in ("stale", "to run")]
         if not why and upstream:
             why = f"input re-runs: {', '.join(upstream)}"
-        states[stage.name] = StageState(stage, "stale", why) if why else StageState(stage, "done")
+        states[stage.name] = StageState(stage, "stale" if why else "done", why, *made)
     return list(states.values())
 
 
@@ -208,4 +204,4 @@ class ReadRecorder:
 
 
 __all__ = ["BOOKKEEPING", "LOCATIONS", "Markers", "ReadRecorder", "Run", "Stage", "StagePaused", "StageState", "clear_owned",
-           "fingerprints", "plan", "recipe"]
+           "plan", "recipe"]

@@ -26,7 +26,9 @@ import torch
 from k2d_train.checkpoints import CheckpointStore, StepLog
 from k2d_train.encoder_states import BucketBatches
 
-Loss = Callable[[tuple, Any, int], dict[str, torch.Tensor]]  # (prepared modules, batch, step) -> {"loss", ...}
+# (prepared modules, batch, step, generator) -> {"loss", ...}; the generator draws a stage's random masks and
+# crops, seeded by the step training starts from, so a resumed run draws what it would have drawn
+Loss = Callable[[tuple, Any, int, torch.Generator], dict[str, torch.Tensor]]
 Evaluate = Callable[[tuple, int, dict], str | None]  # (prepared modules, step, record) -> a line to print
 
 
@@ -81,6 +83,7 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
     prepared = tuple(prepared)
     checkpoints = CheckpointStore(run_dir / "checkpoints", option(options, "keep_checkpoints", 2))
     step = checkpoints.restore(accelerator) if resume else 0
+    generator = torch.Generator().manual_seed(options.seed + step)
     pause = option(options, "stop_after_steps", 0)
     stop_at = min(max_steps, step + pause) if pause else max_steps
     log = StepLog(run_dir, desc, max_steps, step, accelerator, checkpoints, options.save_every, stop_at)
@@ -91,7 +94,7 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
         sampler.use_epoch(*divmod(step * grad_accum, sampler.per_process()))  # this process's batches so far
         for batch in loader:
             with accelerator.accumulate(prepared[0]):
-                losses = loss(prepared, batch, step + 1)
+                losses = loss(prepared, batch, step + 1, generator)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, 1.0)

@@ -118,12 +118,10 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
     encoder, merge = trainable_encoder(encoder, options)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
-    audio, generators = ClipReader(), []
+    audio = ClipReader()
 
-    def loss(modules, batch, step):
-        if not generators:  # seeded by the step it starts from: a resumed run draws what it would have drawn
-            generators.append(torch.Generator().manual_seed(options.seed + step - 1))
-        return _step_loss(batch, chunks, targets, audio, *modules, depth, options, generators[0], device, step)
+    def loss(modules, batch, step, generator):
+        return _step_loss(batch, chunks, targets, audio, *modules, depth, options, generator, device, step)
 
     fitted = fit(accelerator, [encoder, heads], params, list(range(len(chunks))),
                  [int((c.end - c.start) // BUCKET_S) for c in chunks], lambda b: b, loss, options, run_dir,

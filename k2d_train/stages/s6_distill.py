@@ -216,7 +216,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     weights = LossWeights(options.ce_weight, options.kl_weight, options.temperature)
     best = _Best(run_dir / "best", student_dir)
 
-    def loss(modules, batch, step):
+    def loss(modules, batch, step, generator):
         return _step_loss(modules[0], teacher, batch, weights, accelerator.device)
 
     def evaluate(modules, step, record):

@@ -208,12 +208,10 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     if not examples:
         raise ValueError(f"{kept}: no chunk with a label to learn from")
     head = make_head(options, encoder.config.d_model, len(coder.units))
-    generators, best = [], _best_state(run_dir)
+    best = _best_state(run_dir)
 
-    def loss(modules, batch, step):
-        if not generators:  # seeded by the step it starts from: a resumed run masks what it would have masked
-            generators.append(torch.Generator().manual_seed(options.seed + step - 1))
-        return {"loss": head_loss(modules[0], *_collate([examples[i] for i in batch], options, generators[0]))}
+    def loss(modules, batch, step, generator):
+        return {"loss": head_loss(modules[0], *_collate([examples[i] for i in batch], options, generator))}
 
     def evaluate(modules, step, record):
         nonlocal best
