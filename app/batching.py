@@ -31,6 +31,7 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -70,12 +71,13 @@ class WindowJob:
     options: DecodeOptions
     future: asyncio.Future
     frames: int  # the model's context policy: windows of one bucket share a batch (same feature shape)
+    honoured: Hashable  # the options its engine honours (Engine.batch_options): with frames, the batch key
     ticket: Ticket | None = None  # the admitted request it belongs to: its deadline, what it is charged
     enqueued: float = field(default_factory=time.monotonic)
     order: int = field(default_factory=lambda: next(_order))
 
     def key(self) -> tuple:
-        return (*self.options.key(), self.frames)
+        return (self.honoured, self.frames)
 
     @property
     def deadline(self) -> float:
@@ -193,7 +195,9 @@ class BatchScheduler:
         if queued + len(windows) > self.max_queue:
             raise QueueFullError(f"model {self.name!r} has {queued} windows queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
-        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w), ticket) for w in windows]
+        honoured = self.engine.batch_options(options)
+        jobs = [WindowJob(w, language, options, loop.create_future(), self.engine.frames(w), honoured, ticket)
+                for w in windows]
         for job in jobs:
             job.future.add_done_callback(self._on_done)
         lane.extend(jobs)

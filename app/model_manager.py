@@ -18,10 +18,10 @@ from app.costs import BusyClock
 from app.guarded import Cascade, Harvest
 from app.metrics import Metrics
 from app.settings import Settings
-from k2d.cascade import TeacherFallback
 from k2d.engine import DecodeOptions
 from k2d.registry import ModelEntry, Registry, UnknownModelError, teacher_of
 from k2d.served import Served, serve_models
+from k2d.transcribe import ServingCore
 
 if TYPE_CHECKING:
     from app.admission import Ticket
@@ -33,15 +33,12 @@ class ServedModel:
 
     served: Served
     scheduler: BatchScheduler
+    core: ServingCore  # windows, language, teacher fallback rule, assembly: what k2d.load and evaluation run too
     cascade: Cascade | None = None  # a student served beside its teacher
 
     @property
     def entry(self) -> ModelEntry:
         return self.served.entry
-
-    @property
-    def default_language(self) -> str | None:
-        return self.served.default_language
 
     @property
     def max_window_s(self) -> float:
@@ -91,7 +88,7 @@ class ModelManager:
         for name, model in served.items():
             scheduler = BatchScheduler(name, model.engine, self.metrics, settings.max_batch_size, settings.max_wait_ms,
                                        settings.max_queue_windows, settings.max_batch_s, self.clock)
-            self.models[name] = ServedModel(model, scheduler)
+            self.models[name] = ServedModel(model, scheduler, ServingCore(model))
         self.metrics.pairs = [(name, teacher) for name, model in served.items() if model.entry.role == "student"
                               and (teacher := teacher_of(self.registry, model.entry)) in self.models]
         self.metrics.declare(list(self.models), self.metrics.pairs)
@@ -100,7 +97,7 @@ class ModelManager:
             self.models[student].cascade = Cascade(
                 student, teacher, self.models[student].scheduler, self.models[teacher].scheduler, self.metrics,
                 settings.teacher_fallback and served[student].teacher is not None, settings.shadow_fraction, harvest,
-                TeacherFallback(settings.teacher_sampling))
+                self.models[student].core.rule)
 
     def start(self) -> None:
         for served in self.models.values():

@@ -101,9 +101,8 @@ async def start(http: Request, upload: UploadFile, model: str | None, request: T
         declared = await asyncio.to_thread(probe, io.BytesIO(data), settings.max_audio_s)
         ticket = await admission.admit_measured(name, served, _estimate(declared, len(data), settings), deadline)
         _close_with_request(ticket)  # however the request ends, it is no longer work ahead of anyone
-        prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, request.vad,
-                                               settings.vad_min_silence_ms, stop=threading.Event(),
-                                               ticket=ticket, max_window_s=served.max_window_s)
+        prepared = await admission.run_bounded(prepare, io.BytesIO(data), settings.max_audio_s, served.core,
+                                               request.vad, stop=threading.Event(), ticket=ticket)
         try:
             job = submit(served, name, prepared, request, arrived, ticket)
         except QueueFullError as err:

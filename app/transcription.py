@@ -3,8 +3,10 @@
 :func:`prepare` runs in a worker thread (decode, then VAD); :func:`submit` queues the windows;
 :func:`collect` waits for all of them, :func:`stream_events` yields each window's text as soon as
 it and every earlier window are done (Server-Sent Events, the OpenAI ``transcript.text.*`` shape).
-Windows quieter than ``SILENCE_RMS`` are never sent to the model: pure silence costs nothing and
-cannot turn into a hallucinated loop, with or without VAD.
+What decides the transcript is the served model's :class:`k2d.transcribe.ServingCore`, the object ``k2d.load``
+and evaluation run too: its windows, the language a request gets, its teacher fallback rule (the cascade's),
+the assembly of window results; here the engine step is only scheduled (a queue shared across requests,
+deadlines) and the transcript written as JSON.
 """
 
 from __future__ import annotations
@@ -17,22 +19,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
-
 from app.errors import RequestTimeoutError, error_body, status_of
 from app.model_manager import ServedModel
 from app.upload import DecodeCancelledError, decode_upload
 from k2d.audio import SAMPLE_RATE
 from k2d.engine import DecodeOptions
 from k2d.textunits import join_texts
-from k2d.transcribe import rebase, transcript_language
-from k2d.windows import MAX_WINDOW_S, Window, split
+from k2d.transcribe import ServingCore, TimedSegment
+from k2d.windows import Window
 
 if TYPE_CHECKING:
     from app.admission import Ticket
-
-SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
-
 
 @dataclass
 class TranscribeRequest:
@@ -55,6 +52,7 @@ class Job:
     """A request whose windows are queued: what collecting or streaming its result needs."""
 
     name: str
+    core: ServingCore
     prepared: Prepared
     language: str | None
     futures: list[asyncio.Future]
@@ -67,31 +65,25 @@ class Job:
             future.cancel()
 
 
-def prepare(file: BinaryIO, max_seconds: float, vad: bool, min_silence_ms: int, stop: threading.Event,
-            max_window_s: float = MAX_WINDOW_S) -> Prepared:
-    """Decode (bounded by ``max_seconds``) and cut into windows no longer than the model was trained on,
-    dropping silent ones; runs in a worker thread."""
+def prepare(file: BinaryIO, max_seconds: float, core: ServingCore, vad: bool, stop: threading.Event) -> Prepared:
+    """Decode (bounded by ``max_seconds``) and cut into the model's windows; runs in a worker thread."""
     started = time.monotonic()
     audio = decode_upload(file, max_seconds, stop)
     decoded = time.monotonic()
     if stop.is_set():
         raise DecodeCancelledError("request abandoned")
-    windows = [] if _silent(audio) else [w for w in split(audio, vad, min_silence_ms, max_window_s)
-                                               if not _silent(w.audio)]
+    windows = core.windows(audio, vad)
     return Prepared(len(audio) / SAMPLE_RATE, windows, decoded - started, time.monotonic() - decoded)
-
-
-def _silent(audio: np.ndarray) -> bool:
-    return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
 
 
 def submit(served: ServedModel, name: str, prepared: Prepared, request: TranscribeRequest, arrived: float,
            ticket: Ticket | None = None) -> Job:
     """Queue every window of the request at once (the scheduler takes all or none); ``ticket``: its admission."""
-    language = request.language or served.default_language
+    language = served.core.language(request.language)
     audios = [w.audio for w in prepared.windows]
     futures = served.submit(audios, language, request.options, request.fallback, ticket) if audios else []
-    return Job(name, prepared, language, futures, arrived, time.monotonic(), request.options.word_timestamps)
+    return Job(name, served.core, prepared, language, futures, arrived, time.monotonic(),
+               request.options.word_timestamps)
 
 
 async def collect(job: Job) -> dict:
@@ -106,13 +98,11 @@ async def collect(job: Job) -> dict:
 
 def result(job: Job, outcomes: list[tuple]) -> dict:
     """The JSON transcript: segments clamped inside their window, timings whose parts add up to ≤ total."""
-    segments, languages = [], []
-    for window, (window_result, _, _) in zip(job.prepared.windows, outcomes, strict=True):
-        languages.append(window_result.language)
-        segments.extend(_segments(window, window_result.segments, len(segments)))
+    transcript = job.core.transcript(job.prepared.windows, [answer for answer, _, _ in outcomes], job.language)
+    segments = [_segment_json(s) for s in transcript.segments]
     body = {
-        "text": join_texts([s["text"] for s in segments]),
-        "language": transcript_language(languages, job.language),
+        "text": transcript.text,
+        "language": transcript.language,
         "duration": round(job.prepared.duration, 3),
         "segments": segments,
         "model": job.name,
@@ -123,16 +113,13 @@ def result(job: Job, outcomes: list[tuple]) -> dict:
     return body
 
 
-def _segments(window: Window, found: list, first_id: int) -> list[dict]:
-    """Window-relative segments → upload-relative JSON (``fallback``: the teacher answered this window)."""
-    out = []
-    for seg in rebase(window, found, first_id):
-        segment = {"id": seg.id, "start": seg.start, "end": seg.end, "text": seg.text, "tokens": seg.tokens,
-                   "fallback": seg.from_teacher}
-        if seg.words is not None:
-            segment["words"] = seg.words
-        out.append(segment)
-    return out
+def _segment_json(seg: TimedSegment) -> dict:
+    """A file-relative segment as JSON (``fallback``: the teacher answered its window)."""
+    segment = {"id": seg.id, "start": seg.start, "end": seg.end, "text": seg.text, "tokens": seg.tokens,
+               "fallback": seg.from_teacher}
+    if seg.words is not None:
+        segment["words"] = seg.words
+    return segment
 
 
 def _timings(job: Job, outcomes: list[tuple]) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,14 @@ HEAD_FILE = "k2d_head.json"  # {"kind": "ctc" | "transducer", "language": "zh", 
 MODEL_FILE = "model.onnx"  # mel (B, mels, frames) → CTC log-probs (B, T, V) or transducer encoder (B, T, J)
 JOINER_FILE = "transducer.npz"  # the transducer's predictor and joiner weights (k2d.transducer_engine)
 SEGMENT_GAP_S = 0.8  # a pause this long between two units starts a new segment
+
+
+@dataclass(frozen=True)
+class HeadDecodeOptions:
+    """What a CTC / transducer head honours of a request's options: no beam, temperature, prompt or task (it has
+    no decoder to search, sample, prompt or translate with), only whether words get their own times."""
+
+    word_timestamps: bool = False
 
 
 class HeadEngine:
@@ -101,6 +110,9 @@ class HeadEngine:
         start = time.perf_counter()
         self.session.run(None, {"mel": features})
         return (time.perf_counter() - start) * 1000
+
+    def batch_options(self, options: DecodeOptions) -> HeadDecodeOptions:
+        return HeadDecodeOptions(options.word_timestamps)
 
     def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
                          options: DecodeOptions) -> list[WindowResult]:

@@ -185,6 +185,10 @@ class WhisperEngine:
         """Feature frames this model's context policy gives a window (part of the batch key)."""
         return self.policy.frames(len(window))
 
+    def batch_options(self, options: DecodeOptions) -> tuple:
+        """Whisper honours every decode option: all of them key its batches."""
+        return options.key()
+
     def _features(self, windows: list[np.ndarray]) -> np.ndarray:
         frames = max(self.frames(w) for w in windows)
         if frames // 2 == self.mels:

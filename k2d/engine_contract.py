@@ -12,7 +12,7 @@ kind, and is served by a model whose registry entry names that kind (``serving.e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -58,6 +58,11 @@ class Engine(Protocol):
 
     def encoder_ms(self, audio: np.ndarray) -> float:
         """Time of the acoustic model alone on one utterance (evaluation's breakdown)."""
+
+    def batch_options(self, options: DecodeOptions) -> Hashable:
+        """The part of a request's options this engine honours, typed by its family (Whisper's whole
+        :class:`~k2d.engine.DecodeOptions`; a CTC / transducer head's :class:`~k2d.ctc_engine.HeadDecodeOptions`).
+        It keys the batch: windows whose options differ only in what the engine ignores share a call."""
 
     def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
                          options: DecodeOptions) -> list[WindowResult]:

@@ -121,9 +121,14 @@ def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolic
     teacher = teacher_of(registry, entry) if entry is not None and entry.role == "student" else None
     if entry is None or entry.name not in registry:
         return Served(model, entry, build_engine(path, entry, policy, runtime, False, cache), policy)
-    falls_back = policy.teacher_fallback and entry.serving.engine == "whisper"  # only Whisper's decoder loops
-    names = [entry.name] + ([teacher] if teacher and falls_back else [])
+    cache = {} if cache is None else cache
+    wanted = bool(teacher) and policy.teacher_fallback
+    # built as it will be served beside its teacher (the cache hands serve_models this very engine); the
+    # teacher is loaded only if the engine declares output that can loop (a CTC head's cannot)
+    engine = build_engine(path, entry, policy, runtime, wanted, cache)
+    if not (wanted and engine.capabilities.loops):
+        return Served(entry.name, entry, engine, policy)
     own_context = replace(policy, context=None)
-    return serve_models(registry, names, lambda e: policy if e.name == entry.name else own_context, runtime,
-                        cache)[entry.name]
+    return serve_models(registry, [entry.name, teacher], lambda e: policy if e.name == entry.name else own_context,
+                        runtime, cache)[entry.name]
 

@@ -1,9 +1,10 @@
-"""One file through the serving path, synchronously: the Python API and what ``k2d evaluate`` measures.
+"""The serving core, and one file through it synchronously: the Python API and what ``k2d evaluate`` measures.
 
-The server queues windows from many requests; here there is one caller at a time. Everything else is
-the same code: the same VAD windows, the same engine assembled by :mod:`k2d.served` (guard, context,
-penalty), the same teacher fallback rule (:class:`k2d.cascade.TeacherFallback`), the same re-based
-segments and text joining. So a reported MER is the MER users get.
+Every path runs the same steps: :func:`k2d.windows.cut` (VAD windows, silence dropped) → the engine assembled
+by :mod:`k2d.served` (guard, context, penalty) → the teacher fallback rule (:class:`k2d.cascade.TeacherFallback`)
+→ :func:`assemble` (re-based segments, joined text, one language rule). The server (``app/transcription.py``)
+only schedules the middle step differently (a queue shared by concurrent requests); :class:`Transcriber`
+runs it in batches for one caller. So a reported MER is the MER users get.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.cascade import TeacherFallback
 from k2d.engine import DecodeOptions, Segment, WindowResult
 from k2d.textunits import join_texts
-from k2d.windows import Window, split
+from k2d.windows import Window, cut
 
 
 @dataclass
@@ -86,6 +87,17 @@ class Transcript:
         return sum(1 for w in self.windows if w.from_teacher)
 
 
+def assemble(windows: list[Window], results: list[WindowResult], requested: str | None) -> Transcript:
+    """Window results (final: guard and teacher fallback done) → the transcript every path returns: segments on
+    the file's clock, the text joined across windows, the language rule of :func:`transcript_language`
+    (``requested``: the language asked for, or the model's own, used when there is no window)."""
+    segments: list[TimedSegment] = []
+    for window, result in zip(windows, results, strict=True):
+        segments += rebase(window, result.segments, len(segments))
+    return Transcript(join_texts([s.text for s in segments]), segments, results,
+                      transcript_language([r.language for r in results], requested))
+
+
 def decode_windows(engine, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
                    batch_size: int = 8) -> list[WindowResult]:
     """Windows grouped by their feature length (the scheduler's batch key), in batches."""
@@ -101,8 +113,13 @@ def decode_windows(engine, windows: list[np.ndarray], language: str | None, opti
     return results  # type: ignore[return-value]
 
 
-class Transcriber:
-    """A served model (and its teacher) called from Python: ``k2d.load(name).transcribe("talk.flac")``."""
+class ServingCore:
+    """What decides a transcript for one served model, the same object on every path (the HTTP routes build one
+    per served model, :func:`k2d.load` and evaluation get a :class:`Transcriber`, which is one): its windows,
+    the language a request gets, its teacher fallback rule and the assembly of window results. The paths differ
+    only in how they run the engine step between :meth:`windows` and :meth:`transcript` — the server through a
+    queue shared by concurrent requests (``app/batching.py``, ``app/guarded.py`` with :attr:`rule`), a
+    :class:`Transcriber` in batches for one caller."""
 
     def __init__(self, served):
         """``served``: a :class:`k2d.served.Served` (build one with :func:`k2d.load`)."""
@@ -117,24 +134,35 @@ class Transcriber:
     def engine(self):
         return self.served.engine
 
+    def windows(self, samples: np.ndarray, vad: bool | None = None) -> list[Window]:
+        """The model's windows of 16 kHz samples (``vad``: a request's choice, else the model's policy)."""
+        policy = self.served.policy
+        return cut(samples, policy.vad if vad is None else vad, policy.vad_min_silence_ms,
+                   self.engine.policy.max_window_s)
+
+    def language(self, requested: str | None) -> str | None:
+        """The language a request gets: the one it asked for, else the model's own (None: detected)."""
+        return requested or self.served.default_language
+
+    def transcript(self, windows: list[Window], results: list[WindowResult], requested: str | None) -> Transcript:
+        """Final window results (guard and teacher fallback done) → the transcript."""
+        return assemble(windows, results, self.language(requested))
+
+
+class Transcriber(ServingCore):
+    """A served model (and its teacher) called from Python: ``k2d.load(name).transcribe("talk.flac")``."""
+
     def transcribe(self, audio: str | Path | BinaryIO | np.ndarray, language: str | None = None,
                    options: DecodeOptions | None = None) -> Transcript:
         """Audio (a path, a file object or 16 kHz mono float32 samples) → text and timed segments.
         ``language``: an ISO code; default the model's own (zh for a zh-en student), else detected."""
         samples = audio if isinstance(audio, np.ndarray) else decode_audio(audio)
-        policy = self.served.policy
-        options = options or DecodeOptions(beam_size=policy.beam_size)
-        windows = split(samples, policy.vad, policy.vad_min_silence_ms, self.engine.policy.max_window_s)
-        if not windows:
-            return Transcript("", language=transcript_language([], language or self.served.default_language))
+        options = options or DecodeOptions(beam_size=self.served.policy.beam_size)
+        windows = self.windows(samples)
         audios = [w.audio for w in windows]
-        results = decode_windows(self.engine, audios, language or self.served.default_language, options)
+        results = decode_windows(self.engine, audios, self.language(language), options) if audios else []
         self._fall_back(results, audios, options)
-        segments: list[TimedSegment] = []
-        for window, result in zip(windows, results, strict=True):
-            segments += rebase(window, result.segments, len(segments))
-        return Transcript(join_texts([r.text for r in results]), segments, results,
-                          transcript_language([r.language for r in results], None))
+        return self.transcript(windows, results, language)
 
     __call__ = transcribe
 

@@ -3,6 +3,7 @@
 Whisper sees 30 s at a time; cutting long audio at silences (Silero VAD, as shipped with
 faster-whisper) instead of every 30 s keeps words whole, and dropping non-speech avoids
 Whisper's classic hallucinations on silence. Timestamps are re-based with each window's offset.
+:func:`cut` is the one way every path (server, ``k2d.load``, evaluation) turns audio into windows.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from k2d.audio import SAMPLE_RATE
 
 MAX_WINDOW_S = 30.0
+SILENCE_RMS = 1e-4  # -80 dBFS: below any recorded speech; digital silence and 1-LSB dither sit under it
 
 
 @dataclass
@@ -50,3 +52,14 @@ def split(audio: np.ndarray, vad: bool, min_silence_ms: int = 500, max_window_s:
     max_window_s = min(max_window_s, MAX_WINDOW_S)
     return speech_windows(audio, min_silence_ms, max_window_s) if vad else fixed_windows(audio, max_window_s)
 
+
+def silent(audio: np.ndarray) -> bool:
+    return audio.size == 0 or float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENCE_RMS
+
+
+def cut(audio: np.ndarray, vad: bool, min_silence_ms: int = 500, max_window_s: float = MAX_WINDOW_S) -> list[Window]:
+    """The windows a model is given, on every path: :func:`split`, less the silent ones. Pure silence then costs
+    nothing and cannot turn into a hallucinated loop, with or without VAD."""
+    if silent(audio):
+        return []
+    return [w for w in split(audio, vad, min_silence_ms, max_window_s) if not silent(w.audio)]

@@ -3,7 +3,7 @@
 *Forced length*: encoder time (at the student's context), and decoder time for exactly N
 generated tokens with ``<|endoftext|>`` suppressed — the view that isolates what a shallower
 decoder and a shorter encoder input buy, independent of how long each model's transcripts
-happen to be. End-to-end comparisons through the serving path are ``k2d_train.compare``.
+happen to be. End-to-end comparisons through the serving path are ``k2d_train.experiments.compare``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from k2d.context import FULL_FRAMES, mel_frames
-from k2d_train.decoding import whisper_prompt
+from k2d_train.labels.decoding import whisper_prompt
 
 
 @dataclass
@@ -71,7 +71,7 @@ def _forced_runner(whisper, batch_size: int, tokens: int, frames: int = 3000):
 
 def model_pairs(names: list[str], registry, say=print, student_encoder_layers: int | None = None) -> dict[str, tuple[Path, Path]]:
     """(teacher dir, student dir) per pair name: ``base`` = the store's real pair, else a random shape."""
-    from k2d_train.random_models import SHAPES, write_random_model
+    from k2d_bench.random_models import SHAPES, write_random_model
 
     pairs = {}
     for name in names:

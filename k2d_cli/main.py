@@ -166,7 +166,7 @@ def settings_command(
 ) -> None:
     """Every K2D_* setting of the service, with its default and meaning (Markdown: docs/settings.md)."""
     if recipe:
-        from k2d_train.config import reference as recipe_reference
+        from k2d_train.pipeline.config import reference as recipe_reference
 
         sys.stdout.write(recipe_reference())
         return

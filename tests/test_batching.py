@@ -32,6 +32,9 @@ class StandInEngine:
     def frames(self, window: np.ndarray) -> int:
         return self._frames
 
+    def batch_options(self, options: DecodeOptions) -> tuple:
+        return options.key()  # like Whisper: every option counts
+
     def transcribe_batch(self, windows, languages, options) -> list[WindowResult]:
         self.calls.append([int(w[0]) for w in windows])
         self.release.wait(10)
@@ -48,7 +51,8 @@ def scheduler(engine: StandInEngine, max_batch: int = 8, max_batch_s: float = 2.
 
 
 def job(options: DecodeOptions, frames: int = FULL_FRAMES) -> WindowJob:
-    return WindowJob(np.zeros(16000, np.float32), "en", options, asyncio.Future(loop=asyncio.new_event_loop()), frames)
+    return WindowJob(np.zeros(16000, np.float32), "en", options, asyncio.Future(loop=asyncio.new_event_loop()), frames,
+                     options.key())
 
 
 def test_the_batch_limit_follows_the_measured_cost_beam_and_context():
@@ -123,6 +127,37 @@ def test_cancelled_windows_leave_the_queue_at_once_and_never_reach_the_engine():
 
     asyncio.run(scenario())
     assert engine.calls == [[1], [20, 21]]
+
+
+class HeadLikeEngine(StandInEngine):
+    """Honours only word timestamps, as a CTC / transducer head does (no beam to search)."""
+
+    def batch_options(self, options: DecodeOptions):
+        from k2d.ctc_engine import HeadDecodeOptions
+
+        return HeadDecodeOptions(options.word_timestamps)
+
+
+@pytest.mark.parametrize(("engine", "calls"), [(StandInEngine(), [[1], [2, 4], [3]]),
+                                               (HeadLikeEngine(), [[1], [2, 3, 4]])])
+def test_windows_share_a_call_when_they_differ_only_in_options_their_engine_ignores(engine, calls):
+    """Issue 31: CTC batches were keyed by Whisper's options, so requests asking for other beams never shared a
+    CTC call although a head has no beam. The engine says what it honours; that keys the batch."""
+
+    async def scenario():
+        sched = scheduler(engine, max_batch=8, max_batch_s=0)
+        sched.start()
+        engine.release.clear()  # the first call blocks while the rest queue
+        first = sched.submit(windows(1), "en", BEAM5)
+        await asyncio.sleep(0.05)
+        rest = [*sched.submit(windows(2), "en", BEAM5), *sched.submit(windows(3), "en", BEAM1),
+                *sched.submit(windows(4), "en", BEAM5)]
+        engine.release.set()
+        await asyncio.gather(*first, *rest)
+
+    engine.calls.clear()
+    asyncio.run(scenario())
+    assert engine.calls == calls
 
 
 class Due:

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from k2d.scoring import cer_zh_counts, mer, normalize, paired_bootstrap, repeated_ngram, units, wer_en_counts
-from k2d_train.chunking import Segment, merge_segments, timestamp
-from k2d_train.losses import LossWeights, distillation_loss, kl_divergence, topk_kl_divergence
+from k2d_train.labels.chunking import Segment, merge_segments, timestamp
 from k2d_train.stages.s3_validate import distances
 from k2d_train.stages.s4_student import remap_alignment_heads, spaced_layers
+from k2d_train.training.losses import LossWeights, distillation_loss, kl_divergence, topk_kl_divergence
 
 
 def test_segments_merge_greedily_up_to_30_seconds():

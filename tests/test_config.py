@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from k2d_train.config import RunConfig
+from k2d_train.pipeline.config import RunConfig
 from tests.conftest import REPO
 
 
@@ -40,7 +40,7 @@ def fake_pipeline(monkeypatch, ran: list[int]):
     """The real stage graph (reads, inputs, owned folders) with bodies that only note that they ran."""
     import dataclasses
 
-    from k2d_train import pipeline
+    from k2d_train.pipeline import run as pipeline
 
     real = pipeline._stages()
 
@@ -107,8 +107,8 @@ def test_a_stale_stage_says_why_and_clears_its_own_folders_first(tmp_path, monke
 
 
 def test_an_interrupted_stage_is_resumed_only_with_the_settings_it_started_with(tmp_path, monkeypatch):
-    from k2d_train import pipeline
-    from k2d_train.stage_graph import Stage
+    from k2d_train.pipeline import run as pipeline
+    from k2d_train.pipeline.stage_graph import Stage
 
     config = tiny_recipe(tmp_path)
 
@@ -138,7 +138,7 @@ def test_listing_the_stages_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from k2d_train.config import RunConfig; from k2d_train.pipeline import stage_list; "
+    code = ("import sys; from k2d_train.pipeline.config import RunConfig; from k2d_train.pipeline.run import stage_list; "
             "from pathlib import Path; print(len(stage_list(RunConfig.load(Path('configs/scale.yaml'))))); "
             "print(sorted(m for m in ('torch', 'transformers', 'ctranslate2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
@@ -148,8 +148,8 @@ def test_listing_the_stages_imports_no_torch():
 def test_a_paused_stage_is_not_marked_done_and_runs_again_next_time(tmp_path, monkeypatch):
     """``distill.stop_after_steps`` pauses stage 6 after a checkpoint: the next ``k2d run`` must resume it, not
     reuse a result that has no final model (issue 31 defect)."""
-    from k2d_train import pipeline
-    from k2d_train.pipeline import Markers, Stage, StagePaused
+    from k2d_train.pipeline import run as pipeline
+    from k2d_train.pipeline.run import Markers, Stage, StagePaused
 
     config = tiny_recipe(tmp_path)
     attempts = []
@@ -174,7 +174,7 @@ def test_a_curve_size_is_a_prefix_of_the_kept_chunks_in_lecture_order(tmp_path):
     """Every learning-curve size trains on what the smaller sizes trained on, plus more (never another sample)."""
     import json
 
-    from k2d_train.curve import prefix_by_hours
+    from k2d_train.experiments.curve import prefix_by_hours
 
     kept = tmp_path / "kept.jsonl"
     rows = [{"audio": f"lectures/lecture_{i // 3:04d}.flac", "id": f"c{i}", "start": 20.0 * (i % 3),
@@ -188,7 +188,7 @@ def test_a_curve_size_is_a_prefix_of_the_kept_chunks_in_lecture_order(tmp_path):
 
 
 def test_the_recipe_reference_is_the_one_the_options_generate():
-    from k2d_train.config import SECTION_OPTIONS, reference
+    from k2d_train.pipeline.config import SECTION_OPTIONS, reference
 
     text = reference()
     assert (REPO / "docs/recipe.md").read_text() == text, "run: k2d settings --recipe > docs/recipe.md"
@@ -211,7 +211,7 @@ def test_a_bad_value_is_refused_with_its_yaml_path(tmp_path, extra, message):
 
 def test_a_curve_point_is_trained_once_and_its_measured_time_kept(tmp_path):
     """A rerun that adds sizes must not retrain a point nor report a no-op resume's seconds as its training."""
-    from k2d_train.curve import finished_point
+    from k2d_train.experiments.curve import finished_point
 
     trained = []
 
@@ -222,3 +222,46 @@ def test_a_curve_point_is_trained_once_and_its_measured_time_kept(tmp_path):
     first = finished_point(tmp_path / "d2-0.3h", train)
     again = finished_point(tmp_path / "d2-0.3h", lambda: {"train_seconds": 0.1})
     assert first == again == {"model": "m", "train_seconds": 528.0, "steps_per_s": 0.46} and trained == [1]
+
+
+def test_curve_runs_of_one_family_merge_into_one_curve_and_merging_again_changes_nothing(tmp_path):
+    """`k2d curve scale.yaml --with scale-1h/curve.json`: the 3 h point joins the 0.3 h and 1 h ones on one plot;
+    each run keeps its own rows (its intervals were computed against its own teachers); the teachers' rows,
+    the same models on the same sets, are drawn once; a rerun replaces its own point instead of adding one."""
+    from k2d_train.experiments.curve import merged, plot
+
+    def row(model, set_name, mer):
+        return {"model": model, "set": set_name, "mer": mer, "vs_baseline": {"low": -0.01, "high": 0.02}}
+
+    def run(config, points, rows):
+        return {"config": config, "points": points, "rows": rows, "options": {}}
+
+    teachers = [row("teacher", "test", 0.57), row("teacher, short context", "test", 0.55)]
+    small = run("scale-1h.yaml", [{"model": "d2-1h", "layers": 2, "hours": 0.79}],
+                [*teachers, row("2L, 0.79 h", "test", 0.68), {"peak_rss_mb": 1756.5}])  # compare's last row
+    big = run("scale.yaml", [{"model": "d2-3h", "layers": 2, "hours": 2.9}], [*teachers, row("2L, 2.9 h", "test", 0.6)])
+    once = merged([small, big])
+    assert [p["model"] for p in once["points"]] == ["d2-1h", "d2-3h"]
+    assert [p["config"] for p in once["points"]] == ["scale-1h.yaml", "scale.yaml"]
+    assert [r["model"] for r in once["rows"]] == ["teacher", "teacher, short context", "2L, 0.79 h", "2L, 2.9 h"]
+    assert [r["config"] for r in once["runs"]] == ["scale-1h.yaml", "scale.yaml"]
+    rerun = run("scale.yaml", [{"model": "d2-3h", "layers": 2, "hours": 2.9}], [*teachers, row("2L, 2.9 h", "test", 0.59)])
+    twice = merged([once, rerun])
+    assert [p["model"] for p in twice["points"]] == ["d2-1h", "d2-3h"] and len(twice["runs"]) == 2
+    assert twice["runs"][1]["rows"][-1]["mer"] == 0.59
+    plot(twice, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_why_a_stage_is_stale_names_its_fields_and_a_result_from_before_fingerprints_is_judged_on_what_it_recorded():
+    from k2d_train.pipeline.stage_graph import why_stale
+
+    wanted = {"distill": {"max_steps": 600, "teacher_topk": 64}, "teacher": "whisper-base"}
+    fresh = {"recipe": wanted, "inputs": {"student": "abc"}}
+    assert why_stale(fresh, wanted, {"student": "abc"}) == ""
+    assert why_stale(fresh, wanted, {"student": "def"}) == "input re-runs: student"
+    assert why_stale(fresh, {**wanted, "teacher": "whisper-small"}, {"student": "abc"}) == "changed: teacher"
+    old = {"recipe": {"distill": {"max_steps": 600}}}  # before fingerprints: fewer fields, no inputs recorded
+    assert why_stale(old, wanted, {"student": "def"}) == ""  # a field it never recorded is no reason to re-run
+    assert why_stale(old, {**wanted, "distill": {"max_steps": 900, "teacher_topk": 64}}, {}) == \
+        "changed: distill.max_steps"

@@ -13,9 +13,9 @@ from k2d.ctc_engine import ctc_greedy
 from k2d.engine_contract import Engine
 from k2d.transducer_engine import transducer_greedy
 from k2d.units import Units
-from k2d_train.losses import rnnt_loss
+from k2d_train.labels.units import build_units
 from k2d_train.stages.s7_distill_ctc import TransducerHead
-from k2d_train.units import build_units
+from k2d_train.training.losses import rnnt_loss
 from tests.conftest import MANIFEST
 
 

@@ -13,7 +13,7 @@ import httpx
 import yaml
 
 from app.settings import Settings
-from k2d_train.config import RunConfig
+from k2d_train.pipeline.config import RunConfig
 from tests.conftest import DATA, REPO, free_port, running_server
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from k2d.audio import decode_audio
 from k2d.features import log_mel
-from k2d_train.checkpoints import CheckpointStore
-from k2d_train.encoder_states import BucketBatches
 from k2d_train.stages.s4_student import build_student
 from k2d_train.stages.s6_distill import DevScore, DistillOptions, distill
+from k2d_train.training.checkpoints import CheckpointStore
+from k2d_train.training.encoder_states import BucketBatches
 from tests.conftest import MANIFEST, REPO, free_port
 
 
@@ -118,13 +118,15 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     assert CheckpointStore(folder).latest().name == "step-000004"
 
 
+# Each driver: teacher, student, kept, run folder, published folder [, stop_after_steps (0: run to the end)].
 DRIVER = """
 import sys
 from pathlib import Path
-from k2d_train.stages.s6_distill import DevScore, DistillOptions, distill
+from k2d_train.stages.s6_distill import DistillOptions, distill
 teacher, student, kept, out, final = map(Path, sys.argv[1:6])
 distill(teacher, student, kept, out, DistillOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0,
-                                                   warmup_steps=1, learning_rate=1e-4), final_dir=final)
+                                                   warmup_steps=1, learning_rate=1e-4,
+                                                   stop_after_steps=int(sys.argv[6])), final_dir=final)
 """
 
 
@@ -134,12 +136,25 @@ from pathlib import Path
 from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
 teacher, student, kept, out, final = map(Path, sys.argv[1:6])
 distill_ctc(student, kept, out, CTCOptions(max_steps=4, batch_size=2, save_every=2, eval_every=0, warmup_steps=1,
-                                           mask_time=0, mask_channels=0), out_dir=final)
+                                           mask_time=0, mask_channels=0, stop_after_steps=int(sys.argv[6])),
+            out_dir=final)
+"""
+
+
+ENCODER_DRIVER = """
+import sys
+from pathlib import Path
+from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions, distill_encoder
+teacher, student, kept, out, final = map(Path, sys.argv[1:6])
+distill_encoder(teacher, student, kept, out, EncoderDistillOptions(max_steps=4, batch_size=2, warmup_steps=1,
+                                                                  save_every=10, stop_after_steps=int(sys.argv[6])),
+                final, teacher_cache=out.parent / f"{out.name}-targets")
 """
 
 
 def _one_and_two_processes(registry, tiny_setup, tmp_path, driver_text: str) -> dict[str, list[dict]]:
-    """Run a stage's driver under 1 process and under `accelerate launch` with 2 CPU processes; their logs."""
+    """Run a stage's driver straight through in 1 process, and under `accelerate launch` with 2 CPU processes
+    paused after step 2 (``stop_after_steps``: a checkpoint, nothing published) then resumed; their logs."""
     root, kept = tiny_setup
     driver = tmp_path / "driver.py"
     driver.write_text(driver_text)
@@ -147,23 +162,30 @@ def _one_and_two_processes(registry, tiny_setup, tmp_path, driver_text: str) -> 
     env |= {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                   str(REPO / "configs/accelerate/cpu-2proc.yaml"), "--main_process_port", str(free_port())]
-    for name, launcher in (("one", [sys.executable]), ("two", accelerate)):
-        args = [registry.path_of("whisper-base-hf"), root / "student", kept, tmp_path / name, tmp_path / f"{name}-final"]
+    for name, launcher, stop in (("one", [sys.executable], 0), ("two", accelerate, 2), ("two", accelerate, 0)):
+        final = tmp_path / f"{name}-final"
+        args = [registry.path_of("whisper-base-hf"), root / "student", kept, tmp_path / name, final, stop]
         result = subprocess.run([*launcher, str(driver), *map(str, args)], capture_output=True, text=True, env=env,
                                 cwd=REPO, timeout=900)
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        assert final.is_dir() != bool(stop), f"{name}: published {'after a pause' if stop else 'nothing'}"
     return {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
             for name in ("one", "two")}
 
 
+def _same_schedule(logs: dict[str, list[dict]]) -> None:
+    """The paused-and-resumed 2-process run took the single process's steps and learning rates, to zero."""
+    assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
+    assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
+
+
 @pytest.mark.slow
-def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, tmp_path):
-    """`accelerate launch` with 2 CPU processes: the same steps and learning rates as one process (the
+def test_two_processes_paused_and_resumed_follow_the_single_process_schedule(registry, tiny_setup, tmp_path):
+    """`accelerate launch` with 2 CPU processes, paused after step 2 and resumed: the steps and learning rates of one process (the
     schedule accounts for N), the log and the student written once, one encoder cache without collisions."""
     root, _ = tiny_setup
     logs = _one_and_two_processes(registry, tiny_setup, tmp_path, DRIVER)
-    assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
-    assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
+    _same_schedule(logs)
     assert json.loads((tmp_path / "two" / "distill_report.json").read_text())["steps"] == 4
     caches = {name: sorted(p.name for p in (tmp_path / name / "encoder_cache").iterdir()) for name in ("one", "two")}
     assert caches["two"] == caches["one"] and not [n for n in caches["two"] if ".tmp" in n]
@@ -172,13 +194,19 @@ def test_two_processes_follow_the_single_process_schedule(registry, tiny_setup, 
 
 
 @pytest.mark.slow
-def test_the_ctc_stage_under_two_processes_follows_the_single_process_schedule(registry, tiny_setup, tmp_path):
+def test_the_ctc_stage_under_two_processes_pauses_resumes_and_follows_one_process(registry, tiny_setup, tmp_path):
     """Stage 7 runs the one training loop too (issue 31: its batches had no process index and its schedule was
     not scaled, so under 2 processes the learning rate reached 0 half-way): same steps, same rates."""
-    logs = _one_and_two_processes(registry, tiny_setup, tmp_path, CTC_DRIVER)
-    assert [row["step"] for row in logs["two"]] == [row["step"] for row in logs["one"]] == [1, 2, 3, 4]
-    assert [row["lr"] for row in logs["two"]] == [row["lr"] for row in logs["one"]] and logs["two"][-1]["lr"] == 0
-    assert (tmp_path / "two-final").is_dir()
+    _same_schedule(_one_and_two_processes(registry, tiny_setup, tmp_path, CTC_DRIVER))
+
+
+@pytest.mark.slow
+def test_the_encoder_stage_under_two_processes_pauses_resumes_and_follows_one_process(registry, tiny_setup,
+                                                                                       tmp_path):
+    """Stage 5 on the one loop under 2 processes: paused and resumed, the single process's schedule; the
+    teacher targets are computed once per run folder and the student published once."""
+    _same_schedule(_one_and_two_processes(registry, tiny_setup, tmp_path, ENCODER_DRIVER))
+    assert (tmp_path / "two-final" / "model.safetensors").exists()
 
 
 def test_bucket_batches_shard_evenly_and_resume_where_they_stopped():

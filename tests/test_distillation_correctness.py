@@ -12,11 +12,11 @@ import torch
 from k2d.audio import decode_audio
 from k2d.context import FULL_FRAMES
 from k2d.features import log_mel
-from k2d_train.encoder_states import CT2Encoder, EncoderStates, cache_name
-from k2d_train.losses import frame_contrastive, layer_regression
 from k2d_train.stages.s3_validate import distances, kept_chunks
 from k2d_train.stages.s5_distill_encoder import heard_chunks
 from k2d_train.stages.s6_distill import Item, build_examples, collate, same_encoder
+from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, cache_name
+from k2d_train.training.losses import frame_contrastive, layer_regression
 from tests.conftest import DATA
 
 CLIP = DATA / "mixed_batch.mp3"  # 6.8 s of real code-switched speech
@@ -151,7 +151,7 @@ def test_the_student_reads_the_teacher_states_only_while_it_has_the_teachers_enc
 @pytest.mark.parametrize(("nbest", "use_nbest", "message"), [(1, True, "needs pseudo_label.nbest"),
                                                               (3, False, "no stage reads")])
 def test_contradictory_nbest_options_are_refused(tmp_path, nbest, use_nbest, message):
-    from k2d_train.config import RunConfig
+    from k2d_train.pipeline.config import RunConfig
 
     config = tmp_path / "c.yaml"
     config.write_text(f"pseudo_label: {{nbest: {nbest}}}\ndistill: {{use_nbest: {str(use_nbest).lower()}}}\n")
@@ -160,7 +160,7 @@ def test_contradictory_nbest_options_are_refused(tmp_path, nbest, use_nbest, mes
 
 
 def test_a_validator_that_is_the_teacher_is_said_out_loud(tmp_path):
-    from k2d_train.config import RunConfig
+    from k2d_train.pipeline.config import RunConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("teacher: whisper-base\nvalidator: whisper-base\nvalidate: {rule: comp}\n")

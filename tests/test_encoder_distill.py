@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from k2d.audio import decode_audio
 from k2d.context import POLICY_FILE, ContextPolicy
 from k2d.features import log_mel
-from k2d_train.encoder import encode
 from k2d_train.stages.s4_student import build_student
 from k2d_train.stages.s5_distill_encoder import EncoderDistillOptions, distill_encoder
+from k2d_train.training.encoder import encode
 from tests.conftest import MANIFEST
 
 

@@ -43,6 +43,9 @@ class ToneEngine:
     def encoder_ms(self, audio: np.ndarray) -> float:
         return 0.0
 
+    def batch_options(self, options: DecodeOptions) -> tuple:
+        return ()  # it honours no option: every window shares a call
+
     def transcribe_batch(self, windows: list[np.ndarray], languages: list[str | None],
                          options: DecodeOptions) -> list[WindowResult]:
         out = []
@@ -54,9 +57,11 @@ class ToneEngine:
         return out
 
 
-def tone_wav(hertz: float, seconds: float) -> bytes:
+def tone_wav(hertz: float, seconds: float, silence_s: float = 0.0) -> bytes:
+    """A tone, then ``silence_s`` of digital silence."""
     t = np.arange(int(seconds * RATE)) / RATE
-    samples = (0.3 * np.sin(2 * np.pi * hertz * t) * 32767).astype("<i2")
+    tone = (0.3 * np.sin(2 * np.pi * hertz * t) * 32767).astype("<i2")
+    samples = np.concatenate([tone, np.zeros(int(silence_s * RATE), "<i2")])
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(1)
@@ -102,6 +107,27 @@ def test_a_registered_engine_is_served_over_http_and_by_the_python_api_with_no_e
     hum = tone_store.store / "hum.wav"
     hum.write_bytes(tone_wav(880, 1.5))
     assert local.transcribe(str(hum)).text == ""  # and neither does the Python API
+
+
+def test_every_path_cuts_the_same_windows_and_drops_silent_ones(tone_store):
+    """Fixed windows (no VAD) over a tone then silence: the server and the Python API hand the engine the same
+    windows, and neither hands it the silent ones (issue 31: the Python API sent silence to the model, where
+    Whisper hallucinates, and the server did not)."""
+    import k2d
+    from k2d.policy import DecodePolicy
+
+    clip = tone_store.store / "tone-then-silence.wav"
+    clip.write_bytes(tone_wav(440, 45.0, silence_s=40.0))  # 30 s of tone, 15 s tone + 15 s silence, 25 s silence
+    settings = Settings(models_dir=tone_store.store, models=["tones"], port=free_port(), max_wait_ms=5)
+    with running_server(settings) as (url, _):
+        answer = httpx.post(url + "/transcribe", files={"file": (clip.name, clip.read_bytes())}, data={"vad": "false"},
+                            timeout=60)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()
+    local = k2d.load("tones", store=tone_store.store, policy=DecodePolicy(vad=False)).transcribe(str(clip))
+    assert served["text"] == local.text == "30.0 s at 440 Hz 30.0 s at 440 Hz"
+    assert [(s["start"], s["end"]) for s in served["segments"]] == [(s.start, s.end) for s in local.segments]
+    assert len(local.windows) == 2 and served["language"] == local.language == "en"
 
 
 def test_an_unknown_kind_is_a_clear_error(tmp_path):

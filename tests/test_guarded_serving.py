@@ -111,7 +111,7 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     from app.model_manager import ModelManager
     from k2d.policy import DecodePolicy
     from k2d.registry import Registry
-    from k2d_train.compare import Contender
+    from k2d_train.experiments.compare import Contender
     from k2d_train.stages.s9_evaluate import EvaluateOptions, served_transcriber
 
     store = Registry(tmp_path)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from k2d.manifest import read_manifest
-from k2d_train.labels import chunk_label_ids
+from k2d_train.labels.tokens import chunk_label_ids
 from k2d_train.stages.s3_validate import kept_chunks
 from tests.conftest import MANIFEST
 

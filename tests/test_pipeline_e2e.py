@@ -62,7 +62,7 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     listed = runner.invoke(app, ["run", str(config), "--list-stages"])
     assert listed.exit_code == 0 and "7  distill-ctc" in listed.output and "off in this config" in listed.output
     assert listed.output.count("\n    done") == 9, listed.output
-    from k2d_train.pipeline import _stages
+    from k2d_train.pipeline.run import _stages
 
     for stage in _stages():  # every recipe field a stage touched is one it declares (else it would be reused stale)
         marker = tmp_path / "run" / "stages" / f"{stage.name}.json"

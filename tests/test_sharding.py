@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from k2d_train.sharding import Processes, ShardMarkers, fingerprint, merge_order, wait_for_files
+from k2d_train.pipeline.sharding import Processes, ShardMarkers, fingerprint, merge_order, wait_for_files
 from tests.conftest import DATA, REPO, free_port
 
 SPEECH = ("en_lecture.flac", "zh_lecture.flac", "mixed_gradient.flac", "mixed_batch.mp3", "mixed_loss.ogg")
@@ -28,7 +28,7 @@ def test_every_item_goes_to_exactly_one_process_by_position():
 
 
 def test_outside_a_launcher_there_is_one_process_and_no_torch_import():
-    code = ("import sys; from k2d_train.sharding import Processes; p = Processes.current(); p.barrier(); "
+    code = ("import sys; from k2d_train.pipeline.sharding import Processes; p = Processes.current(); p.barrier(); "
             "print(p.index, p.count, 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)

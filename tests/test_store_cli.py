@@ -280,7 +280,7 @@ def test_publishing_never_removes_anything_outside_the_store(tmp_path, victim):
 
 
 def test_a_run_config_name_is_a_store_name(tmp_path):
-    from k2d_train.config import RunConfig
+    from k2d_train.pipeline.config import RunConfig
 
     (tmp_path / "bad.yaml").write_text("name: ../victim\n")
     with pytest.raises(ValueError, match="invalid config .*name '../victim'"):

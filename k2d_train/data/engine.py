@@ -40,7 +40,7 @@ from k2d.manifest import write_manifest
 from k2d_train.data import synth
 from k2d_train.data.synth import Pair, SynthOptions
 from k2d_train.data.text_bank import TEXT_VERSION, text_bank
-from k2d_train.data.voices import MandarinVoice, VoiceSpec, bopomofo_of
+from k2d_train.data.voices import VoiceSpec, bopomofo_of, mandarin_reader
 
 HELDOUT_KINDS = ("code_switched", "mandarin", "natural")  # the sets are decoded as zh: no English-only sentences
 SECONDS_PER_SENTENCE = 1.5  # the least a sentence and its pause take: sizes a lecture's block of sentences
@@ -155,11 +155,12 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
 
 @lru_cache(maxsize=65536)
 def readable(voice: VoiceSpec, text: str) -> bool:
-    """Whether ``voice`` can say every syllable of ``text`` with its own recordings: a held-out gcin speaker
-    lacks 42 syllables and may not borrow a training speaker's."""
-    if voice.engine != "gcin" or voice.get("fallback") is not None:
+    """Whether ``voice`` can say every syllable of ``text`` with the recordings it may use: a held-out gcin
+    speaker lacks 42 syllables and may not borrow a training speaker's, and some syllables (ㄔㄨㄞ) no gcin
+    speaker recorded in any tone, so a training speaker with a fallback can fail too."""
+    if voice.engine != "gcin":
         return True
-    reader = MandarinVoice(speaker=voice.get("speaker"), fallback=None)
+    reader = mandarin_reader(voice)
     try:
         for syllable in bopomofo_of(text):
             reader.recording(syllable)
@@ -201,11 +202,14 @@ def _cpu() -> float:
 
 
 def _lecture(job: Job, pair: Pair, condition, options: SynthOptions, rng) -> tuple[np.ndarray, dict]:
-    """Sentences in their block's order with 0.35-1.1 s pauses until the lecture is long enough."""
+    """Sentences in their block's order with 0.35-1.1 s pauses until the lecture is long enough; a sentence the
+    lecturer cannot read is passed over."""
     pieces, spoken, length, target = [], [], 0, int(job.seconds * SAMPLE_RATE)
     for text, kind, source in job.sentences:
         if length >= target:
             break
+        if not readable(pair.mandarin, text):
+            continue
         audio = synth._say(text, pair, condition, rng)
         pause = np.zeros(int(rng.uniform(0.35, 1.1) * SAMPLE_RATE), dtype=np.float32)
         spoken.append({"start": round(length / SAMPLE_RATE, 2), "text": text, "kind": kind, "source": source})

@@ -275,11 +275,16 @@ def _speak_cached(voice: VoiceSpec, text: str, rate: float) -> np.ndarray:
     return audio
 
 
+def mandarin_reader(voice: VoiceSpec, rate: float = 1.0) -> MandarinVoice:
+    """A gcin voice's syllable reader: its speaker, its fallback speaker (None: its own recordings only), its rhythm."""
+    get = voice.get
+    return MandarinVoice(get("speaker"), get("gap_s", 0.04) / rate, get("fallback"), get("gap_jitter", 0.5))
+
+
 def _engine(voice: VoiceSpec, text: str, rate: float) -> np.ndarray:
     get = voice.get
     if voice.engine == "gcin":
-        reader = MandarinVoice(get("speaker"), get("gap_s", 0.04) / rate, get("fallback"), get("gap_jitter", 0.5))
-        return reader.speak(text, voice.rng(zlib.crc32(text.encode())))
+        return mandarin_reader(voice, rate).speak(text, voice.rng(zlib.crc32(text.encode())))
     if voice.engine == "espeak":
         return espeak(text, get("voice"), int(get("speed", 150) * rate), get("pitch", 50), get("word_gap", 0))
     if voice.engine == "flite":

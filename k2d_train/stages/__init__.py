@@ -1,4 +1,4 @@
-"""The K²D stages, in the order ``k2d run`` executes them (``k2d_train.pipeline``).
+"""The K²D stages, in the order ``k2d run`` executes them (``k2d_train.pipeline.run``).
 
 1. corpus (``k2d_train.data``): unlabelled lectures + in-domain and out-of-domain dev/test sets
 2. ``s2_pseudo_label``: the teacher labels ≤ 30 s chunks, keeping its own token ids

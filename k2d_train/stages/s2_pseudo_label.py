@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.manifest import read_manifest, write_manifest
-from k2d_train.chunking import Segment, merge_segments
-from k2d_train.decoding import generate_texts
-from k2d_train.options import PseudoLabelOptions
-from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here, merge_order, wait_for_files
+from k2d_train.labels.chunking import Segment, merge_segments
+from k2d_train.labels.decoding import generate_texts
+from k2d_train.pipeline.options import PseudoLabelOptions
+from k2d_train.pipeline.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here, merge_order, wait_for_files
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".webm", ".mp4"}
 
@@ -107,7 +107,7 @@ def is_dataset(source: str | Path) -> bool:
 
 def _sources(source: str | Path, out: Path, options: PseudoLabelOptions) -> Iterator[tuple[str, Path]]:
     if is_dataset(source):
-        from k2d_train.datasets_input import materialise
+        from k2d_train.labels.datasets_input import materialise
 
         yield from materialise(str(source), out / "audio", options.dataset_split, options.audio_column)
         return
@@ -123,7 +123,7 @@ def pseudo_label(model: str, source: str | Path, out: Path, options: PseudoLabel
     ``source``: a folder of audio files, a JSONL manifest, or a Hugging Face dataset (streamed).
     Under ``accelerate launch`` with N processes, file i of the sorted list is labelled by process
     i % N and the main process merges every file's chunks in list order, so ``chunks.jsonl`` is
-    the one a single process writes (``k2d_train/sharding.py`` says why it is built this way)."""
+    the one a single process writes (``k2d_train/pipeline/sharding.py`` says why it is built this way)."""
     processes = Processes.current()
     if processes.distributed:
         return _pseudo_label_sharded(model, source, out, options, store, processes)

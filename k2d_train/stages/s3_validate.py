@@ -22,13 +22,13 @@ from tqdm import tqdm
 from k2d.manifest import read_manifest, write_manifest
 from k2d.scoring import mer, repeated_ngram, strip_timestamps, units, unmatched_share
 from k2d.textunits import is_han
-from k2d_train.chunking import Chunk, Segment
-from k2d_train.decoding import generate_texts
-from k2d_train.encoder_states import ClipReader
-from k2d_train.options import ValidateOptions
-from k2d_train.phonemes import per, phonemes
-from k2d_train.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here
+from k2d_train.labels.chunking import Chunk, Segment
+from k2d_train.labels.decoding import generate_texts
+from k2d_train.labels.phonemes import per, phonemes
+from k2d_train.pipeline.options import ValidateOptions
+from k2d_train.pipeline.sharding import Processes, ShardMarkers, fingerprint, load_whisper_here
 from k2d_train.store.loading import load_whisper
+from k2d_train.training.encoder_states import ClipReader
 
 RULES = ("none", "ngram", "mer", "per", "comp")
 def distances(teacher: str, validator: str | None, n: int = 3, count: int = 3,

@@ -25,11 +25,11 @@ from k2d.context import FULL_FRAMES, mel_frames
 from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
 from k2d_train.data import augment
-from k2d_train.encoder import encode
-from k2d_train.encoder_states import ClipReader, CT2Encoder, EncoderStates, teacher_identity
-from k2d_train.losses import frame_contrastive, layer_regression
-from k2d_train.options import EncoderDistillOptions
-from k2d_train.training_loop import fit, make_accelerator
+from k2d_train.pipeline.options import EncoderDistillOptions
+from k2d_train.training.encoder import encode
+from k2d_train.training.encoder_states import ClipReader, CT2Encoder, EncoderStates, teacher_identity
+from k2d_train.training.loop import fit, make_accelerator
+from k2d_train.training.losses import frame_contrastive, layer_regression
 
 BUCKET_S = 4.0  # chunks of similar length share a batch, so short chunks are not padded to long ones
 @dataclass
@@ -66,13 +66,25 @@ def spec_augment(features: torch.Tensor, generator: torch.Generator, masks: int 
     return out
 
 
-class Heads(torch.nn.Module):
-    """Small prediction heads: student layer i → teacher layer i, and final output → extra teachers."""
+class StudentSide(torch.nn.Module):
+    """Everything a step trains, as one module whose forward is the whole student side of the step: the encoder
+    on the short input (and on the 30 s one on full-context steps), and small heads mapping student layer i to
+    teacher layer i and the final states to each extra teacher. Under N processes DDP syncs gradients only
+    through a module's own forward, so nothing trained may be called around it (issue 31: stage 5 could not
+    run under 2 processes)."""
 
-    def __init__(self, width: int, layers: list[int], extra_widths: list[int]):
+    def __init__(self, encoder, width: int, layers: list[int], extra_widths: list[int], frozen_below: int):
         super().__init__()
+        self.encoder, self.frozen_below = encoder, frozen_below
         self.layers = torch.nn.ModuleDict({str(i): torch.nn.Linear(width, width) for i in layers})
         self.extra = torch.nn.ModuleList([torch.nn.Linear(width, w) for w in extra_widths])
+
+    def forward(self, features: torch.Tensor, full: torch.Tensor | None = None) -> dict:
+        """``{"final", "hints": {layer: predicted teacher layer}, "extra": [per extra teacher], "whole"}``."""
+        final, layers = encode(self.encoder, features, [int(i) for i in self.layers], self.frozen_below)
+        whole = None if full is None else encode(self.encoder, full, frozen_below=self.frozen_below)[0]
+        return {"final": final, "hints": {int(i): head(layers[int(i)]) for i, head in self.layers.items()},
+                "extra": [head(final) for head in self.extra], "whole": whole}
 
 
 def _load_encoder(name_or_dir: str, store: Path | None):
@@ -115,15 +127,16 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
                              (), _target_frames(options), identity=f"extra:{name}@{FULL_FRAMES}")
                for n, (name, t) in enumerate(zip(options.extra_teachers, extra, strict=True))]
     targets = _targets(chunks, caches, quiet=not accelerator.is_main_process)
-    heads = Heads(encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra])
     encoder, merge = trainable_encoder(encoder, options)
-    params = [p for p in encoder.parameters() if p.requires_grad] + list(heads.parameters())
+    frozen = max(0, len(encoder.layers) - options.train_top_layers) if options.train_top_layers else 0
+    side = StudentSide(encoder, encoder.config.d_model, options.target_layers, [t.config.d_model for t in extra], frozen)
+    params = [p for p in side.parameters() if p.requires_grad]
     audio = ClipReader()
 
     def loss(modules, batch, step, generator):
-        return _step_loss(batch, chunks, targets, audio, *modules, depth, options, generator, device, step)
+        return _step_loss(batch, chunks, targets, audio, modules[0], depth, options, generator, device, step)
 
-    fitted = fit(accelerator, [encoder, heads], params, list(range(len(chunks))),
+    fitted = fit(accelerator, [side], params, list(range(len(chunks))),
                  [int((c.end - c.start) // BUCKET_S) for c in chunks], lambda b: b, loss, options, run_dir,
                  "distill encoder", resume)
     step, last = fitted.step, fitted.last
@@ -133,7 +146,7 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
         from k2d.context import POLICY_FILE
         from k2d_train.store.publish import write_student
 
-        student.model.encoder = merge(accelerator.unwrap_model(fitted.modules[0]))
+        student.model.encoder = merge(accelerator.unwrap_model(fitted.modules[0]).encoder)
         write_student(student, student_dir, out_dir, extra={POLICY_FILE: json.dumps(asdict(options.policy), indent=2)})
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -204,11 +217,7 @@ def _strip_lora(encoder):
     return encoder
 
 
-def wrapped_layers(encoder):
-    return getattr(encoder, "module", encoder).layers
-
-
-def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]], audio: ClipReader, encoder, heads,
+def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]], audio: ClipReader, side: StudentSide,
                depth: dict[int, int], options: EncoderDistillOptions, generator: torch.Generator, device,
                step: int = 1) -> dict:
     """One batch: the chunks padded with one random margin, the student's states against the targets."""
@@ -221,9 +230,11 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
     features = torch.stack([torch.from_numpy(log_mel(c, frames)) for c in heard]).to(device)
     if options.spec_augment:
         features = spec_augment(features, generator)
-    wrapped = getattr(heads, "module", heads)
-    frozen = max(0, len(wrapped_layers(encoder)) - options.train_top_layers) if options.train_top_layers else 0
-    final, layers = encode(encoder, features, list(depth), frozen_below=frozen)
+    full_step = bool(options.full_context_weight) and step % options.full_context_every == 0
+    # the teacher's own input on full-context steps: the clips padded to 30 s, every one of the 1,500 target frames
+    long = torch.stack([torch.from_numpy(log_mel(c, FULL_FRAMES)) for c in heard]).to(device) if full_step else None
+    out = side(features, long)
+    final = out["final"]
     span = final.shape[1]
 
     def gold(bucket: list[dict], name: str, frames: int = span) -> torch.Tensor:
@@ -238,16 +249,14 @@ def _step_loss(batch: list[int], chunks: list[Chunk], targets: list[list[dict]],
                                         generator=generator, mask=audible.to(device))
         loss = loss + options.contrastive_weight * contrastive
     for layer, teacher_layer in depth.items():
-        hint = layer_regression(wrapped.layers[str(layer)](layers[layer]), gold(targets[0], f"layer{teacher_layer}"))
+        hint = layer_regression(out["hints"][layer], gold(targets[0], f"layer{teacher_layer}"))
         loss = loss + 0.5 * (options.l1_weight * hint["l1"] + options.cos_weight * hint["cos"])
-    for n, head in enumerate(wrapped.extra):
-        extra = layer_regression(head(final), gold(targets[n + 1], "final"))
+    for n, predicted in enumerate(out["extra"]):
+        extra = layer_regression(predicted, gold(targets[n + 1], "final"))
         loss = loss + options.extra_weight * (options.l1_weight * extra["l1"] + options.cos_weight * extra["cos"])
     full = torch.zeros((), device=device)
-    if options.full_context_weight and step % options.full_context_every == 0:
-        # the teacher's own input: the clips padded to 30 s, every one of the 1,500 target frames
-        long = torch.stack([torch.from_numpy(log_mel(c, FULL_FRAMES)) for c in heard]).to(device)
-        whole, _ = encode(encoder, long, frozen_below=frozen)
+    if full_step:
+        whole = out["whole"]
         term = layer_regression(whole, gold(targets[0], "final", whole.shape[1]))
         full = options.l1_weight * term["l1"] + options.cos_weight * term["cos"]
         loss = loss + options.full_context_weight * full

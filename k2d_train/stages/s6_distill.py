@@ -24,14 +24,14 @@ from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.engine import MAX_POSITIONS
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts, to_script
-from k2d_train.decoding import whisper_prompt
-from k2d_train.encoder_states import CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
-from k2d_train.hf_decode import greedy_decode
-from k2d_train.labels import chunk_label_ids
-from k2d_train.losses import LossWeights, distillation_loss
-from k2d_train.options import DistillOptions
-from k2d_train.teacher_targets import TopK, TopKCache, compute_topk, fingerprint
-from k2d_train.training_loop import fit, make_accelerator
+from k2d_train.labels.decoding import whisper_prompt
+from k2d_train.labels.tokens import chunk_label_ids
+from k2d_train.pipeline.options import DistillOptions
+from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
+from k2d_train.training.hf_decode import greedy_decode
+from k2d_train.training.loop import fit, make_accelerator
+from k2d_train.training.losses import LossWeights, distillation_loss
+from k2d_train.training.teacher_targets import TopK, TopKCache, compute_topk, fingerprint
 
 
 @dataclass
@@ -184,7 +184,7 @@ def _ct2_copy(student_dir: Path, out: Path) -> Path:
 
 
 def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, options: DistillOptions,
-            dev: Path | None = None, resume: bool = False, final_dir: Path | None = None,
+            dev: Path | None = None, resume: bool = True, final_dir: Path | None = None,
             report_dev: list[Path] | None = None, teacher_cache: Path | None = None,
             teacher_ct2: Path | None = None) -> dict:
     """Train; write checkpoints under ``run_dir`` and the best (by ``dev``, see ``DevScore``) student to ``final_dir``."""
@@ -267,7 +267,7 @@ def _states_of(examples: list[Example], student_states: EncoderStates, teacher_s
 def _teacher_topk(teacher, examples: list[Example], hidden: dict, teacher_dir: Path, teacher_states: EncoderStates,
                   run_dir: Path, options: DistillOptions, device, quiet: bool) -> list[TopK] | None:
     """The teacher's top-k targets of every example, from the cache when it was made for exactly these
-    examples, teacher, states and temperature (``k2d_train/teacher_targets.py``); None when not asked for."""
+    examples, teacher, states and temperature (``k2d_train/training/teacher_targets.py``); None when not asked for."""
     if options.teacher_topk <= 0 or options.kl_weight == 0:
         return None
     key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity, [ex.tokens for ex in examples],

@@ -3,7 +3,7 @@
 Yang et al. (arXiv 2303.10917) pre-train a student encoder on teachers' embeddings (stage 1, here
 ``k2d distill-encoder``), then fine-tune it on the ASR task with a neural transducer. Here the head learns
 from the same validated pseudo-labels as the K²D decoder, in units of Mandarin characters + English
-pieces (``k2d_train.units``). The distilled encoder is frozen (its states are cached once, like the
+pieces (``k2d_train.labels.units``). The distilled encoder is frozen (its states are cached once, like the
 decoder stage's), optionally with its top layers trained too. SpecAugment-style masks fall on the
 cached states; the out-of-domain dev set picks the kept step; resumable; progress bars.
 
@@ -26,11 +26,11 @@ from k2d.context import ContextPolicy
 from k2d.manifest import read_manifest
 from k2d.scoring import ErrorCounts, mer_counts
 from k2d.streaming import StreamWindows
-from k2d_train.encoder_states import ClipReader, EncoderStates, cache_name, weights_fingerprint
-from k2d_train.losses import rnnt_loss
-from k2d_train.options import CTCOptions
-from k2d_train.training_loop import fit, make_accelerator
-from k2d_train.units import UnitCoder, build_units
+from k2d_train.labels.units import UnitCoder, build_units
+from k2d_train.pipeline.options import CTCOptions
+from k2d_train.training.encoder_states import ClipReader, EncoderStates, cache_name, weights_fingerprint
+from k2d_train.training.loop import fit, make_accelerator
+from k2d_train.training.losses import rnnt_loss
 
 
 class CTCHead(torch.nn.Module):
@@ -95,7 +95,7 @@ def make_head(options: CTCOptions, width: int, units: int) -> torch.nn.Module:
 def stream_states(encoder, audio: np.ndarray, windows: StreamWindows, policy: ContextPolicy) -> torch.Tensor:
     """The frames the streaming server computes: every chunk encoded with its left context, its own frames kept."""
     from k2d.features import log_mel
-    from k2d_train.encoder import encode
+    from k2d_train.training.encoder import encode
 
     kept = []
     for index in range(windows.chunks(len(audio))):

@@ -26,7 +26,7 @@ from k2d.registry import resolve_model
 from k2d.scoring import ErrorCounts, cer_zh_counts, mer_counts, repeated_ngram, strip_timestamps, wer_en_counts
 from k2d.served import EngineCache, serve_one
 from k2d.transcribe import Transcriber, Transcript
-from k2d_train.options import EvaluateOptions
+from k2d_train.pipeline.options import EvaluateOptions
 
 
 @dataclass
@@ -61,9 +61,9 @@ class HFTranscriber:
         import torch
 
         from k2d.features import log_mel
-        from k2d_train.decoding import detect_language, whisper_prompt
-        from k2d_train.encoder import encode
-        from k2d_train.hf_decode import greedy_decode
+        from k2d_train.labels.decoding import detect_language, whisper_prompt
+        from k2d_train.training.encoder import encode
+        from k2d_train.training.hf_decode import greedy_decode
 
         with torch.no_grad():
             features = torch.from_numpy(log_mel(audio, self.policy.frames(len(audio)),

@@ -26,8 +26,8 @@ class _Graph(torch.nn.Module):
         self.encoder, self.head = encoder, head
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        from k2d_train.encoder import encode
         from k2d_train.stages.s7_distill_ctc import CTCHead
+        from k2d_train.training.encoder import encode
 
         states, _ = encode(self.encoder, mel)
         return self.head(states) if isinstance(self.head, CTCHead) else self.head.encode(states)

@@ -469,6 +469,14 @@ async function refreshMetrics() {
 
 // ---- start ----
 
+// the two columns, student first, from one template
+for (const [name, title] of [["student", "Student"], ["teacher", "Teacher"]]) {
+  const column = $("#lane-template").content.firstElementChild.cloneNode(true);
+  column.id = `lane-${name}`;
+  column.classList.add(name);
+  column.querySelector(".role").textContent = title;
+  $(".lanes").append(column);
+}
 $("#key").value = apiKey();
 $("#key").addEventListener("change", () => {
   if (saveKey()) {

@@ -1,5 +1,5 @@
-"""The body of each ``k2d run`` stage: a function of the :class:`~k2d_train.stage_graph.Run` (recipe, store,
-paths and every earlier stage's result) returning this stage's result. ``pipeline.py`` numbers them and
+"""The body of each ``k2d run`` stage: a function of the :class:`~k2d_train.pipeline.stage_graph.Run` (recipe, store,
+paths and every earlier stage's result) returning this stage's result. ``run.py`` numbers them and
 decides which still need to run."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from k2d.manifest import read_manifest, write_manifest
-from k2d_train.config import TEST_SETS
-from k2d_train.stage_graph import BOOKKEEPING, Run, StagePaused
+from k2d_train.pipeline.config import TEST_SETS
+from k2d_train.pipeline.stage_graph import BOOKKEEPING, Run, StagePaused
 from k2d_train.store.operations import hf_name
 
 
@@ -189,7 +189,7 @@ def evaluation(run: Run) -> dict:
     """Teacher and student side by side through the serving path, in and out of domain, per voice group."""
     import json
 
-    from k2d_train.compare import Contender, compare, group_markdown
+    from k2d_train.experiments.compare import Contender, compare, group_markdown
 
     config = run.config
     exported = run.results["export"]
@@ -231,7 +231,7 @@ def ablations(run: Run) -> dict:
 
 def model_card(run: Run) -> dict:
     from k2d.context import ContextPolicy
-    from k2d_train.model_card import write_card
+    from k2d_train.store.model_card import write_card
 
     config, registry, results = run.config, run.registry, run.results
     rule, student, trained = config.validate.rule, results["student"], results["distill"]

@@ -26,7 +26,7 @@ from k2d.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from k2d.registry import Registry
-    from k2d_train.config import RunConfig
+    from k2d_train.pipeline.config import RunConfig
 
 Say = Callable[[str], None]
 
@@ -131,21 +131,36 @@ class StageState:
 
 def why_stale(done: dict, wanted: dict, inputs: dict[str, str]) -> str:
     """The changed fields of a finished stage's recipe, else its inputs that changed ('' when neither did).
-    A result from before fingerprints is judged on the fields it recorded only."""
-    legacy = "inputs" not in done
+    A result from before fingerprints (no recorded inputs) is judged on the fields it recorded only."""
     made_with = done.get("recipe", wanted)
+    legacy = "inputs" not in done
     if legacy:
-        wanted = {k: {f: v for f, v in wanted[k].items() if f in made_with[k]} if isinstance(wanted[k], dict)
-                  and isinstance(made_with[k], dict) else wanted[k] for k in wanted if k in made_with}
-        made_with = {k: {f: v for f, v in made_with[k].items() if f in wanted[k]} if isinstance(made_with[k], dict)
-                     and isinstance(wanted[k], dict) else made_with[k] for k in wanted}
-    fields = sorted(k for k in set(wanted) | set(made_with) if made_with.get(k) != wanted.get(k))
-    if fields:
-        details = [f"{k}.{f}" for k in fields if isinstance(wanted.get(k), dict) and isinstance(made_with.get(k), dict)
-                   for f in sorted(set(wanted[k]) | set(made_with[k])) if wanted[k].get(f) != made_with[k].get(f)]
-        return "changed: " + ", ".join(details or fields)
+        wanted, made_with = _within(wanted, made_with), _within(made_with, wanted)
+    changed = _changed(made_with, wanted)
+    if changed:
+        return "changed: " + ", ".join(changed)
     moved = [] if legacy else sorted(name for name, fp in inputs.items() if done["inputs"].get(name) != fp)
     return f"input re-runs: {', '.join(moved)}" if moved else ""
+
+
+def _within(recipe: dict, other: dict) -> dict:
+    """``recipe`` cut to the sections, and the fields of a section, that ``other`` recorded too."""
+    return {k: {f: v for f, v in value.items() if f in other[k]} if isinstance(value, dict) and isinstance(other[k], dict)
+            else value for k, value in recipe.items() if k in other}
+
+
+def _changed(before: dict, now: dict) -> list[str]:
+    """``section.field`` for every field that differs (a whole section's name when it is not a mapping)."""
+    out = []
+    for k in sorted(set(before) | set(now)):
+        old, new = before.get(k), now.get(k)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += [f"{k}.{f}" for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)]
+        else:
+            out.append(k)
+    return out
 
 
 def plan(config, stages: tuple[Stage, ...], markers: Markers) -> list[StageState]:

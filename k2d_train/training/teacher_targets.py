@@ -8,8 +8,8 @@ once turns each later step into student-only work, as distil-whisper does with i
 Only the top ``k`` tokens of each position are kept, as log-probabilities at the distillation
 temperature over the *full* vocabulary (so the tail's mass is known exactly), which makes the loss an
 exact KL over ``k + 1`` bins: the top ``k`` tokens and "everything else"
-(:func:`k2d_train.losses.topk_kl_divergence`). At T = 2 the top 64 hold almost all of the teacher's
-mass on this corpus; ``k2d_train.losses`` tests the bound against the full KL.
+(:func:`k2d_train.training.losses.topk_kl_divergence`). At T = 2 the top 64 hold almost all of the teacher's
+mass on this corpus; ``k2d_train.training.losses`` tests the bound against the full KL.
 
 Which encoder states the teacher's decoder reads is a choice (``DistillOptions.kl_states``): its own
 30 s states (the paper), or the student's short-context states, when that encoder was distilled from

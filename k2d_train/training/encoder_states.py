@@ -22,7 +22,7 @@ import torch
 from k2d.audio import SAMPLE_RATE, decode_audio
 from k2d.context import FULL_FRAMES
 from k2d.features import log_mel
-from k2d_train.encoder import encode
+from k2d_train.training.encoder import encode
 
 
 class ClipReader:

@@ -72,7 +72,7 @@ class StepLog:
         self.last_step = total if last_step is None else last_step
         main = accelerator.is_main_process
         self.progress = tqdm(total=total, initial=step, desc=desc, disable=not main)
-        self.log = (run_dir / "train_log.jsonl").open("a") if main else None
+        self.log = _log_from(run_dir / "train_log.jsonl", step) if main else None
         self.first, self.started, self._clock = step, time.perf_counter(), time.perf_counter
 
     @property
@@ -97,3 +97,13 @@ class StepLog:
         self.progress.close()
         if self.log:
             self.log.close()
+
+
+def _log_from(path: Path, step: int):
+    """The step log, opened to continue from ``step``: rows of a run that went further before it was
+    interrupted (after its last checkpoint), or of an earlier run when this one starts afresh, are dropped,
+    so the log holds each step once, as it was trained."""
+    rows = path.read_text().splitlines() if path.exists() and step else []
+    kept = [row for row in rows if json.loads(row).get("step", 0) <= step]
+    atomic_write_text(path, "".join(row + "\n" for row in kept))
+    return path.open("a")

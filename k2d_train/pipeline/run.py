@@ -1,9 +1,9 @@
 """``k2d run CONFIG.yaml``: every K²D stage in order, each stage's result reused while its recipe holds.
 
 The stages are numbered and wired once, here: what each reads from the recipe, which stages' artifacts it
-consumes, which run folders it owns (``k2d_train.stage_graph`` turns that into fingerprints; ``k2d run
+consumes, which run folders it owns (``k2d_train.pipeline.stage_graph`` turns that into fingerprints; ``k2d run
 --list-stages`` prints each stage's state and why). Their bodies are importable functions
-(``k2d_train.pipeline_stages``, which call ``k2d_train.stages.s<N>_*``). A finished stage records its result
+(``k2d_train.pipeline.stage_bodies``, which call ``k2d_train.stages.s<N>_*``). A finished stage records its result
 and fingerprint in ``<run>/stages/<name>.json``; a rerun reuses it while the fingerprint holds, and re-runs
 exactly the stages a recipe change reaches (clearing their folders first). An interrupted stage resumes
 from its own partial outputs (per-file pseudo labels, encoder caches, checkpoints) when its settings did
@@ -16,8 +16,8 @@ import dataclasses
 import time
 
 from k2d.registry import Registry
-from k2d_train.config import RunConfig, corpus_paths
-from k2d_train.stage_graph import (
+from k2d_train.pipeline.config import RunConfig, corpus_paths
+from k2d_train.pipeline.stage_graph import (
     LOCATIONS,
     Markers,
     ReadRecorder,
@@ -32,7 +32,7 @@ from k2d_train.stage_graph import (
 
 
 def _stages() -> tuple[Stage, ...]:
-    from k2d_train import pipeline_stages as st
+    from k2d_train.pipeline import stage_bodies as st
 
     return (
         Stage(1, "corpus", "unlabelled long-form audio + in/out-of-domain dev/test sets", st.corpus,
@@ -85,7 +85,7 @@ def run_pipeline(config: RunConfig, registry: Registry, say: Say, from_stage: in
                  to_stage: int | None = None) -> dict | None:
     """Run the stages, reusing finished ones; ``from_stage``: forget the results of that stage and every later
     one first. Return the model card (None when ``to_stage`` stops before the last stage)."""
-    from k2d_train.pipeline_stages import model_card
+    from k2d_train.pipeline.stage_bodies import model_card
 
     stages = _stages()
     last = max(s.number for s in stages)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from k2d.registry import check_name
-from k2d_train.options import (
+from k2d_train.pipeline.options import (
     CTCOptions,
     DistillOptions,
     EncoderDistillOptions,
@@ -168,7 +168,8 @@ def reference() -> str:
     from k2d.policy import DecodePolicy
 
     lines = ["# Recipe reference", "", "Every key a `k2d run` recipe (YAML) may hold. Generated from "
-             "`k2d_train/options.py` and `k2d_train/config.py` by `k2d settings --recipe`; do not edit by hand. "
+             "`k2d_train/pipeline/options.py` and `k2d_train/pipeline/config.py` by `k2d settings --recipe`; "
+             "do not edit by hand. "
              "Unknown keys and bad values are refused with their path (`distill.max_steps: ...`).", "",
              "| key | default | what it does |", "|---|---|---|"]
     lines += [f"| `{key}` | `{default}` | {what} |" if default else f"| `{key}` | | {what} |"

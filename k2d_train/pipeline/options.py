@@ -148,7 +148,7 @@ class DistillOptions:
     loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)
     stop_after_steps: int | None = None  # pause after this many steps in one invocation (pre-emptible jobs)
     # which encoder states the teacher's decoder reads for the KL term: "teacher" (its own 30 s states, the paper)
-    # or "student" (the student's short-context states: no 30 s encoder pass at all, k2d_train/teacher_targets.py)
+    # or "student" (the student's short-context states: no 30 s encoder pass at all, k2d_train/training/teacher_targets.py)
     kl_states: str = "teacher"
     # > 0: the teacher's top-k distributions computed once per example and cached; each step is then student-only
     teacher_topk: int = 0

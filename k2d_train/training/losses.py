@@ -48,7 +48,7 @@ def topk_kl_divergence(student_logits: torch.Tensor, teacher_logprobs: torch.Ten
     """KL(teacher_T ‖ student_T) over ``k + 1`` bins: the teacher's top ``k`` tokens and the rest of the vocabulary.
 
     ``teacher_logprobs`` (N, k) are log-softmax values over the *full* vocabulary at temperature T (see
-    :mod:`k2d_train.teacher_targets`), so the tail's mass ``1 − Σ p`` is exact and the result is the KL of
+    :mod:`k2d_train.training.teacher_targets`), so the tail's mass ``1 − Σ p`` is exact and the result is the KL of
     the two distributions coarsened to those bins: a lower bound of the full KL that equals it as the tail
     empties, with the same gradient on the top tokens."""
     log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from k2d.context import POLICY_FILE, ContextPolicy
 from k2d.manifest import read_manifest, write_manifest
-from k2d_train.config import TEST_SETS, RunConfig
+from k2d_train.pipeline.config import TEST_SETS, RunConfig
 from k2d_train.store.operations import hf_name
 
 
@@ -44,6 +44,7 @@ class CurveOptions:
     sets: list[str] = field(default_factory=lambda: list(TEST_SETS))
     heads: list[str] = field(default_factory=list)  # ctc and/or transducer heads on the same encoder, per size
     skip: list[str] = field(default_factory=list)  # points left out by folder name (d4-3h, ctc-1h): a partial grid
+    earlier: list[str] = field(default_factory=list)  # curve.json of earlier runs drawn with this one (see merged)
 
 
 def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, int]:
@@ -89,7 +90,7 @@ def _steps(chunks: int, batch: int, options: CurveOptions) -> int:
 def train_point(config: RunConfig, registry, start: Path, kept: Path, chunks: int, folder: Path,
                 options: CurveOptions, say, *, layers: int) -> dict:
     """One (depth, size) student: distilled, registered as ``<name>-d<L>-<H>h`` and exported for serving."""
-    from k2d_train.pipeline_stages import register_and_export
+    from k2d_train.pipeline.stage_bodies import register_and_export
     from k2d_train.stages.s6_distill import distill
 
     name = f"{config.name}-{folder.name}"
@@ -114,7 +115,7 @@ def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunk
                      options: CurveOptions, say, *, head: str) -> dict:
     """One (head, size) non-autoregressive student on the same frozen encoder (stage 7's training and export,
     the recipe's ``distill_ctc`` options or their defaults), registered as ``<name>-<head>-<H>h``."""
-    from k2d_train.options import CTCOptions
+    from k2d_train.pipeline.options import CTCOptions
     from k2d_train.stages.s7_distill_ctc import distill_ctc
     from k2d_train.store.onnx_export import publish_ctc_student
 
@@ -160,8 +161,8 @@ def finished_point(folder: Path, train) -> dict:
 
 def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
     """Every (depth, size) student, then one comparison of them all with both teachers."""
-    from k2d_train.compare import Contender, compare, markdown
-    from k2d_train.pipeline_stages import export_teacher
+    from k2d_train.experiments.compare import Contender, compare, markdown
+    from k2d_train.pipeline.stage_bodies import export_teacher
 
     run_dir = config.run_dir
     start = run_dir / "student-encoder"
@@ -187,12 +188,33 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     sets = {name: run_dir / "corpus" / f"{name}.jsonl" for name in options.sets}
     sets = {name: path for name, path in sets.items() if path.exists()}
     rows = compare(contenders, sets, config.evaluate, registry.store, say)
-    result = {"points": points, "rows": rows, "options": asdict(options), "config": str(config.source)}
+    runs = [json.loads(Path(path).read_text()) for path in options.earlier]  # read before ``out`` is rewritten
+    result = merged([*runs, {"points": points, "rows": rows, "options": asdict(options),
+                             "config": str(config.source)}])
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    (out / "README.md").write_text(markdown(rows, f"k2d curve {config.source}") + "\n" + points_markdown(points))
+    (out / "README.md").write_text("\n".join(markdown(run["rows"], f"k2d curve {run['config']}") + "\n"
+                                             + points_markdown(run["points"]) for run in result["runs"]))
     plot(result, out / "curve.png")
     return result
+
+
+def merged(results: list[dict]) -> dict:
+    """Curve runs of one recipe family drawn as one curve (e.g. scale-1h.yaml's 0.3 h and 1 h sizes with
+    scale.yaml's 3 h, whose pseudo-labels only it has): every run is kept whole under ``runs`` (its rows, and the
+    intervals it computed against its own teachers); ``points`` and ``rows`` are their union, a later run's
+    point replacing an earlier one of the same model, the teachers' rows (same models, same sets) kept once."""
+    runs: dict[str, dict] = {}
+    for result in results:
+        for run in result.get("runs", [result]):
+            runs[run["config"]] = {key: run[key] for key in ("points", "rows", "options", "config")}
+    points = {p["model"]: {**p, "config": run["config"]} for run in runs.values() for p in run["points"]}
+    rows: dict[tuple, dict] = {}
+    for run in runs.values():
+        for row in run["rows"]:
+            if "model" in row and "set" in row:  # not the run's peak-memory line
+                rows.setdefault((row["model"], row["set"]), row)
+    return {"points": list(points.values()), "rows": list(rows.values()), "runs": list(runs.values())}
 
 
 def points_markdown(points: list[dict]) -> str:
@@ -236,6 +258,9 @@ def plot(result: dict, path: Path) -> None:
                                 [max(base + hi - m, 0) for m, hi in zip(mers, highs, strict=True)]],
                           marker="o", capsize=3, label=kind)
         axis.set_xscale("log")
+        hours = sorted({p["hours"] for p in result["points"]})
+        axis.set_xticks(hours, [f"{h:.2g}" for h in hours])  # the sizes themselves, not 3×10⁻¹ over 4×10⁻¹
+        axis.minorticks_off()
         axis.set_title(set_name)
         axis.set_xlabel("hours of pseudo-labelled audio")
         axis.set_ylabel("MER")

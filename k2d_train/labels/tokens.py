@@ -9,7 +9,7 @@ never parsed back out of a string.
 from __future__ import annotations
 
 from k2d.scoring import to_script
-from k2d_train.chunking import timestamp_steps
+from k2d_train.labels.chunking import timestamp_steps
 
 
 def chunk_label_ids(row: dict, tokenizer, script: str = "simplified") -> list[int]:

@@ -1,0 +1,2 @@
+"""Experiments across models: side-by-side comparison and the learning curve.
+"""
