@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from k2d.manifest import read_manifest, write_manifest
-from k2d_train.pipeline.config import TEST_SETS
+from k2d_train.pipeline.config import TEST_SETS, RunConfig
 from k2d_train.pipeline.stage_graph import BOOKKEEPING, Run, StagePaused
 from k2d_train.store.operations import hf_name
 
@@ -189,16 +189,10 @@ def evaluation(run: Run) -> dict:
     """Teacher and student side by side through the serving path, in and out of domain, per voice group."""
     import json
 
-    from k2d_train.experiments.compare import Contender, compare, group_markdown
+    from k2d_train.experiments.compare import compare, group_markdown
 
     config = run.config
-    exported = run.results["export"]
-    contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
-    if exported.get("ctc_student"):
-        contenders.append(Contender(f"{config.distill_ctc.head} student", exported["ctc_student"]))
-    if config.ablation_contexts:
-        contenders += [Contender("teacher, short context", exported["teacher"], {"context": "2/2"}),
-                       Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
+    contenders = evaluation_contenders(config, run.results["export"])
     sets = {name: run.paths[name] for name in TEST_SETS if name in run.paths and run.paths[name].exists()}
     rows = compare(contenders, sets, config.evaluate, run.registry.store, run.say)
     for line in group_markdown(rows):
@@ -206,6 +200,23 @@ def evaluation(run: Run) -> dict:
     (config.run_dir / "evaluate").mkdir(parents=True, exist_ok=True)
     (config.run_dir / "evaluate" / "compare.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
     return {"rows": rows, "compute_type": config.evaluate.compute_type, "device": config.evaluate.device}
+
+
+def evaluation_contenders(config: RunConfig, exported: dict) -> list:
+    """Stage 9's models, the teacher first (the baseline of every interval). With ``ablation_contexts`` also the
+    cheapest shortcut a trained student must beat — the untrained teacher served at the student's own short
+    context — and the student without its teacher fallback."""
+    from k2d_train.experiments.compare import Contender
+
+    contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
+    if exported.get("ctc_student"):
+        contenders.append(Contender(f"{config.distill_ctc.head} student", exported["ctc_student"]))
+    if config.ablation_contexts:
+        served = config.distill_encoder.policy
+        contenders += [Contender("teacher, short context", exported["teacher"],
+                                 {"context": f"{served.pad_s:g}/{served.bucket_s:g}"}),
+                       Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
+    return contenders
 
 
 def ablations(run: Run) -> dict:
