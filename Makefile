@@ -4,12 +4,16 @@ PY := $(VENV)/bin/python
 K2D := $(VENV)/bin/k2d
 export K2D_MODELS_DIR ?= $(CURDIR)/models
 
-.PHONY: setup models demo test lint clips bench-serving loadtest soak images reliability
+.PHONY: setup setup-train models demo test lint clips bench-serving loadtest soak images reliability
 
 setup:
 	@scripts/setup.sh dev
 
-models: setup
+# the demo needs training and serving, not the test tools (no browser, no promtool): a lighter first install
+setup-train:
+	@scripts/setup.sh train
+
+models: setup-train
 	@$(K2D) models fetch
 
 # Main job: build the K²D student (each stage reused when done: seconds on a second run), then serve

@@ -40,10 +40,14 @@ fi
 
 STAMP="$VENV/.k2d-installed-$EXTRAS"
 [ "$VENV" = system ] && STAMP="/tmp/.k2d-installed-$EXTRAS"
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ]; then
-  echo "setup: $EXTRAS dependencies already installed"
-  exit 0
-fi
+SATISFIED=("$STAMP")
+[ "$EXTRAS" = train ] && SATISFIED+=("${STAMP%train}dev")  # dev includes train
+for have in "${SATISFIED[@]}"; do
+  if [ -f "$have" ] && [ "$have" -nt pyproject.toml ]; then
+    echo "setup: $EXTRAS dependencies already installed"
+    exit 0
+  fi
+done
 
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 if [ "$EXTRAS" != serve ] && ! command -v nvidia-smi >/dev/null 2>&1; then
