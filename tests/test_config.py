@@ -271,13 +271,17 @@ def test_stage_9_races_the_untrained_teacher_at_the_students_own_context(tmp_pat
     """The cheapest shortcut a trained student must beat is its teacher served at the *same* short context
     (audio + the trained margin, rounded to the trained bucket), not some other one."""
     from k2d.policy import DecodePolicy
+    from k2d_train.pipeline.run import _stages
     from k2d_train.pipeline.stage_bodies import evaluation_contenders
+    from k2d_train.pipeline.stage_graph import ReadRecorder
 
     exported = {"teacher": "whisper-base", "student": "k2d-tiny"}
     plain = evaluation_contenders(tiny_recipe(tmp_path), exported)
     assert [c.label for c in plain] == ["teacher", "student"]
     config = tiny_recipe(tmp_path, "ablation_contexts: true\n"
                          "distill_encoder: {max_steps: 2, serve_pad_s: 1.5, serve_bucket_s: 0.5}\n", name="b.yaml")
-    shortcut = next(c for c in evaluation_contenders(config, exported) if c.label == "teacher, short context")
+    seen = ReadRecorder(config)
+    shortcut = next(c for c in evaluation_contenders(seen, exported) if c.label == "teacher, short context")
     served = shortcut.policy(DecodePolicy()).context_policy()
     assert (shortcut.model, served.pad_s, served.bucket_s) == ("whisper-base", 1.5, 0.5)
+    assert seen.touched <= set(next(s for s in _stages() if s.number == 9).reads)  # else stage 9 would stay stale

@@ -56,7 +56,8 @@ def _stages() -> tuple[Stage, ...]:
               st.export_models, reads=("name", "teacher", "export", "pseudo_label", "distill_ctc"),
               inputs=("distill", "distill-ctc")),
         Stage(9, "evaluate", "teacher vs student through the serving path, per voice group", st.evaluation,
-              reads=("evaluate", "ablation_contexts", "distill_ctc"), inputs=("corpus", "export"),
+              # distill_encoder: the served context the short-context teacher row (ablation_contexts) copies
+              reads=("evaluate", "ablation_contexts", "distill_ctc", "distill_encoder"), inputs=("corpus", "export"),
               owns=("evaluate",)),
         Stage(10, "ablation", "the decoder again on other filtering rules' chunks (ablation_rules)", st.ablations,
               lambda c: bool(c.ablation_rules), ("ablation_rules", "teacher", "validate", "distill", "evaluate",
