@@ -155,7 +155,8 @@ TOP_LEVEL = {  # the recipe's own keys (the sections below have their tables)
     "corpus": ("{synth: {}}", "`synth:` options of the offline data engine, or `audio`/`dataset`, `test`, `test_ood`, "
                "`dev`, `dev_ood` manifests of your own data"),
     "ablation_rules": ("[]", "other filtering rules to train the decoder on again (stage 10)"),
-    "ablation_contexts": ("false", "also measure the untrained short-context rows in stage 9"),
+    "ablation_contexts": ("false", "stage 9 also races the untrained teacher at the student's own context, and "
+                                   "the student without fallback"),
 }
 SECTION_OPTIONS = {"pseudo_label": PseudoLabelOptions, "validate": ValidateOptions, "student": StudentShape,
                    "distill_encoder": EncoderDistillOptions, "distill": DistillOptions, "distill_ctc": CTCOptions,
