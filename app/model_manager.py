@@ -8,7 +8,7 @@ app reads the store's registry and model folders only — it never imports torch
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,8 +33,12 @@ class ServedModel:
 
     served: Served
     scheduler: BatchScheduler
-    core: ServingCore  # windows, language, teacher fallback rule, assembly: what k2d.load and evaluation run too
     cascade: Cascade | None = None  # a student served beside its teacher
+    # windows, language, teacher fallback rule, assembly: what k2d.load and evaluation run too
+    core: ServingCore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.core = ServingCore(self.served)
 
     @property
     def entry(self) -> ModelEntry:
@@ -42,7 +46,7 @@ class ServedModel:
 
     @property
     def max_window_s(self) -> float:
-        """The longest window this model is served (its context policy): uploads are cut to it."""
+        """The longest window this model is served (its context policy): the admission estimate plans windows this long."""
         return self.scheduler.engine.policy.max_window_s
 
     def submit(self, audios: list[np.ndarray], language: str | None, options: DecodeOptions,
@@ -88,7 +92,7 @@ class ModelManager:
         for name, model in served.items():
             scheduler = BatchScheduler(name, model.engine, self.metrics, settings.max_batch_size, settings.max_wait_ms,
                                        settings.max_queue_windows, settings.max_batch_s, self.clock)
-            self.models[name] = ServedModel(model, scheduler, ServingCore(model))
+            self.models[name] = ServedModel(model, scheduler)
         self.metrics.pairs = [(name, teacher) for name, model in served.items() if model.entry.role == "student"
                               and (teacher := teacher_of(self.registry, model.entry)) in self.models]
         self.metrics.declare(list(self.models), self.metrics.pairs)

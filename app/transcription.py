@@ -31,6 +31,7 @@ from k2d.windows import Window
 if TYPE_CHECKING:
     from app.admission import Ticket
 
+
 @dataclass
 class TranscribeRequest:
     language: str | None

@@ -52,6 +52,11 @@ class ContextPolicy:
         pad, _, bucket = text.partition("/")
         return cls(float(pad), float(bucket or 2.0))
 
+    def spec(self) -> str:
+        """The operator syntax :meth:`parse` reads (``full`` or ``PAD/BUCKET``): a policy handed on as a
+        decode-policy override."""
+        return "full" if self.full else f"{self.pad_s:g}/{self.bucket_s:g}"
+
     def describe(self) -> str:
         if self.full:
             return "30 s (Whisper)"

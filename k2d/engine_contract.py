@@ -1,14 +1,13 @@
 """The one contract every served engine implements, and the registry that maps a model's kind to its engine.
 
-Serving (the batch scheduler, the transcriber, the routes, evaluation) needs exactly this of an engine: a
-batch of audio windows in, typed :class:`~k2d.engine.WindowResult` s out (text, tokens, language, log-prob,
-segments, words where it has them), the feature frames a window costs (the batch key), whether it knows a
-language, and a declared set of :class:`Capabilities` the server checks requests against instead of probing
+Serving (the batch scheduler, the transcriber, the routes, evaluation) needs exactly this of an engine: a batch of
+audio windows in, typed :class:`~k2d.engine.WindowResult` s out (text, tokens, language, log-prob, segments, words
+where it has them), the feature frames a window costs and the options it honours (together, the batch key), whether it
+knows a language, and a declared set of :class:`Capabilities` the server checks requests against instead of probing
 attributes. Whisper on CTranslate2 (``k2d.engine``), the CTC head (``k2d.ctc_engine``) and the transducer
-(``k2d.transducer_engine``) on ONNX Runtime implement it; a new engine implements it, calls :func:`register_engine` once with its
-kind, and is served by a model whose registry entry names that kind (``serving.engine``), with no edit to
-``app/``.
-"""
+(``k2d.transducer_engine``) on ONNX Runtime implement it; a new engine implements it, calls :func:`register_engine`
+once with its kind, and is served by a model whose registry entry names that kind (``serving.engine``), with no edit
+to ``app/``."""
 
 from __future__ import annotations
 

@@ -124,9 +124,9 @@ def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolic
     cache = {} if cache is None else cache
     wanted = bool(teacher) and policy.teacher_fallback
     # built as it will be served beside its teacher (the cache hands serve_models this very engine); the
-    # teacher is loaded only if the engine declares output that can loop (a CTC head's cannot)
+    # teacher is loaded only if the engine's guard sends windows to one (serve_models' own rule; a CTC head's never)
     engine = build_engine(path, entry, policy, runtime, wanted, cache)
-    if not (wanted and engine.capabilities.loops):
+    if not engine.guard.teacher_on:
         return Served(entry.name, entry, engine, policy)
     own_context = replace(policy, context=None)
     return serve_models(registry, [entry.name, teacher], lambda e: policy if e.name == entry.name else own_context,

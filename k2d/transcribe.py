@@ -100,7 +100,7 @@ def assemble(windows: list[Window], results: list[WindowResult], requested: str 
 
 def decode_windows(engine, windows: list[np.ndarray], language: str | None, options: DecodeOptions,
                    batch_size: int = 8) -> list[WindowResult]:
-    """Windows grouped by their feature length (the scheduler's batch key), in batches."""
+    """Windows grouped by their feature length (the frames part of the scheduler's batch key), in batches."""
     results: list[WindowResult | None] = [None] * len(windows)
     order = sorted(range(len(windows)), key=lambda i: engine.frames(windows[i]))
     for _, group in groupby(order, key=lambda i: engine.frames(windows[i])):
@@ -114,7 +114,7 @@ def decode_windows(engine, windows: list[np.ndarray], language: str | None, opti
 
 
 class ServingCore:
-    """What decides a transcript for one served model, the same object on every path (the HTTP routes build one
+    """What decides a transcript for one served model, the same object on every path (the server's model manager builds one
     per served model, :func:`k2d.load` and evaluation get a :class:`Transcriber`, which is one): its windows,
     the language a request gets, its teacher fallback rule and the assembly of window results. The paths differ
     only in how they run the engine step between :meth:`windows` and :meth:`transcript` — the server through a
@@ -144,9 +144,10 @@ class ServingCore:
         """The language a request gets: the one it asked for, else the model's own (None: detected)."""
         return requested or self.served.default_language
 
-    def transcript(self, windows: list[Window], results: list[WindowResult], requested: str | None) -> Transcript:
-        """Final window results (guard and teacher fallback done) → the transcript."""
-        return assemble(windows, results, self.language(requested))
+    def transcript(self, windows: list[Window], results: list[WindowResult], language: str | None) -> Transcript:
+        """Final window results (guard and teacher fallback done) → the transcript; ``language``: the request's,
+        as :meth:`language` resolved it."""
+        return assemble(windows, results, language)
 
 
 class Transcriber(ServingCore):
@@ -158,9 +159,9 @@ class Transcriber(ServingCore):
         ``language``: an ISO code; default the model's own (zh for a zh-en student), else detected."""
         samples = audio if isinstance(audio, np.ndarray) else decode_audio(audio)
         options = options or DecodeOptions(beam_size=self.served.policy.beam_size)
-        windows = self.windows(samples)
+        windows, language = self.windows(samples), self.language(language)
         audios = [w.audio for w in windows]
-        results = decode_windows(self.engine, audios, self.language(language), options) if audios else []
+        results = decode_windows(self.engine, audios, language, options)
         self._fall_back(results, audios, options)
         return self.transcript(windows, results, language)
 

@@ -3,7 +3,7 @@
 Whisper sees 30 s at a time; cutting long audio at silences (Silero VAD, as shipped with
 faster-whisper) instead of every 30 s keeps words whole, and dropping non-speech avoids
 Whisper's classic hallucinations on silence. Timestamps are re-based with each window's offset.
-:func:`cut` is the one way every path (server, ``k2d.load``, evaluation) turns audio into windows.
+:func:`cut` is the one way every serving path (server, ``k2d.load``, evaluation) turns audio into windows.
 """
 
 from __future__ import annotations

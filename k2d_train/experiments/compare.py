@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from k2d.audio import decode_audio, duration
+from k2d.context import ContextPolicy
 from k2d.guard import LOOP_REASONS, sample_on
 from k2d.manifest import read_manifest
 from k2d.policy import DecodePolicy
@@ -73,6 +74,12 @@ class Contender:
         if reasons:
             overrides["teacher_fallback_on"] = tuple(dict.fromkeys(reasons))
         return cls(label, name, overrides)
+
+    @classmethod
+    def short_context_teacher(cls, teacher: str, context: ContextPolicy) -> Contender:
+        """The cheapest shortcut a trained student must beat: its teacher, untrained, served at the student's
+        own short ``context``."""
+        return cls("teacher, short context", teacher, {"context": context.spec()})
 
     @classmethod
     def from_yaml(cls, path: Path) -> list[Contender]:

@@ -168,6 +168,8 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     start = run_dir / "student-encoder"
     if not start.is_dir():
         raise FileNotFoundError(f"{start}: run `k2d run {config.source} --to-stage 5` first (the distilled encoder)")
+    # the earlier runs, read first: a bad file fails now, not after hours of training, and before ``out`` is rewritten
+    runs = [json.loads(Path(path).read_text()) for path in options.earlier]
     points = []
     kinds = [(f"d{layers}", partial(train_point, layers=layers)) for layers in options.layers] + \
         [(head, partial(train_head_point, head=head)) for head in options.heads]
@@ -183,12 +185,11 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     teacher = export_teacher(config, registry)
     context = ContextPolicy.of_model(start)
     contenders = [Contender("teacher", teacher),
-                  Contender("teacher, short context", teacher, {"context": f"{context.pad_s:g}/{context.bucket_s:g}"}),
+                  Contender.short_context_teacher(teacher, context),
                   *(Contender(p_label(p), p["model"]) for p in points)]
     sets = {name: run_dir / "corpus" / f"{name}.jsonl" for name in options.sets}
     sets = {name: path for name, path in sets.items() if path.exists()}
     rows = compare(contenders, sets, config.evaluate, registry.store, say)
-    runs = [json.loads(Path(path).read_text()) for path in options.earlier]  # read before ``out`` is rewritten
     result = merged([*runs, {"points": points, "rows": rows, "options": asdict(options),
                              "config": str(config.source)}])
     out.mkdir(parents=True, exist_ok=True)

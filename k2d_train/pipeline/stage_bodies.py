@@ -212,9 +212,7 @@ def evaluation_contenders(config: RunConfig, exported: dict) -> list:
     if exported.get("ctc_student"):
         contenders.append(Contender(f"{config.distill_ctc.head} student", exported["ctc_student"]))
     if config.ablation_contexts:
-        served = config.distill_encoder.policy
-        contenders += [Contender("teacher, short context", exported["teacher"],
-                                 {"context": f"{served.pad_s:g}/{served.bucket_s:g}"}),
+        contenders += [Contender.short_context_teacher(exported["teacher"], config.distill_encoder.policy),
                        Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
     return contenders
 

@@ -79,9 +79,8 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
     # Accelerate steps a prepared scheduler once per process at every optimizer step: scale its horizon so the
     # learning rate reaches zero at max_steps under any number of processes
     scheduler = get_linear_schedule_with_warmup(optimizer, options.warmup_steps * processes, max_steps * processes)
-    prepared = _prepare(accelerator, modules, optimizer, scheduler)
-    optimizer, scheduler = prepared[-2:]
-    prepared = prepared[:-2]
+    *prepared, optimizer, scheduler = accelerator.prepare(*modules, optimizer, scheduler)
+    prepared = tuple(prepared)
     checkpoints = CheckpointStore(run_dir / "checkpoints", option(options, "keep_checkpoints", 2))
     step = checkpoints.restore(accelerator) if resume else 0
     generator = torch.Generator().manual_seed(options.seed + step)
@@ -116,16 +115,6 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
                 break
     log.close()
     return Fitted(prepared, step, last, log.seconds, step >= max_steps)
-
-
-def _prepare(accelerator, modules: Sequence[torch.nn.Module], optimizer, scheduler) -> tuple:
-    """Accelerate's prepare for the modules that learn; the others (e.g. stage 5's heads when it has no
-    intermediate targets) only move to the device: DDP refuses a module with nothing to train, so under N
-    processes preparing them failed. The modules come back in their order, then the optimizer and scheduler."""
-    learning = [m for m in modules if any(p.requires_grad for p in m.parameters())]
-    *wrapped, optimizer, scheduler = accelerator.prepare(*learning, optimizer, scheduler)
-    by_id = {id(m): w for m, w in zip(learning, wrapped, strict=True)}
-    return (*(by_id[id(m)] if id(m) in by_id else m.to(accelerator.device) for m in modules), optimizer, scheduler)
 
 
 __all__ = ["Fitted", "fit", "make_accelerator"]
