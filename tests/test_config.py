@@ -285,3 +285,18 @@ def test_stage_9_races_the_untrained_teacher_at_the_students_own_context(tmp_pat
     served = shortcut.policy(DecodePolicy()).context_policy()
     assert (shortcut.model, served.pad_s, served.bucket_s) == ("whisper-base", 1.5, 0.5)
     assert seen.touched <= set(next(s for s in _stages() if s.number == 9).reads)  # else stage 9 would stay stale
+
+
+def test_stage_9_without_an_encoder_stage_has_no_short_context_row_and_does_not_fail(tmp_path):
+    """A recipe with no ``distill_encoder`` section serves its student at Whisper's 30 s: stage 9 has no short
+    context to copy, and must not stop on the missing section after stages 1-8 have run."""
+    from k2d_train.pipeline.stage_bodies import evaluation_contenders
+
+    path = tmp_path / "run.yaml"
+    text = (REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run")
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("distill_encoder:"))
+                    + "\nablation_contexts: true\n")
+    config = RunConfig.load(path)
+    assert config.distill_encoder is None
+    labels = [c.label for c in evaluation_contenders(config, {"teacher": "whisper-base", "student": "k2d-tiny"})]
+    assert labels == ["teacher", "student", "student, no teacher fallback"]

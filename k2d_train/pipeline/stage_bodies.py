@@ -211,9 +211,10 @@ def evaluation_contenders(config: RunConfig, exported: dict) -> list:
     contenders = [Contender("teacher", exported["teacher"]), Contender("student", exported["student"])]
     if exported.get("ctc_student"):
         contenders.append(Contender(f"{config.distill_ctc.head} student", exported["ctc_student"]))
+    if config.ablation_contexts and config.distill_encoder is not None:  # without stage 5 the student is served at 30 s
+        contenders.append(Contender.short_context_teacher(exported["teacher"], config.distill_encoder.policy))
     if config.ablation_contexts:
-        contenders += [Contender.short_context_teacher(exported["teacher"], config.distill_encoder.policy),
-                       Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False})]
+        contenders.append(Contender("student, no teacher fallback", exported["student"], {"teacher_fallback": False}))
     return contenders
 
 
