@@ -118,6 +118,15 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     assert CheckpointStore(folder).latest().name == "step-000004"
 
 
+def test_a_resumed_log_drops_rows_past_the_checkpoint_and_a_row_torn_by_the_kill(tmp_path):
+    from k2d_train.training.checkpoints import _log_from
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": n}) + "\n" for n in range(1, 7)) + '{"step": 7, "lo')
+    _log_from(log, 4).close()
+    assert [json.loads(row)["step"] for row in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
 # Each driver: teacher, student, kept, run folder, published folder [, stop_after_steps (0: run to the end)].
 DRIVER = """
 import sys

@@ -99,11 +99,18 @@ class StepLog:
             self.log.close()
 
 
+def _record(row: str) -> dict | None:
+    try:
+        return json.loads(row)
+    except json.JSONDecodeError:
+        return None
+
+
 def _log_from(path: Path, step: int):
     """The step log, opened to continue from ``step``: rows of a run that went further before it was
     interrupted (after its last checkpoint), or of an earlier run when this one starts afresh, are dropped,
-    so the log holds each step once, as it was trained."""
+    so the log holds each step once, as it was trained. A last row torn by the kill is dropped too."""
     rows = path.read_text().splitlines() if path.exists() and step else []
-    kept = [row for row in rows if json.loads(row).get("step", 0) <= step]
+    kept = [row for row in rows if (record := _record(row)) is not None and record.get("step", 0) <= step]
     atomic_write_text(path, "".join(row + "\n" for row in kept))
     return path.open("a")
