@@ -35,6 +35,44 @@ def test_outside_a_launcher_there_is_one_process_and_no_torch_import():
     assert result.stdout.split() == ["0", "1", "False"], result.stderr
 
 
+SHARE_DRIVER = """
+import os, sys
+from pathlib import Path
+from k2d_train.pipeline.sharding import Processes
+log, done = Path(sys.argv[1]), Path(sys.argv[2])
+processes = Processes.current()
+def work(item):
+    with log.open("a") as out:
+        out.write(f"{item} {os.getpid()}\\n")
+    (done / str(item)).touch()
+processes.share(list(range(7)), work, "share")
+missing = [i for i in range(7) if not (done / str(i)).exists()]  # after the barrier: everyone's work is there
+(log.parent / f"missing-{os.getpid()}").write_text(repr(missing))
+"""
+
+
+def test_shared_work_is_done_once_in_all_by_both_processes_and_seen_by_each_after_the_barrier(tmp_path):
+    """Stages 5-7 fill their encoder-state caches with ``Processes.share``: under `accelerate launch` with 2 CPU
+    processes each item is computed exactly once, half by each process, and both find all of it afterwards."""
+    driver, log, done = tmp_path / "driver.py", tmp_path / "work.log", tmp_path / "done"
+    driver.write_text(SHARE_DRIVER)
+    done.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env |= {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(REPO / "configs/accelerate/cpu-2proc.yaml"), "--main_process_port", str(free_port())]
+    result = subprocess.run([*launcher, str(driver), str(log), str(done)], capture_output=True, text=True, env=env,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert [p.read_text() for p in tmp_path.glob("missing-*")] == ["[]", "[]"]
+    rows = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(int(item) for item, _ in rows) == list(range(7))  # once each, none twice
+    by_pid: dict[str, list[int]] = {}
+    for item, pid in rows:
+        by_pid.setdefault(pid, []).append(int(item))
+    assert sorted(sorted(items) for items in by_pid.values()) == [[0, 2, 4, 6], [1, 3, 5]]
+
+
 def test_markers_are_waited_for_in_process_order_and_stale_ones_are_removed(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()

@@ -26,6 +26,7 @@ from k2d.engine import HOP_LENGTH
 from k2d.manifest import read_manifest
 from k2d_train.data import augment
 from k2d_train.pipeline.options import EncoderDistillOptions
+from k2d_train.pipeline.sharding import Processes
 from k2d_train.training.encoder import encode
 from k2d_train.training.encoder_states import ClipReader, CT2Encoder, EncoderStates, teacher_identity
 from k2d_train.training.loop import fit, make_accelerator
@@ -126,6 +127,10 @@ def distill_encoder(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: P
     caches += [EncoderStates(t, run_dir / f"targets-extra{n}" if options.cache else None, device, lambda _: FULL_FRAMES,
                              (), _target_frames(options), identity=f"extra:{name}@{FULL_FRAMES}")
                for n, (name, t) in enumerate(zip(options.extra_teachers, extra, strict=True))]
+    processes = Processes.current()
+    if options.cache and processes.distributed:  # each process fills its share of the cache, then all read it
+        processes.share(chunks, lambda c: [cache.get(c.audio, c.start, c.end, c.key) for cache in caches],
+                        "teacher encoder states (30 s)")
     targets = _targets(chunks, caches, quiet=not accelerator.is_main_process)
     encoder, merge = trainable_encoder(encoder, options)
     frozen = max(0, len(encoder.layers) - options.train_top_layers) if options.train_top_layers else 0

@@ -27,6 +27,7 @@ from k2d.scoring import ErrorCounts, mer_counts, to_script
 from k2d_train.labels.decoding import whisper_prompt
 from k2d_train.labels.tokens import chunk_label_ids
 from k2d_train.pipeline.options import DistillOptions
+from k2d_train.pipeline.sharding import Processes
 from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
 from k2d_train.training.hf_decode import greedy_decode
 from k2d_train.training.loop import fit, make_accelerator
@@ -205,7 +206,11 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
     if options.kl_states == "student":
         teacher_states = student_states
-    with accelerator.main_process_first():  # the main process fills the caches; the others read them
+    processes = Processes.current()
+    if options.cache_encoder and processes.distributed:  # each process fills its share of the caches
+        chunks = list({ex.key: ex for ex in examples}.values())
+        processes.share(chunks, lambda ex: _states_of([ex], student_states, teacher_states, True), "encoder outputs")
+    with accelerator.main_process_first():  # the main process fills what is left (top-k targets); the others read
         hidden = _states_of(examples, student_states, teacher_states, not accelerator.is_main_process)
         topk = _teacher_topk(teacher, examples, hidden, teacher_dir, teacher_states, run_dir, options,
                              accelerator.device, not accelerator.is_main_process)

@@ -28,6 +28,7 @@ from k2d.scoring import ErrorCounts, mer_counts
 from k2d.streaming import StreamWindows
 from k2d_train.labels.units import UnitCoder, build_units
 from k2d_train.pipeline.options import CTCOptions
+from k2d_train.pipeline.sharding import Processes
 from k2d_train.training.encoder_states import ClipReader, EncoderStates, cache_name, weights_fingerprint
 from k2d_train.training.loop import fit, make_accelerator
 from k2d_train.training.losses import rnnt_loss
@@ -196,7 +197,11 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
     states = States(encoder, student_dir, run_dir / "encoder_cache", options, policy)
     examples = []
-    with accelerator.main_process_first():  # the main process writes the units and the state cache; others read
+    processes = Processes.current()
+    if processes.distributed:  # each process fills its share of the state cache
+        processes.share(rows, lambda r: states.get(r.path(kept), r.extra["start"], r.extra["end"], r.extra["id"]),
+                        "encoder states (frozen)")
+    with accelerator.main_process_first():  # the main process writes the units; the others read them
         coder = build_units([r.extra["teacher_text"] for r in rows], run_dir / "units", options.english_vocab,
                             options.label_script)
         for row in tqdm(rows, desc="encoder states (frozen)", disable=not accelerator.is_main_process):
