@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,14 @@ from k2d_train.data.synth import SynthOptions, build_corpus, lecture_pairs
 from k2d_train.data.voices import VOICES, MandarinVoice, bopomofo_of, voice, voices
 
 TINY = SynthOptions(seed=0, lectures=1, lecture_minutes=0.3, test_utterances=3, dev_utterances=3,
-                    ood_test_utterances=3, ood_dev_utterances=3, encoder_minutes=0.3)
+                    ood_test_utterances=3, ood_dev_utterances=3, ood_clear_utterances=2, encoder_minutes=0.3)
 SETS = ("test", "dev", "test_ood", "dev_ood")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
-    assert build_corpus(out, TINY)
+    assert build_corpus(out, replace(TINY, workers=2))  # its parts side by side
     return out
 
 
@@ -50,7 +51,7 @@ def test_every_manifest_exists_and_its_audio_decodes(corpus):
             assert row.text and row.extra["language"] == "zh"
             assert "+" in row.extra["voice"]
     report = json.loads((corpus / "voices.json").read_text())
-    assert set(report["used"]) == {"lectures", "test_ood_noisy", *SETS}
+    assert set(report["used"]) == {"lectures", "test_ood_noisy", "test_ood_clear", *SETS}
 
 
 @pytest.mark.slow  # synthesises speech: the integration tier
@@ -140,16 +141,18 @@ def test_utterance_durations_within_bounds(corpus):
 
 
 @pytest.mark.slow  # synthesises speech: the integration tier
-def test_same_seed_same_corpus_and_reuse(corpus, tmp_path):
+def test_same_seed_same_corpus_and_reuse_in_one_process_or_in_parts_side_by_side(corpus, tmp_path):
     assert not build_corpus(corpus, TINY)  # options match: reused
     voices_module._speak_cached.cache_clear()  # a cold start must give the same bytes as a warm one
     voices_module._load.cache_clear()
-    assert build_corpus(tmp_path, TINY)
-    for name in ("lectures", *SETS):
-        assert (tmp_path / f"{name}.jsonl").read_bytes() == (corpus / f"{name}.jsonl").read_bytes()
-        for row in rows(corpus, name):
-            assert (tmp_path / row.audio).read_bytes() == (corpus / row.audio).read_bytes(), row.audio
-    assert (tmp_path / "conditions.json").read_text() == (corpus / "conditions.json").read_text()
+    assert build_corpus(tmp_path, replace(TINY, workers=1))  # the fixture's parts ran in two processes
+    for name in ("lectures", "lectures_reference", "test_ood_noisy", "test_ood_clear", "encoder_audio", *SETS):
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (corpus / f"{name}.jsonl").read_bytes(), name
+    made = sorted(p.relative_to(corpus) for p in corpus.rglob("*.flac"))
+    assert made and made == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.flac"))
+    assert all((tmp_path / p).read_bytes() == (corpus / p).read_bytes() for p in made)
+    for name in ("conditions.json", "voices.json"):
+        assert (tmp_path / name).read_text() == (corpus / name).read_text(), name
 
 
 def test_registry_has_train_and_heldout_voices_of_both_languages():

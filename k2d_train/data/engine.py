@@ -248,11 +248,6 @@ def _utterance(job: Job, pair: Pair, condition, options: SynthOptions, rng) -> t
                    "sentences": texts, "kinds": kinds}
 
 
-def _worker_init(threads: int) -> None:
-    os.environ["K2D_KOKORO_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
 def run_jobs(jobs: list[Job], options: SynthOptions, store: Path, workers: int) -> dict[tuple[str, int], dict]:
     """Make every job (longest first: a long lecture started last would leave the other workers idle)."""
     order = sorted(jobs, key=lambda j: (-j.seconds, j.split, j.index))
@@ -269,7 +264,7 @@ def run_jobs(jobs: list[Job], options: SynthOptions, store: Path, workers: int) 
                 done(job, make(job, options, store))
             return rows
         cores = os.cpu_count() or 1
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=synth.worker_init,
                                  initargs=(max(1, cores // workers),)) as pool:
             futures = {pool.submit(make, job, options, store): job for job in order}
             for future in as_completed(futures):

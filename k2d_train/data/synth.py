@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +76,7 @@ class SynthOptions:
     engine_share: dict | None = None  # real text: share of lectures per Mandarin engine, e.g. {gcin: 0.35, kokoro: 0.3}
     lecture_limit: int | None = None  # real text: only the first N lectures (learning-curve prefixes of one corpus)
     audio_store: str | None = None  # real text: where item audio lives (shared by corpora that differ in size only)
-    workers: int = 0  # real text: processes synthesising items (0: one per core); never changes the output
+    workers: int = 0  # processes synthesising (0: one per core); never changes the output
 
 
 # Fields added after corpus version 4, with the values that mean "as before": left out of the stamp at those
@@ -334,6 +337,66 @@ def blends(options: SynthOptions) -> list[VoiceSpec]:
     return kokoro_blends(options.voice_blends, options.seed)
 
 
+_SET_ORDER = ("test", "dev", "test_ood", "dev_ood", "test_ood_noisy", "test_ood_clear", "lectures")
+Made = tuple[dict[str, list[dict]], dict[str, dict]]  # a part's sets and its files' conditions
+
+
+def _in_domain_part(out: Path, options: SynthOptions, lecturers: list[Pair]) -> Made:
+    """test and dev (the lecturers, unseen sentences), then the lectures and encoder audio from what is left."""
+    conditions: dict[str, dict] = {}
+    speakers = sorted(set(lecturers), key=lambda p: p.name)  # in-domain sets: exactly the lectures' speakers
+    bank = iter(sentence_bank(options.seed))
+    sets = {
+        "test": _utterances("test", options.test_utterances, bank, speakers, out, options, conditions),
+        "dev": _utterances("dev", options.dev_utterances, bank, speakers, out, options, conditions),
+    }
+    held_out_text = {text for rows in sets.values() for row in rows for text in row["text"].split("，")}
+    lecture_sentences = [s for s in sentence_bank(options.seed) if s not in held_out_text]
+    sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
+    if options.encoder_minutes > 0:
+        _encoder_audio(lecture_sentences, out, options)
+    return sets, conditions
+
+
+def _out_of_domain_part(out: Path, options: SynthOptions) -> Made:
+    """test_ood and dev_ood (held-out voices and sentences, one shared bank) and the noisy copy."""
+    conditions: dict[str, dict] = {}
+    ood, sets = iter(ood_sentence_bank(options.seed)), {}
+    for split, count in (("test_ood", options.ood_test_utterances), ("dev_ood", options.ood_dev_utterances)):
+        sets[split] = _utterances(split, count, ood, all_pairs(True), out, options, conditions)
+    if options.ood_noisy:
+        sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"][: options.ood_noisy_utterances], "test_ood_noisy", out,
+                                             options)
+    return sets, conditions
+
+
+def _clear_part(out: Path, options: SynthOptions) -> Made:
+    conditions: dict[str, dict] = {}
+    rows = _utterances("test_ood_clear", options.ood_clear_utterances, iter(clear_bank(options.seed)),
+                       clear_pairs(options.training_engines), out, options, conditions, rotate=True)
+    return {"test_ood_clear": rows}, conditions
+
+
+def worker_init(threads: int) -> None:
+    """A synthesis process's share of the cores (Kokoro's ONNX Runtime and BLAS read these)."""
+    os.environ["K2D_KOKORO_THREADS"] = str(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def in_processes(calls: list[tuple[Callable, tuple]], workers: int) -> list:
+    """Each call's result, the calls run side by side on up to ``workers`` spawned processes (ONNX Runtime
+    sessions do not survive a fork). The template corpus's parts draw from their own sentence banks and
+    per-item generators, so they are the same bytes however many run at once (tests/test_data_synth.py)."""
+    workers = min(workers, len(calls))
+    if workers <= 1:
+        return [call(*args) for call, args in calls]
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init,
+                             initargs=(max(1, cores // workers),)) as pool:
+        futures = [pool.submit(call, *args) for call, args in calls]
+        return [future.result() for future in futures]
+
+
 def build_corpus(out: Path, options: SynthOptions) -> bool:
     """Build the corpus unless one with the same options exists; return True if built."""
     stamp = out / "corpus.json"
@@ -351,30 +414,14 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     if options.lecture_limit is not None or options.audio_store is not None or options.engine_share:
         raise ValueError("corpus synth: lecture_limit, audio_store and engine_share need text: real (template "
                          "lectures draw from one shared pool, so a prefix is not a smaller corpus)")
-    conditions: dict[str, dict] = {}
     extra = blends(options)
     lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines, extra)
-    speakers = sorted(set(lecturers), key=lambda p: p.name)  # in-domain sets: exactly the lectures' speakers
-    bank = iter(sentence_bank(options.seed))
-    sets = {
-        "test": _utterances("test", options.test_utterances, bank, speakers, out, options, conditions),
-        "dev": _utterances("dev", options.dev_utterances, bank, speakers, out, options, conditions),
-    }
-    held_out_text = {text for rows in sets.values() for row in rows for text in row["text"].split("，")}
-    lecture_sentences = [s for s in sentence_bank(options.seed) if s not in held_out_text]
-    ood = iter(ood_sentence_bank(options.seed))
-    for split, count in (("test_ood", options.ood_test_utterances), ("dev_ood", options.ood_dev_utterances)):
-        sets[split] = _utterances(split, count, ood, all_pairs(True), out, options, conditions)
-    if options.ood_noisy:
-        sets["test_ood_noisy"] = _noisy_copy(sets["test_ood"][: options.ood_noisy_utterances], "test_ood_noisy", out,
-                                             options)
-    if options.ood_clear_utterances:
-        sets["test_ood_clear"] = _utterances("test_ood_clear", options.ood_clear_utterances, iter(clear_bank(options.seed)),
-                                             clear_pairs(options.training_engines), out, options, conditions,
-                                             rotate=True)
-    sets["lectures"] = _lectures(lecture_sentences, lecturers, out, options, conditions)
-    if options.encoder_minutes > 0:
-        _encoder_audio(lecture_sentences, out, options)
+    parts = [(_clear_part, (out, options))] if options.ood_clear_utterances else []
+    parts += [(_out_of_domain_part, (out, options)), (_in_domain_part, (out, options, lecturers))]  # longest first
+    made = in_processes(parts, options.workers or os.cpu_count() or 1)
+    sets = {name: rows for part_sets, _ in made for name, rows in part_sets.items()}
+    sets = {name: sets[name] for name in _SET_ORDER if name in sets}
+    conditions = dict(sorted((kv for _, part in made for kv in part.items()), key=lambda kv: kv[0]))
     (out / "voices.json").write_text(json.dumps(_voices_report(sets, extra), ensure_ascii=False, indent=2) + "\n")
     (out / "conditions.json").write_text(json.dumps(conditions, indent=1) + "\n")
     stamp.write_text(json.dumps(_stamp(options), indent=2) + "\n")
