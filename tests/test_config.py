@@ -248,7 +248,14 @@ def test_curve_runs_of_one_family_merge_into_one_curve_and_merging_again_changes
     rerun = run("scale.yaml", [{"model": "d2-3h", "layers": 2, "hours": 2.9}], [*teachers, row("2L, 2.9 h", "test", 0.59)])
     twice = merged([once, rerun])
     assert [p["model"] for p in twice["points"]] == ["d2-1h", "d2-3h"] and len(twice["runs"]) == 2
-    assert twice["runs"][1]["rows"][-1]["mer"] == 0.59
+    assert twice["runs"][1]["rows"][-1]["mer"] == 0.59 and twice["rows"][-1]["mer"] == 0.59  # the rerun's own figure
+    # another depth from the same recipe is another run: it joins, nothing is lost (the 4-layer run once replaced
+    # the whole 2-layer run of the same recipe)
+    deeper = run("scale.yaml", [{"model": "d4-3h", "layers": 4, "hours": 2.9}], [*teachers, row("4L, 2.9 h", "test", 0.57)])
+    thrice = merged([twice, deeper])
+    assert [p["model"] for p in thrice["points"]] == ["d2-1h", "d2-3h", "d4-3h"] and len(thrice["runs"]) == 3
+    assert [r["model"] for r in thrice["rows"]] == ["teacher", "teacher, short context", "2L, 0.79 h", "2L, 2.9 h",
+                                                    "4L, 2.9 h"]
     plot(twice, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 

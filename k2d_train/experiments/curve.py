@@ -203,19 +203,29 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
 def merged(results: list[dict]) -> dict:
     """Curve runs of one recipe family drawn as one curve (e.g. scale-1h.yaml's 0.3 h and 1 h sizes with
     scale.yaml's 3 h, whose pseudo-labels only it has): every run is kept whole under ``runs`` (its rows, and the
-    intervals it computed against its own teachers); ``points`` and ``rows`` are their union, a later run's
-    point replacing an earlier one of the same model, the teachers' rows (same models, same sets) kept once."""
-    runs: dict[str, dict] = {}
+    intervals it computed against its own teachers); ``points`` and ``rows`` are their union. A run is known by
+    the students it trained, not by its recipe (one recipe trains a depth per run): a later run that trains a
+    student again takes it, with its rows, from the earlier run, which goes when nothing is left of it; the
+    teachers' rows (same models, same sets) are kept once."""
+    runs: list[dict] = []
     for result in results:
-        for run in result.get("runs", [result]):
-            runs[run["config"]] = {key: run[key] for key in ("points", "rows", "options", "config")}
-    points = {p["model"]: {**p, "config": run["config"]} for run in runs.values() for p in run["points"]}
+        for later in result.get("runs", [result]):
+            again = {p_label(p) for p in later["points"]}
+            runs = [left for run in runs if (left := _without(run, again))["points"]]
+            runs.append({key: later[key] for key in ("points", "rows", "options", "config")})
+    points = [{**p, "config": run["config"]} for run in runs for p in run["points"]]
     rows: dict[tuple, dict] = {}
-    for run in runs.values():
+    for run in runs:
         for row in run["rows"]:
             if "model" in row and "set" in row:  # not the run's peak-memory line
                 rows.setdefault((row["model"], row["set"]), row)
-    return {"points": list(points.values()), "rows": list(rows.values()), "runs": list(runs.values())}
+    return {"points": points, "rows": list(rows.values()), "runs": runs}
+
+
+def _without(run: dict, labels: set[str]) -> dict:
+    """``run`` less the students named by ``labels`` (their points and rows)."""
+    return {**run, "points": [p for p in run["points"] if p_label(p) not in labels],
+            "rows": [r for r in run["rows"] if r.get("model") not in labels]}
 
 
 def points_markdown(points: list[dict]) -> str:
