@@ -301,7 +301,8 @@ def curve_command(
                                                                       "[default: 0.3 1 3]")] = None,
     epochs: Annotated[float, typer.Option(min=0.1, help="Passes over each size's chunks")] = 6.0,
     max_steps: Annotated[int, typer.Option(min=1)] = 4000,
-    topk: Annotated[int, typer.Option(min=1, help="Teacher tokens kept per position (cached once)")] = 64,
+    topk: Annotated[int, typer.Option(min=0, help="Teacher tokens kept per position (cached once); "
+                                        "0: the full KL, the teacher's decoder at every step")] = 64,
     learning_rate: Annotated[float | None, typer.Option(help="[default: the config's distill.learning_rate]")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[default: the config's distill.batch_size]")] = None,
     sets: Annotated[list[str] | None, typer.Option(help="Test sets to score [default: all the corpus has]")] = None,

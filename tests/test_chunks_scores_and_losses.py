@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -150,3 +152,16 @@ def test_paired_bootstrap_calls_a_difference_only_when_its_interval_excludes_zer
     assert paired_bootstrap(references, wrong_everywhere, references).verdict == "better"
     one_slip = references[:-1] + ["我们今天讲梯度下"]  # one character on one utterance of thirty
     assert paired_bootstrap(references, references, one_slip).verdict == "tie"
+
+
+def test_the_cache_records_how_much_of_the_teachers_mass_its_top_k_leaves_out(tmp_path):
+    from k2d_train.training.teacher_targets import TopK, TopKCache, rest_mass
+
+    flat = torch.zeros(3, 100)  # a uniform teacher: its top 10 hold a tenth of the mass
+    peaked = torch.full((2, 100), -20.0).index_fill(1, torch.tensor([7]), 20.0)  # one token holds it all
+    targets = [TopK(*torch.log_softmax(t, -1).topk(10, -1)) for t in (flat, peaked)]
+    assert rest_mass(targets[:1]) == pytest.approx(0.9, abs=1e-3) and rest_mass(targets[1:]) < 1e-4
+    cache = TopKCache(tmp_path / "topk.npz", "f")
+    cache.save(targets)
+    assert json.loads((tmp_path / "topk.json").read_text())["rest_mass_mean"] == pytest.approx(0.9 * 3 / 5, abs=1e-3)
+    assert [t.indices.tolist() for t in cache.load()] == [t.indices.tolist() for t in targets]

@@ -256,6 +256,11 @@ def test_curve_runs_of_one_family_merge_into_one_curve_and_merging_again_changes
     assert [p["model"] for p in thrice["points"]] == ["d2-1h", "d2-3h", "d4-3h"] and len(thrice["runs"]) == 3
     assert [r["model"] for r in thrice["rows"]] == ["teacher", "teacher, short context", "2L, 0.79 h", "2L, 2.9 h",
                                                     "4L, 2.9 h"]
+    # a full-KL point (k2d curve --topk 0) is its own line beside the top-k one of the same depth and size
+    from k2d_train.experiments.curve import p_label, series
+
+    assert p_label({"layers": 2, "hours": 2.45, "kl": "full"}) != p_label({"layers": 2, "hours": 2.45})
+    assert series({"layers": 2, "kl": "full"}) != series({"layers": 2})
     plot(twice, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 

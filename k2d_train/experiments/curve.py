@@ -37,7 +37,7 @@ class CurveOptions:
     epochs: float = 6.0  # passes over each size's chunks: bigger sizes train proportionally longer
     min_steps: int = 100
     max_steps: int = 4000
-    topk: int = 64
+    topk: int = 64  # teacher tokens kept per position, cached once; 0: the full KL, the teacher's decoder every step
     learning_rate: float | None = None  # None: the config's distill.learning_rate
     batch_size: int | None = None  # None: the config's distill.batch_size
     eval_every: int = 0  # 0: ~4 dev evaluations per run
@@ -108,7 +108,8 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, chunks: in
                      resume=True, final_dir=final, teacher_ct2=registry.path_of(config.teacher))
     seconds = time.perf_counter() - started
     entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
-    return _record(entry, steps, chunks, seconds, report, say, layers=layers, kept_layers=kept_layers)
+    return _record(entry, steps, chunks, seconds, report, say, layers=layers, kept_layers=kept_layers,
+                   **({"kl": "full"} if options.topk == 0 else {}))
 
 
 def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunks: int, folder: Path,
@@ -171,7 +172,8 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     # the earlier runs, read first: a bad file fails now, not after hours of training, and before ``out`` is rewritten
     runs = [json.loads(Path(path).read_text()) for path in options.earlier]
     points = []
-    kinds = [(f"d{layers}", partial(train_point, layers=layers)) for layers in options.layers] + \
+    full = "-kl" if options.topk == 0 else ""  # full-KL points are points of their own (own folder, name, line)
+    kinds = [(f"d{layers}{full}", partial(train_point, layers=layers)) for layers in options.layers] + \
         [(head, partial(train_head_point, head=head)) for head in options.heads]
     for hours in options.hours:
         kept, real_hours, chunks = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours,
@@ -232,7 +234,8 @@ def points_markdown(points: list[dict]) -> str:
     lines = ["| student | decoder layers (teacher's) | hours | chunks | steps | train min | steps/s | parameters |",
              "|---|---|---|---|---|---|---|---|"]
     for p in points:
-        depth = f"{p['head']} head" if p.get("head") else f"{p['layers']} ({p['kept_layers']})"
+        depth = f"{p['head']} head" if p.get("head") else f"{p['layers']} ({p['kept_layers']})" + \
+            (", full KL" if p.get("kl") == "full" else "")
         lines.append(f"| {p['model']} | {depth} | {p['hours']:.2f} | {p['chunks']} | "
                      f"{p['steps']} | {p['train_seconds'] / 60:.1f} | {p['steps_per_s']:.2f} | "
                      f"{p['parameters'] / 1e6:.1f}M |")
@@ -283,12 +286,15 @@ def plot(result: dict, path: Path) -> None:
 
 def series(point: dict) -> str:
     """The line a point belongs to on the plot: its decoder depth, or its non-autoregressive head."""
-    return f"{point['head']} head" if point.get("head") else f"{point['layers']}-layer decoder"
+    if point.get("head"):
+        return f"{point['head']} head"
+    return f"{point['layers']}-layer decoder" + (", full KL" if point.get("kl") == "full" else "")
 
 
 def p_label(point: dict) -> str:
-    return f"{point['head'].upper()}, {point['hours']:.2g} h" if point.get("head") else \
-        f"{point['layers']}L, {point['hours']:.2g} h"
+    if point.get("head"):
+        return f"{point['head'].upper()}, {point['hours']:.2g} h"
+    return f"{point['layers']}L{' full KL' if point.get('kl') == 'full' else ''}, {point['hours']:.2g} h"
 
 
 __all__ = ["CurveOptions", "curve", "prefix_by_hours"]

@@ -8,8 +8,11 @@ once turns each later step into student-only work, as distil-whisper does with i
 Only the top ``k`` tokens of each position are kept, as log-probabilities at the distillation
 temperature over the *full* vocabulary (so the tail's mass is known exactly), which makes the loss an
 exact KL over ``k + 1`` bins: the top ``k`` tokens and "everything else"
-(:func:`k2d_train.training.losses.topk_kl_divergence`). At T = 2 the top 64 hold almost all of the teacher's
-mass on this corpus; ``k2d_train.training.losses`` tests the bound against the full KL.
+(:func:`k2d_train.training.losses.topk_kl_divergence`); ``k2d_train.training.losses`` tests the bound against the
+full KL. How much the rest bin holds is recorded with the cache (``rest_mass_mean``), and it can be most of it:
+Whisper base at T = 2 on the demo's 3,745 label positions keeps only 17 % of its mass in its top 64 tokens (33 %
+in the top 1,024): there the loss mostly asks the student to put the same mass in its tail, and says little
+about the tail's shape (the full KL's "dark knowledge").
 
 Which encoder states the teacher's decoder reads is a choice (``DistillOptions.kl_states``): its own
 30 s states (the paper), or the student's short-context states, when that encoder was distilled from
@@ -75,7 +78,16 @@ class TopKCache:
         tmp.replace(self.path)
         self.path.with_suffix(".json").write_text(json.dumps(
             {"fingerprint": self.fingerprint, "examples": len(targets), "positions": int(offsets[-1]),
-             "k": int(targets[0].indices.shape[1]) if targets else 0}, indent=2))
+             "k": int(targets[0].indices.shape[1]) if targets else 0, "rest_mass_mean": rest_mass(targets)}, indent=2))
+
+
+def rest_mass(targets: Sequence[TopK]) -> float:
+    """The teacher's mean probability (at the distillation temperature) outside each position's top k: what
+    the k + 1-bin KL keeps only as one number."""
+    if not targets:
+        return 0.0
+    kept = torch.cat([t.logprobs.float().exp().sum(-1) for t in targets])
+    return round(float((1 - kept).clamp(min=0).mean()), 4)
 
 
 @torch.no_grad()
