@@ -57,6 +57,11 @@ def test_the_transducer_loss_sums_every_alignment_and_handles_padding():
     together = rnnt_loss(batch, torch.tensor([[1, 3], [2, 0]]), torch.tensor([4, 2]), torch.tensor([2, 1]))
     alone = (_brute_force(batch[:1], [1, 3]) + _brute_force(batch[1:, :2, :2], [2])) / 2
     torch.testing.assert_close(together, alone)
+    # a batch of empty labels (silence): one path, a blank at every frame (it used to fail to index when T > 1)
+    empty = torch.randn(2, 3, 1, 5, generator=generator)
+    torch.testing.assert_close(rnnt_loss(empty, torch.zeros(2, 0, dtype=torch.long), torch.tensor([3, 2]),
+                                         torch.tensor([0, 0])),
+                               -(empty.log_softmax(-1)[0, :, 0, 0].sum() + empty.log_softmax(-1)[1, :2, 0, 0].sum()) / 2)
 
 
 def test_numpy_greedy_search_uses_the_joiner_the_head_trained():

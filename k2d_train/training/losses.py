@@ -101,6 +101,7 @@ def rnnt_loss(logits: torch.Tensor, targets: torch.Tensor, frames: torch.Tensor,
     index = targets.clamp(min=0)[:, None, :, None].expand(batch, steps, width - 1, 1)
     label_lp = log_probs[:, :, :-1].gather(-1, index).squeeze(-1)  # (B, T, U): emit label u at (t, u), stay at t
     floor = -1e30
+    label_lp = F.pad(label_lp, (0, 1), value=floor)  # a column no path reads: the lookup stays in range when U = 0
     u = torch.arange(width, device=logits.device)
     alpha = torch.full((batch, width), floor, device=logits.device)
     alpha[:, 0] = 0.0
