@@ -263,6 +263,10 @@ def test_curve_runs_of_one_family_merge_into_one_curve_and_merging_again_changes
     assert series({"layers": 2, "kl": "full"}) != series({"layers": 2})
     plot(twice, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+    from k2d_train.experiments.curve import command
+
+    assert command({"config": "/tmp/x/configs/scale.yaml", "options": {"layers": [2], "hours": [3.0], "topk": 0}}) == \
+        "k2d curve configs/scale.yaml --layers 2 --hours 3 --topk 0"
 
 
 def test_why_a_stage_is_stale_names_its_fields_and_a_result_from_before_fingerprints_is_judged_on_what_it_recorded():

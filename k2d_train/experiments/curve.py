@@ -162,7 +162,7 @@ def finished_point(folder: Path, train) -> dict:
 
 def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=print) -> dict:
     """Every (depth, size) student, then one comparison of them all with both teachers."""
-    from k2d_train.experiments.compare import Contender, compare, markdown
+    from k2d_train.experiments.compare import Contender, compare
     from k2d_train.pipeline.stage_bodies import export_teacher
 
     run_dir = config.run_dir
@@ -194,12 +194,31 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
     rows = compare(contenders, sets, config.evaluate, registry.store, say)
     result = merged([*runs, {"points": points, "rows": rows, "options": asdict(options),
                              "config": str(config.source)}])
+    write_report(result, out)
+    return result
+
+
+def write_report(result: dict, out: Path) -> None:
+    """``curve.json``, ``README.md`` (each run's table under the command that made it) and ``curve.png``."""
+    from k2d_train.experiments.compare import markdown
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "curve.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    (out / "README.md").write_text("\n".join(markdown(run["rows"], f"k2d curve {run['config']}") + "\n"
-                                             + points_markdown(run["points"]) for run in result["runs"]))
+    (out / "README.md").write_text("\n".join(markdown(run["rows"], command(run)) + "\n" + points_markdown(run["points"])
+                                             for run in result["runs"]))
     plot(result, out / "curve.png")
-    return result
+
+
+def command(run: dict) -> str:
+    """A run as a reader types it: the recipe from its ``configs/`` folder, whatever checkout ran it, and the
+    options that tell one recipe's runs apart."""
+    recipe, options = run["config"], run.get("options", {})
+    recipe = "configs/" + recipe.split("/configs/", 1)[1] if "/configs/" in recipe else recipe
+    words = [f"k2d curve {recipe}", *(f"--layers {n}" for n in options.get("layers", [])),
+             *(f"--hours {h:g}" for h in options.get("hours", [])), *(f"--head {h}" for h in options.get("heads", []))]
+    if options.get("topk", 64) != 64:
+        words.append(f"--topk {options['topk']}")
+    return " ".join(words)
 
 
 def merged(results: list[dict]) -> dict:
