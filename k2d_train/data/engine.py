@@ -25,10 +25,9 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -263,9 +262,7 @@ def run_jobs(jobs: list[Job], options: SynthOptions, store: Path, workers: int) 
             for job in order:
                 done(job, make(job, options, store))
             return rows
-        cores = os.cpu_count() or 1
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=synth.worker_init,
-                                 initargs=(max(1, cores // workers),)) as pool:
+        with synth.synthesis_pool(workers) as pool:
             futures = {pool.submit(make, job, options, store): job for job in order}
             for future in as_completed(futures):
                 done(futures[future], future.result())

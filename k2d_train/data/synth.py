@@ -383,16 +383,20 @@ def worker_init(threads: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+def synthesis_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (ONNX Runtime sessions do not survive a fork), each with its share of the cores."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init,
+                               initargs=(max(1, (os.cpu_count() or 1) // workers),))
+
+
 def in_processes(calls: list[tuple[Callable, tuple]], workers: int) -> list:
-    """Each call's result, the calls run side by side on up to ``workers`` spawned processes (ONNX Runtime
-    sessions do not survive a fork). The template corpus's parts draw from their own sentence banks and
-    per-item generators, so they are the same bytes however many run at once (tests/test_data_synth.py)."""
+    """Each call's result, the calls run side by side on up to ``workers`` processes. The template corpus's parts
+    draw from their own sentence banks and per-item generators, so they are the same bytes however many run at
+    once (tests/test_data_synth.py)."""
     workers = min(workers, len(calls))
     if workers <= 1:
         return [call(*args) for call, args in calls]
-    cores = os.cpu_count() or 1
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=worker_init,
-                             initargs=(max(1, cores // workers),)) as pool:
+    with synthesis_pool(workers) as pool:
         futures = [pool.submit(call, *args) for call, args in calls]
         return [future.result() for future in futures]
 
