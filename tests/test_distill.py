@@ -99,6 +99,51 @@ def test_cached_teacher_topk_gives_the_live_teachers_loss_and_is_computed_once(r
     assert (small / "teacher_topk.npz").stat().st_mtime_ns != stamp  # other targets, other cache
 
 
+def _short_context_student(teacher, out, layers: int, nudge_encoder: bool = False):
+    """A student served at audio + 1 s (so it has states of its own), optionally with one encoder weight moved."""
+    from safetensors.torch import save_file
+
+    from k2d.context import POLICY_FILE
+
+    build_student(teacher, out, layers)
+    (out / POLICY_FILE).write_text(json.dumps({"pad_s": 1.0, "bucket_s": 1.0}))
+    if nudge_encoder:
+        weights = load_file(out / "model.safetensors")
+        weights["model.encoder.layer_norm.bias"] = weights["model.encoder.layer_norm.bias"] + 1e-3
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+@pytest.mark.slow
+def test_students_on_one_encoder_share_its_states_and_the_teachers_targets(registry, tiny_setup, tmp_path):
+    """A learning curve's depths and its CTC head sit on one frozen encoder: the first point encodes the chunks
+    and caches the teacher's top-k on them, the others (another depth, the CTC head) compute neither again;
+    a student whose encoder differs by one weight gets states of its own."""
+    from k2d_train.stages.s7_distill_ctc import CTCOptions, distill_ctc
+
+    _, kept = tiny_setup
+    teacher, shared = registry.path_of("whisper-base-hf"), tmp_path / "shared"
+    one = _options(max_steps=1, kl_states="student", teacher_topk=16)
+
+    def made() -> dict[str, int]:
+        return {str(p.relative_to(shared)): p.stat().st_mtime_ns for p in shared.rglob("*.np*")}
+
+    distill(teacher, _short_context_student(teacher, tmp_path / "d2", 2), kept, tmp_path / "run-d2", one,
+            shared=shared)
+    first = made()
+    states = [name for name in first if name.startswith("student_encoder_cache/")]
+    assert states and len([name for name in first if name.startswith("teacher_topk-")]) == 1
+    distill(teacher, _short_context_student(teacher, tmp_path / "d4", 4), kept, tmp_path / "run-d4", one,
+            shared=shared)
+    assert made() == first  # another depth: no state and no target computed again
+    distill_ctc(tmp_path / "d2", kept, tmp_path / "run-ctc", CTCOptions(max_steps=1, batch_size=2, eval_every=0,
+                                                                        warmup_steps=1), shared=shared)
+    assert made() == first  # the CTC head reads the same states
+    distill(teacher, _short_context_student(teacher, tmp_path / "moved", 2, nudge_encoder=True), kept,
+            tmp_path / "run-moved", one, shared=shared)
+    assert len([name for name in made() if name.startswith("student_encoder_cache/")]) == 2 * len(states)
+
+
 def test_the_kept_checkpoint_is_chosen_by_guarded_mer_and_loops_not_raw_mer():
     """One row running to its token budget inflates raw greedy MER (3.2 here, as on the fuller recipe);
     the server cuts that loop, so the step that loops once beats the one that loops on six rows."""

@@ -105,7 +105,7 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, chunks: in
     final = registry.folder(name, "hf")
     started = time.perf_counter()
     report = distill(teacher, folder / "init", kept, folder / "distill", distill_options, dev=_dev(config),
-                     resume=True, final_dir=final, teacher_ct2=registry.path_of(config.teacher))
+                     resume=True, final_dir=final, teacher_ct2=registry.path_of(config.teacher), shared=_shared(folder))
     seconds = time.perf_counter() - started
     entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
     return _record(entry, steps, chunks, seconds, report, say, layers=layers, kept_layers=kept_layers,
@@ -125,12 +125,19 @@ def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunk
     ctc = replace(base, max_steps=steps, warmup_steps=min(base.warmup_steps, steps // 10),
                   eval_every=max(steps // 4, 1), save_every=max(steps // 4, 1))
     started = time.perf_counter()
-    report = distill_ctc(start, kept, folder / "run", ctc, dev=_dev(config), out_dir=folder / "final")
+    report = distill_ctc(start, kept, folder / "run", ctc, dev=_dev(config), out_dir=folder / "final",
+                         shared=_shared(folder))
     seconds = time.perf_counter() - started
     teacher = registry.get(config.teacher).family or config.teacher
     entry = publish_ctc_student(registry, f"{config.name}-{folder.name}", folder / "final", ctc.quantization,
                                 config.pseudo_label.language or "zh", teacher, f"k2d-curve:{config.source}")
     return _record(entry, steps, chunks, seconds, report, say, layers=0, head=head, kept_layers=[])
+
+
+def _shared(folder: Path) -> Path:
+    """What every point shares, all on one frozen encoder: its states of the chunks, the teacher's top-k targets
+    per size (computed once per curve, not once per depth and head)."""
+    return folder.parent / "shared"
 
 
 def _dev(config: RunConfig) -> Path | None:

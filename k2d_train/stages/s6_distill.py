@@ -28,7 +28,7 @@ from k2d_train.labels.decoding import whisper_prompt
 from k2d_train.labels.tokens import chunk_label_ids
 from k2d_train.pipeline.options import DistillOptions
 from k2d_train.pipeline.sharding import Processes
-from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, teacher_identity, weights_fingerprint
+from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, encoder_digest, teacher_identity
 from k2d_train.training.hf_decode import greedy_decode
 from k2d_train.training.loop import fit, make_accelerator
 from k2d_train.training.losses import LossWeights, distillation_loss
@@ -156,21 +156,21 @@ def same_encoder(student, teacher) -> bool:
 
 def _encoder_states(teacher, student, student_dir: Path, teacher_dir: Path, run_dir: Path, options: DistillOptions,
                     device, policy: ContextPolicy, teacher_cache: Path | None = None, teacher_ct2: Path | None = None,
-                    single: bool = True):
+                    single: bool = True, shared: Path | None = None):
     """The teacher's 30 s states (by CTranslate2 when its export is given: same states, less CPU), and the
-    student's own (short context, or a distilled or reshaped encoder) if they differ."""
+    student's own (short context, or a distilled or reshaped encoder) if they differ, in ``shared`` when given
+    (keyed by the encoder alone, so every student on it reuses them)."""
     folder = teacher_cache or run_dir / "encoder_cache"
     encoder = CT2Encoder(teacher_ct2, device.type) if teacher_ct2 is not None else teacher.model.encoder
     full = EncoderStates(encoder, folder if options.cache_encoder else None, device, lambda _: FULL_FRAMES,
                          identity=teacher_identity(teacher_dir))
     if policy.full and same_encoder(student, teacher):
         return full, full
-    fingerprint_ = weights_fingerprint(student_dir)
-    own_encoder = student.model.encoder
+    digest, own_encoder, home = encoder_digest(student.model.encoder), student.model.encoder, shared or run_dir
     if teacher_ct2 is not None and options.cache_encoder and single:  # CTranslate2 here too (one converter at a time)
-        own_encoder = CT2Encoder(_ct2_copy(student_dir, run_dir / f"student-ct2-{fingerprint_}"), device.type)
-    own = EncoderStates(own_encoder, run_dir / "student_encoder_cache" if options.cache_encoder else None,
-                        device, policy.frames, identity=f"student:{fingerprint_}@{policy}")
+        own_encoder = CT2Encoder(_ct2_copy(student_dir, home / f"student-ct2-{digest}"), device.type)
+    own = EncoderStates(own_encoder, home / "student_encoder_cache" if options.cache_encoder else None,
+                        device, policy.frames, identity=f"encoder:{digest}@{policy}")
     return full, own
 
 
@@ -187,8 +187,10 @@ def _ct2_copy(student_dir: Path, out: Path) -> Path:
 def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, options: DistillOptions,
             dev: Path | None = None, resume: bool = True, final_dir: Path | None = None,
             report_dev: list[Path] | None = None, teacher_cache: Path | None = None,
-            teacher_ct2: Path | None = None) -> dict:
-    """Train; write checkpoints under ``run_dir`` and the best (by ``dev``, see ``DevScore``) student to ``final_dir``."""
+            teacher_ct2: Path | None = None, shared: Path | None = None) -> dict:
+    """Train; write checkpoints under ``run_dir`` and the best (by ``dev``, see ``DevScore``) student to ``final_dir``.
+    ``shared``: a folder for what depends on the frozen encoder alone (its states, the teacher's top-k targets on
+    them), so students of other depths on the same encoder and chunks compute neither again."""
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
     accelerator = make_accelerator(options)
@@ -200,7 +202,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     policy = ContextPolicy.of_model(student_dir)
     teacher_states, student_states = _encoder_states(teacher, student, student_dir, teacher_dir, run_dir, options,
                                                      accelerator.device, policy, teacher_cache, teacher_ct2,
-                                                     accelerator.num_processes == 1)
+                                                     accelerator.num_processes == 1, shared)
     examples = build_examples(kept, tokenizer, options.use_nbest, options.label_script)
     if not examples:
         raise ValueError(f"{kept}: no kept chunks to train on (loosen the validation rule or α)")
@@ -213,7 +215,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     with accelerator.main_process_first():  # the main process fills what is left (top-k targets); the others read
         hidden = _states_of(examples, student_states, teacher_states, not accelerator.is_main_process)
         topk = _teacher_topk(teacher, examples, hidden, teacher_dir, teacher_states, run_dir, options,
-                             accelerator.device, not accelerator.is_main_process)
+                             accelerator.device, not accelerator.is_main_process, shared)
     if topk is not None:
         teacher = None  # every step is student-only from here
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -270,14 +272,16 @@ def _states_of(examples: list[Example], student_states: EncoderStates, teacher_s
 
 
 def _teacher_topk(teacher, examples: list[Example], hidden: dict, teacher_dir: Path, teacher_states: EncoderStates,
-                  run_dir: Path, options: DistillOptions, device, quiet: bool) -> list[TopK] | None:
+                  run_dir: Path, options: DistillOptions, device, quiet: bool,
+                  shared: Path | None = None) -> list[TopK] | None:
     """The teacher's top-k targets of every example, from the cache when it was made for exactly these
-    examples, teacher, states and temperature (``k2d_train/training/teacher_targets.py``); None when not asked for."""
+    examples, teacher, states and temperature (``k2d_train/training/teacher_targets.py``); None when not asked for.
+    In ``shared``, one file per fingerprint: each size of a learning curve keeps its own."""
     if options.teacher_topk <= 0 or options.kl_weight == 0:
         return None
     key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity, [ex.tokens for ex in examples],
                       options.teacher_topk, options.temperature)
-    cache = TopKCache(run_dir / "teacher_topk.npz", key)
+    cache = TopKCache(shared / f"teacher_topk-{key}.npz" if shared else run_dir / "teacher_topk.npz", key)
     targets = cache.load()
     if targets is None:
         targets = compute_topk(teacher, examples, lambda ex: hidden[ex.key][1], options.teacher_topk,

@@ -29,7 +29,7 @@ from k2d.streaming import StreamWindows
 from k2d_train.labels.units import UnitCoder, build_units
 from k2d_train.pipeline.options import CTCOptions
 from k2d_train.pipeline.sharding import Processes
-from k2d_train.training.encoder_states import ClipReader, EncoderStates, cache_name, weights_fingerprint
+from k2d_train.training.encoder_states import ClipReader, EncoderStates, cache_name, encoder_digest
 from k2d_train.training.loop import fit, make_accelerator
 from k2d_train.training.losses import rnnt_loss
 
@@ -110,9 +110,10 @@ def stream_states(encoder, audio: np.ndarray, windows: StreamWindows, policy: Co
 class States:
     """Frozen-encoder states of every clip the head learns from (cached as float16, like EncoderStates)."""
 
-    def __init__(self, encoder, student_dir: Path, folder: Path, options: CTCOptions, policy: ContextPolicy):
+    def __init__(self, encoder, folder: Path, options: CTCOptions, policy: ContextPolicy):
+        """Keyed by the encoder alone (stage 6's key): a folder shared with the decoder students reuses theirs."""
         self.encoder, self.options, self.policy = encoder, options, policy
-        identity = f"ctc:{weights_fingerprint(student_dir)}@{policy}"
+        identity = f"encoder:{encoder_digest(encoder)}@{policy}"
         self.windows = options.windows
         if self.windows is None:
             self.plain = EncoderStates(encoder, folder, torch.device("cpu"), policy.frames, identity=identity)
@@ -186,8 +187,9 @@ def dev_mer(head, states: States, dev: Path, coder: UnitCoder, limit: int) -> fl
 
 
 def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOptions, dev: Path | None = None,
-                out_dir: Path | None = None, resume: bool = True) -> dict:
-    """Train the head; write ``out_dir`` (head weights, units, options, the encoder's policy) for export."""
+                out_dir: Path | None = None, resume: bool = True, shared: Path | None = None) -> dict:
+    """Train the head; write ``out_dir`` (head weights, units, options, the encoder's policy) for export.
+    ``shared``: the folder of the frozen encoder's states that stage 6's students on it wrote (or will read)."""
     from transformers import WhisperForConditionalGeneration
 
     accelerator = make_accelerator(options)
@@ -195,7 +197,7 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
     policy = options.policy(ContextPolicy.of_model(student_dir))
     rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
-    states = States(encoder, student_dir, run_dir / "encoder_cache", options, policy)
+    states = States(encoder, shared / "student_encoder_cache" if shared else run_dir / "encoder_cache", options, policy)
     examples = []
     processes = Processes.current()
     if processes.distributed:  # each process fills its share of the state cache

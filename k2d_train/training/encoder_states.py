@@ -76,6 +76,18 @@ def weights_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def encoder_digest(encoder: torch.nn.Module) -> str:
+    """A digest of a frozen encoder's own weights (names, shapes, bytes), not of the whole checkpoint: students
+    that share one encoder (every decoder depth of a learning curve, the CTC head on it) share its states, which
+    at hours of audio take longer to make than such a point takes to train; a retrained encoder still never
+    reads its predecessor's."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def teacher_identity(teacher_dir: Path) -> str:
     """The teacher's 30 s states, whichever engine computed them (CTranslate2 and transformers agree to ~1e-3):
     both training stages share one cache of them."""
