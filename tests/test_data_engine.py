@@ -206,6 +206,36 @@ def test_the_scale_recipes_are_three_hours_and_its_prefixes_with_big_enough_held
         small = RunConfig.load(configs / f"{name}.yaml")
         assert small.corpus["synth"] == {**full, "lecture_limit": limit}, name
         assert small.student == RunConfig.load(configs / "scale.yaml").student
+    bigger = RunConfig.load(configs / "scale-20h.yaml")  # 7x the lectures, scored on scale.yaml's held-out sets
+    assert bigger.corpus["synth"] == {**full, "lectures": 420, "heldout_lectures": options.lectures,
+                                      "audio_store": "../runs/scale-20h-audio"}
+    assert bigger.student == RunConfig.load(configs / "scale.yaml").student
+
+
+@pytest.mark.slow
+def test_a_corpus_with_more_lectures_keeps_its_first_lectures_and_with_heldout_lectures_its_held_out_sets():
+    """The next size of the learning curve (more lectures of the same recipe) must be scored on the same held-out
+    sets. Its first lectures are the same, and so are its out-of-domain sets; the in-domain sets are spoken by the
+    training voice pairs, of which more lectures hold more, unless ``heldout_lectures`` pins them. The option
+    left at None changes no existing item's name (the 3 h scale corpus's audio store is named d103021b82)."""
+    from k2d_train.pipeline.config import RunConfig
+
+    scale = SynthOptions(**RunConfig.load(Path(__file__).resolve().parents[1] / "configs" / "scale.yaml").corpus["synth"])
+    assert engine.digest(scale) == "d103021b82"
+    assert engine.digest(replace(scale, heldout_lectures=60)) != engine.digest(scale)  # it decides test audio
+    small = replace(REAL, lectures=4, workers=0)
+
+    def items(options: SynthOptions) -> dict[str, list]:
+        jobs, _ = engine.plan(options)
+        return {split: [(j.pairs, j.sentences) for j in jobs if j.split == split] for split in SETS + ("lectures",)}
+
+    base, more, pinned = items(small), items(replace(small, lectures=16)), items(replace(small, lectures=16,
+                                                                                          heldout_lectures=4))
+    assert more["lectures"][:4] == base["lectures"] and all(more[s] == base[s] for s in SETS[2:])
+    assert more["test"] != base["test"]  # more lectures, more training pairs: another in-domain set
+    assert all(pinned[s] == base[s] for s in SETS) and pinned["lectures"] == more["lectures"]
+    with pytest.raises(ValueError, match="heldout_lectures"):
+        engine.plan(replace(small, heldout_lectures=5))
 
 
 def test_a_sentence_no_gcin_speaker_recorded_is_passed_over_not_fatal():

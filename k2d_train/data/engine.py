@@ -45,6 +45,8 @@ HELDOUT_KINDS = ("code_switched", "mandarin", "natural")  # the sets are decoded
 SECONDS_PER_SENTENCE = 1.5  # the least a sentence and its pause take: sizes a lecture's block of sentences
 UTTERANCE_BLOCK = 12  # sentences reserved per test utterance (one to four are spoken; the rest are spares)
 _NOT_IN_DIGEST = {"workers", "audio_store", "lecture_limit", "ood_noisy", "ood_noisy_utterances"}
+# options added after audio stores were made, at the value that means "as before": left out, so items keep their names
+_DIGEST_AS_BEFORE = {"heldout_lectures": None}
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class Job:
 def digest(options: SynthOptions) -> str:
     """What decides an item's audio besides its split and index (not its corpus's size or where it is stored)."""
     registry = synth._stamp(SynthOptions())["voices"]
-    chosen = {k: v for k, v in asdict(options).items() if k not in _NOT_IN_DIGEST}
+    chosen = {k: v for k, v in asdict(options).items()
+              if k not in _NOT_IN_DIGEST and not (k in _DIGEST_AS_BEFORE and v == _DIGEST_AS_BEFORE[k])}
     payload = json.dumps([chosen, synth.CORPUS_VERSION, TEXT_VERSION, registry], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
@@ -122,7 +125,10 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
                          options.engine_share, options.seed)
     else:
         lecturers = synth.lecture_pairs(options.lectures, random.Random(options.seed), engines, extra)
-    speakers = tuple(sorted(set(lecturers), key=lambda p: p.name))
+    if options.heldout_lectures is not None and not 0 < options.heldout_lectures <= options.lectures:
+        raise ValueError(f"corpus synth: heldout_lectures {options.heldout_lectures} must be 1..lectures "
+                         f"({options.lectures})")
+    speakers = tuple(sorted(set(lecturers[: options.heldout_lectures]), key=lambda p: p.name))
     jobs: list[Job] = []
 
     def name(split: str, index: int) -> str:

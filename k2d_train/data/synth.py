@@ -76,13 +76,17 @@ class SynthOptions:
     engine_share: dict | None = None  # real text: share of lectures per Mandarin engine, e.g. {gcin: 0.35, kokoro: 0.3}
     lecture_limit: int | None = None  # real text: only the first N lectures (learning-curve prefixes of one corpus)
     audio_store: str | None = None  # real text: where item audio lives (shared by corpora that differ in size only)
+    # in-domain test/dev speakers: the voice pairs of the first N lectures (None: of every lecture). A corpus that
+    # extends another with more lectures (the first ones are the same) then keeps its in-domain held-out sets
+    heldout_lectures: int | None = None
     workers: int = 0  # processes synthesising (0: one per core); never changes the output
 
 
 # Fields added after corpus version 4, with the values that mean "as before": left out of the stamp at those
 # values, so an existing corpus is still recognised; ``workers`` never decides the output.
 LATER_DEFAULTS = {"text": "templates", "text_mix": None, "text_script": "simplified", "voice_blends": 0,
-                  "channel": None, "engine_share": None, "lecture_limit": None, "audio_store": None}
+                  "channel": None, "engine_share": None, "lecture_limit": None, "audio_store": None,
+                  "heldout_lectures": None}
 
 
 @dataclass(frozen=True)
