@@ -71,8 +71,9 @@ def test_new_options_at_their_defaults_leave_the_stamp_of_an_existing_corpus_alo
     real = SynthOptions(text="real", lectures=60)
     assert engine.digest(real) == engine.digest(replace(real, lecture_limit=6, workers=3, audio_store="/x"))
     assert engine.digest(real) != engine.digest(replace(real, seed=1))
-    with pytest.raises(ValueError, match="text: real"):
-        build_corpus(Path("/nonexistent/never-made"), SynthOptions(lecture_limit=2))
+    for real_only in (SynthOptions(lecture_limit=2), SynthOptions(heldout_lectures=2)):
+        with pytest.raises(ValueError, match="text: real"):
+            build_corpus(Path("/nonexistent/never-made"), real_only)
 
 
 def test_blends_mix_training_kokoro_voices_only_and_are_stable():

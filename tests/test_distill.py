@@ -138,10 +138,11 @@ def test_students_on_one_encoder_share_its_states_and_the_teachers_targets(regis
     assert made() == first  # another depth: no state and no target computed again
     distill_ctc(tmp_path / "d2", kept, tmp_path / "run-ctc", CTCOptions(max_steps=1, batch_size=2, eval_every=0,
                                                                         warmup_steps=1), shared=shared)
-    assert made() == first  # the CTC head reads the same states
+    assert made() == first and not (tmp_path / "run-ctc" / "encoder_cache").exists()  # the CTC head reads them
     distill(teacher, _short_context_student(teacher, tmp_path / "moved", 2, nudge_encoder=True), kept,
             tmp_path / "run-moved", one, shared=shared)
     assert len([name for name in made() if name.startswith("student_encoder_cache/")]) == 2 * len(states)
+    assert len([name for name in made() if name.startswith("teacher_topk-")]) == 2  # targets on other states
 
 
 def test_the_kept_checkpoint_is_chosen_by_guarded_mer_and_loops_not_raw_mer():

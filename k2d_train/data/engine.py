@@ -125,9 +125,10 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
                          options.engine_share, options.seed)
     else:
         lecturers = synth.lecture_pairs(options.lectures, random.Random(options.seed), engines, extra)
-    if options.heldout_lectures is not None and not 0 < options.heldout_lectures <= options.lectures:
-        raise ValueError(f"corpus synth: heldout_lectures {options.heldout_lectures} must be 1..lectures "
-                         f"({options.lectures})")
+    if options.heldout_lectures is not None and not (options.engine_share and 0 < options.heldout_lectures <=
+                                                     options.lectures):
+        raise ValueError(f"corpus synth: heldout_lectures {options.heldout_lectures} needs engine_share (only its "
+                         f"casting keeps a longer corpus's first lectures) and 1..lectures ({options.lectures})")
     speakers = tuple(sorted(set(lecturers[: options.heldout_lectures]), key=lambda p: p.name))
     jobs: list[Job] = []
 

@@ -419,9 +419,10 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
         return True
     if options.text != "templates":
         raise ValueError(f"corpus synth text: {options.text!r}; choose templates or real")
-    if options.lecture_limit is not None or options.audio_store is not None or options.engine_share:
-        raise ValueError("corpus synth: lecture_limit, audio_store and engine_share need text: real (template "
-                         "lectures draw from one shared pool, so a prefix is not a smaller corpus)")
+    if (options.lecture_limit is not None or options.audio_store is not None or options.engine_share
+            or options.heldout_lectures is not None):
+        raise ValueError("corpus synth: lecture_limit, audio_store, engine_share and heldout_lectures need text: "
+                         "real (template lectures draw from one shared pool, so a prefix is not a smaller corpus)")
     extra = blends(options)
     lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines, extra)
     parts = [(_clear_part, (out, options))] if options.ood_clear_utterances else []

@@ -279,8 +279,9 @@ def _teacher_topk(teacher, examples: list[Example], hidden: dict, teacher_dir: P
     In ``shared``, one file per fingerprint: each size of a learning curve keeps its own."""
     if options.teacher_topk <= 0 or options.kl_weight == 0:
         return None
-    key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity, [ex.tokens for ex in examples],
-                      options.teacher_topk, options.temperature)
+    key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity,
+                      [f"{Path(ex.audio).resolve()}|{ex.start:.3f}|{ex.end:.3f}" for ex in examples],
+                      [ex.tokens for ex in examples], options.teacher_topk, options.temperature)
     cache = TopKCache(shared / f"teacher_topk-{key}.npz" if shared else run_dir / "teacher_topk.npz", key)
     targets = cache.load()
     if targets is None:

@@ -14,6 +14,7 @@ chunk encoded with 1.28 s of left context and no future), so the same head runs 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -111,7 +112,9 @@ class States:
     """Frozen-encoder states of every clip the head learns from (cached as float16, like EncoderStates)."""
 
     def __init__(self, encoder, folder: Path, options: CTCOptions, policy: ContextPolicy):
-        """Keyed by the encoder alone (stage 6's key): a folder shared with the decoder students reuses theirs."""
+        """Keyed by the encoder alone (stage 6's key): a folder shared with the decoder students reuses theirs,
+        which stage 6 may have computed by CTranslate2 (float32, within ~1e-3 of transformers': below the cache's
+        float16 rounding, as for the teacher's shared states)."""
         self.encoder, self.options, self.policy = encoder, options, policy
         identity = f"encoder:{encoder_digest(encoder)}@{policy}"
         self.windows = options.windows
@@ -129,7 +132,7 @@ class States:
             return torch.from_numpy(np.load(path)["final"].astype(np.float32))
         states = stream_states(self.encoder, self.reader.clip(audio, start, end), self.windows, self.policy)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(self)}.tmp.npz")  # a shared folder: writers race
         np.savez(tmp, final=states.numpy().astype(np.float16))
         tmp.replace(path)
         return torch.from_numpy(states.numpy().astype(np.float16).astype(np.float32))

@@ -41,11 +41,14 @@ class TopK:
     indices: torch.Tensor  # int64
 
 
-def fingerprint(teacher_identity: str, states_identity: str, token_lists: Sequence[Sequence[int]], k: int,
-                temperature: float) -> str:
-    """What the targets depend on: the teacher, the states it read, every example's tokens, k and T."""
+def fingerprint(teacher_identity: str, states_identity: str, spans: Sequence[str],
+                token_lists: Sequence[Sequence[int]], k: int, temperature: float) -> str:
+    """What the targets depend on: the teacher, the states it read (which encoder, and of which audio spans: a
+    cache shared by a curve's runs must not serve a chunk re-cut under the same tokens), every example's tokens,
+    k and T."""
     digest = hashlib.sha1(f"{teacher_identity}|{states_identity}|{k}|{temperature:g}".encode())
-    for tokens in token_lists:
+    for span, tokens in zip(spans, token_lists, strict=True):
+        digest.update(span.encode())
         digest.update(np.asarray(tokens, dtype=np.int32).tobytes())
         digest.update(b"|")
     return digest.hexdigest()[:20]
