@@ -28,7 +28,15 @@ from k2d_train.labels.decoding import whisper_prompt
 from k2d_train.labels.tokens import chunk_label_ids
 from k2d_train.pipeline.options import DistillOptions
 from k2d_train.pipeline.sharding import Processes
-from k2d_train.training.encoder_states import CT2Encoder, EncoderStates, encoder_digest, teacher_identity
+from k2d_train.training.encoder_states import (
+    STUDENT_STATES,
+    CT2Encoder,
+    EncoderStates,
+    encoder_digest,
+    span_key,
+    student_identity,
+    teacher_identity,
+)
 from k2d_train.training.hf_decode import greedy_decode
 from k2d_train.training.loop import fit, make_accelerator
 from k2d_train.training.losses import LossWeights, distillation_loss
@@ -169,8 +177,8 @@ def _encoder_states(teacher, student, student_dir: Path, teacher_dir: Path, run_
     digest, own_encoder, home = encoder_digest(student.model.encoder), student.model.encoder, shared or run_dir
     if teacher_ct2 is not None and options.cache_encoder and single:  # CTranslate2 here too (one converter at a time)
         own_encoder = CT2Encoder(_ct2_copy(student_dir, home / f"student-ct2-{digest}"), device.type)
-    own = EncoderStates(own_encoder, home / "student_encoder_cache" if options.cache_encoder else None,
-                        device, policy.frames, identity=f"encoder:{digest}@{policy}")
+    own = EncoderStates(own_encoder, home / STUDENT_STATES if options.cache_encoder else None,
+                        device, policy.frames, identity=student_identity(digest, policy))
     return full, own
 
 
@@ -280,7 +288,7 @@ def _teacher_topk(teacher, examples: list[Example], hidden: dict, teacher_dir: P
     if options.teacher_topk <= 0 or options.kl_weight == 0:
         return None
     key = fingerprint(teacher_identity(teacher_dir), teacher_states.identity,
-                      [f"{Path(ex.audio).resolve()}|{ex.start:.3f}|{ex.end:.3f}" for ex in examples],
+                      [span_key(ex.audio, ex.start, ex.end) for ex in examples],
                       [ex.tokens for ex in examples], options.teacher_topk, options.temperature)
     cache = TopKCache(shared / f"teacher_topk-{key}.npz" if shared else run_dir / "teacher_topk.npz", key)
     targets = cache.load()

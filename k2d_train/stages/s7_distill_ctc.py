@@ -14,7 +14,6 @@ chunk encoded with 1.28 s of left context and no future), so the same head runs 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +29,15 @@ from k2d.streaming import StreamWindows
 from k2d_train.labels.units import UnitCoder, build_units
 from k2d_train.pipeline.options import CTCOptions
 from k2d_train.pipeline.sharding import Processes
-from k2d_train.training.encoder_states import ClipReader, EncoderStates, cache_name, encoder_digest
+from k2d_train.training.encoder_states import (
+    STUDENT_STATES,
+    ClipReader,
+    EncoderStates,
+    cache_name,
+    encoder_digest,
+    save_states,
+    student_identity,
+)
 from k2d_train.training.loop import fit, make_accelerator
 from k2d_train.training.losses import rnnt_loss
 
@@ -116,7 +123,7 @@ class States:
         which stage 6 may have computed by CTranslate2 (float32, within ~1e-3 of transformers': below the cache's
         float16 rounding, as for the teacher's shared states)."""
         self.encoder, self.options, self.policy = encoder, options, policy
-        identity = f"encoder:{encoder_digest(encoder)}@{policy}"
+        identity = student_identity(encoder_digest(encoder), policy)
         self.windows = options.windows
         if self.windows is None:
             self.plain = EncoderStates(encoder, folder, torch.device("cpu"), policy.frames, identity=identity)
@@ -131,10 +138,7 @@ class States:
         if path.exists():
             return torch.from_numpy(np.load(path)["final"].astype(np.float32))
         states = stream_states(self.encoder, self.reader.clip(audio, start, end), self.windows, self.policy)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(self)}.tmp.npz")  # a shared folder: writers race
-        np.savez(tmp, final=states.numpy().astype(np.float16))
-        tmp.replace(path)
+        save_states(path, {"final": states.numpy().astype(np.float16)})
         return torch.from_numpy(states.numpy().astype(np.float16).astype(np.float32))
 
 
@@ -200,7 +204,7 @@ def distill_ctc(student_dir: Path, kept: Path, run_dir: Path, options: CTCOption
     encoder = WhisperForConditionalGeneration.from_pretrained(student_dir).model.encoder.eval()
     policy = options.policy(ContextPolicy.of_model(student_dir))
     rows = [r for r in read_manifest(kept) if (r.extra.get("teacher_text") or "").strip()]
-    states = States(encoder, shared / "student_encoder_cache" if shared else run_dir / "encoder_cache", options, policy)
+    states = States(encoder, shared / STUDENT_STATES if shared else run_dir / "encoder_cache", options, policy)
     examples = []
     processes = Processes.current()
     if processes.distributed:  # each process fills its share of the state cache

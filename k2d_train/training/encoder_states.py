@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from k2d.audio import SAMPLE_RATE, decode_audio
-from k2d.context import FULL_FRAMES
+from k2d.context import FULL_FRAMES, ContextPolicy
 from k2d.features import log_mel
 from k2d_train.training.encoder import encode
 
@@ -57,11 +57,25 @@ class CT2Encoder:
         return torch.from_numpy(np.array(self.model.encode(storage, to_cpu=True)))
 
 
+def span_key(audio: Path, start: float, end: float) -> str:
+    """Which audio a chunk is: its file and span (what its cached states, and targets made on them, depend on)."""
+    return f"{Path(audio).resolve()}|{start:.3f}|{end:.3f}"
+
+
+def save_states(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """One chunk's states, written atomically under a name unique per process: launched processes start alike,
+    so ``id`` alone can coincide, and a shared folder has several writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(arrays)}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
 def cache_name(key: str, audio: Path, start: float, end: float, identity: str) -> str:
     """A cache file's name: the readable ``key`` plus a digest of *what* was encoded — which file, which
     span, by which encoder at which input length. Chunk ids alone are not unique: ``c-r0`` names different
     spans under different validation rules, and every rule (and both training stages) shares one folder."""
-    what = f"{Path(audio).resolve()}|{start:.3f}|{end:.3f}|{identity}"
+    what = f"{span_key(audio, start, end)}|{identity}"
     digest = hashlib.sha1(what.encode()).hexdigest()[:16]
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)[:80]}-{digest}.npz"
 
@@ -86,6 +100,14 @@ def encoder_digest(encoder: torch.nn.Module) -> str:
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+STUDENT_STATES = "student_encoder_cache"  # the folder of a student encoder's states, in a run or a shared folder
+
+
+def student_identity(digest: str, policy: ContextPolicy) -> str:
+    """A student encoder's states: its ``encoder_digest`` and input rule, the one key stages 6 and 7 share."""
+    return f"encoder:{digest}@{policy}"
 
 
 def teacher_identity(teacher_dir: Path) -> str:
@@ -127,11 +149,7 @@ class EncoderStates:
         arrays = {"final": final[0]} | {f"layer{i}": layers[i][0, :keep] for i in self.layers}
         arrays = {name: value.float().cpu().numpy().astype(np.float16) for name, value in arrays.items()}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # unique per process: launched processes start alike, so id(self) alone can coincide
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{id(self)}.tmp.npz")
-            np.savez(tmp, **arrays)
-            tmp.replace(path)
+            save_states(path, arrays)
         return {name: torch.from_numpy(value.astype(np.float32)) for name, value in arrays.items()}
 
 
