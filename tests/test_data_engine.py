@@ -211,6 +211,9 @@ def test_the_scale_recipes_are_three_hours_and_its_prefixes_with_big_enough_held
     assert bigger.corpus["synth"] == {**full, "lectures": 420, "heldout_lectures": options.lectures,
                                       "audio_store": "../runs/scale-20h-audio"}
     assert bigger.student == RunConfig.load(configs / "scale.yaml").student
+    between = RunConfig.load(configs / "scale-7h.yaml")  # its first 140 lectures: the same audio, the same sets
+    assert between.corpus["synth"] == {**bigger.corpus["synth"], "lecture_limit": 140}
+    assert between.distill == bigger.distill and between.student == bigger.student
 
 
 @pytest.mark.slow
