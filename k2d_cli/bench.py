@@ -64,4 +64,5 @@ _pass_through("serving", "serving", "Batching on vs off through the real server,
 _pass_through("shadow", "shadow", "Shadow scoring's cost to foreground latency (ABBA phases).")
 _pass_through("threads", "threads", "Encoder/decoder thread splits on a CPU, models interleaved.")
 _pass_through("decoder-cost", "decoder_cost", "A decoding step split into per-layer and fixed cost.")
+_pass_through("train-step", "train_step", "A decoder-training step: float32 or bf16, embedding trained or frozen.")
 _pass_through("rss", "rss", "The server's resident memory with sets of models loaded.")

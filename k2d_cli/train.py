@@ -312,6 +312,8 @@ def curve_command(
     earlier: Annotated[list[Path] | None, typer.Option(
         "--with", exists=True, dir_okay=False,
         help="curve.json of an earlier run drawn on the same plot (e.g. the 0.3 h and 1 h sizes of scale-1h.yaml)")] = None,
+    tag: Annotated[str, typer.Option(help="A recipe variant's name (the config's distill options changed): its "
+                                          "points get their own folders, models and lines (d2-3h-TAG)")] = "",
     store: StoreOption = None,
 ) -> None:
     """Students of each depth on growing prefixes of one corpus, against both teachers (learning curve)."""
@@ -320,7 +322,7 @@ def curve_command(
 
     options = CurveOptions(layers=layers or [2], hours=hours or [0.3, 1.0, 3.0], epochs=epochs, max_steps=max_steps,
                            topk=topk, learning_rate=learning_rate, batch_size=batch_size, heads=head or [],
-                           skip=skip or [], earlier=[str(path) for path in earlier or []])
+                           skip=skip or [], earlier=[str(path) for path in earlier or []], tag=tag)
     if sets:
         options.sets = sets
     loaded = run_guarded(lambda: RunConfig.load(config))

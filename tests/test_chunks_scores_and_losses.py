@@ -165,3 +165,40 @@ def test_the_cache_records_how_much_of_the_teachers_mass_its_top_k_leaves_out(tm
     cache.save(targets)
     assert json.loads((tmp_path / "topk.json").read_text())["rest_mass_mean"] == pytest.approx(0.9 * 3 / 5, abs=1e-3)
     assert [t.indices.tolist() for t in cache.load()] == [t.indices.tolist() for t in targets]
+
+
+def test_state_masks_zero_spans_of_a_copy_alike_for_a_seed_and_anew_for_the_next():
+    from k2d_train.training.augment import mask_states
+
+    states = torch.randn(3, 200, 64) + 5  # no true zeros
+    one = mask_states(states, torch.Generator().manual_seed(1), 2, 2)
+    assert torch.equal(one, mask_states(states, torch.Generator().manual_seed(1), 2, 2))
+    assert not torch.equal(one, mask_states(states, torch.Generator().manual_seed(2), 2, 2))
+    assert (states != 0).all() and one.shape == states.shape  # the cached states are not touched
+    zero = one == 0
+    assert zero.any() and torch.equal(one[~zero], states[~zero])
+    assert zero.all(-1).any(-1).all() or zero.all(1).any(-1).all()  # whole frames or whole channels per example
+    assert torch.equal(mask_states(states, torch.Generator().manual_seed(1), 0, 0), states)
+
+
+def test_a_distillation_step_masks_the_students_states_and_never_its_targets():
+    from k2d_train.pipeline.options import DistillOptions
+    from k2d_train.stages.s6_distill import augmented
+
+    batch = {"student_encoder": torch.randn(2, 100, 32) + 5, "teacher_encoder": torch.randn(2, 100, 32) + 5,
+             "topk_logprobs": torch.randn(7, 4), "inputs": torch.ones(2, 5, dtype=torch.long)}
+    plain = augmented(batch, DistillOptions(), torch.Generator().manual_seed(0))
+    assert plain is batch  # off by default: nothing drawn, nothing copied
+    masked = augmented(batch, DistillOptions(mask_time=2, mask_channels=1), torch.Generator().manual_seed(0))
+    assert (masked["student_encoder"] == 0).any() and (batch["student_encoder"] != 0).all()
+    assert all(masked[name] is batch[name] for name in ("teacher_encoder", "topk_logprobs", "inputs"))
+
+
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path):
+    from k2d_train.training.loop import cpu_has_native_bf16
+
+    zen4, older = tmp_path / "zen4", tmp_path / "older"
+    zen4.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    older.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert cpu_has_native_bf16(zen4) is True and cpu_has_native_bf16(older) is False
+    assert cpu_has_native_bf16(tmp_path / "missing") is None

@@ -64,6 +64,8 @@ def fake_pipeline(monkeypatch, ran: list[int]):
      "use_nbest: true}", [6, 8, 9]),
     ("validate: {rule: ngram, alpha: 0.4}", [3, 5, 6, 8, 9]),
     ("student: {decoder_layers: 4}", [4, 5, 6, 8, 9]),
+    ("distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 2, dev_limit: 2, "
+     "use_nbest: true, freeze_embeddings: true}", [6, 8, 9]),
     ("distill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, save_every: 5, dev_limit: 2, "
      "use_nbest: true, stop_after_steps: 9}\npseudo_label: {language: zh, beam_size: 2, nbest: 2, device: cpu, "
      "batch_size: 1}", []),  # runtime knobs: how fast or where, not what
@@ -84,6 +86,20 @@ def test_a_recipe_change_re_runs_exactly_the_stages_that_depend_on_it(tmp_path, 
     ran.clear()
     pipeline.run_pipeline(changed, None, lines.append, to_stage=9)
     assert ran == []  # and now the changed recipe's results are reused
+
+
+def test_an_option_added_later_leaves_the_runs_made_before_it_standing(tmp_path):
+    """A run finished before ``distill.freeze_embeddings`` existed recorded a recipe without it: at its default
+    (what that run did) the field stays out of the recipe, so upgrading k2d re-trains no finished stage 6."""
+    from k2d_train.pipeline.run import _stages
+    from k2d_train.pipeline.stage_graph import recipe
+
+    distill = next(stage for stage in _stages() if stage.name == "distill")
+    before = recipe(tiny_recipe(tmp_path), distill)["distill"]
+    frozen = tiny_recipe(tmp_path, "\ndistill: {max_steps: 2, batch_size: 2, warmup_steps: 1, eval_every: 2, "
+                                   "save_every: 2, dev_limit: 2, use_nbest: true, freeze_embeddings: true}\n", "x.yaml")
+    assert "freeze_embeddings" not in before and "max_steps" in before
+    assert recipe(frozen, distill)["distill"] == {**before, "freeze_embeddings": True}
 
 
 def test_a_stale_stage_says_why_and_clears_its_own_folders_first(tmp_path, monkeypatch):

@@ -45,6 +45,9 @@ class CurveOptions:
     heads: list[str] = field(default_factory=list)  # ctc and/or transducer heads on the same encoder, per size
     skip: list[str] = field(default_factory=list)  # points left out by folder name (d4-3h, ctc-1h): a partial grid
     earlier: list[str] = field(default_factory=list)  # curve.json of earlier runs drawn with this one (see merged)
+    # a recipe variant's name (e.g. the config's distill options changed): its points get their own folders, model
+    # names and lines (d2-3h-fast), beside those of the same depth and size trained the recipe's way
+    tag: str = ""
 
 
 def prefix_by_hours(kept: Path, hours: float, out: Path) -> tuple[Path, float, int]:
@@ -109,7 +112,7 @@ def train_point(config: RunConfig, registry, start: Path, kept: Path, chunks: in
     seconds = time.perf_counter() - started
     entry = register_and_export(config, registry, name, final, kept_layers, f"k2d-curve:{config.source}")
     return _record(entry, steps, chunks, seconds, report, say, layers=layers, kept_layers=kept_layers,
-                   **({"kl": "full"} if options.topk == 0 else {}))
+                   **({"kl": "full"} if options.topk == 0 else {}), **({"tag": options.tag} if options.tag else {}))
 
 
 def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunks: int, folder: Path,
@@ -131,7 +134,8 @@ def train_head_point(config: RunConfig, registry, start: Path, kept: Path, chunk
     teacher = registry.get(config.teacher).family or config.teacher
     entry = publish_ctc_student(registry, f"{config.name}-{folder.name}", folder / "final", ctc.quantization,
                                 config.pseudo_label.language or "zh", teacher, f"k2d-curve:{config.source}")
-    return _record(entry, steps, chunks, seconds, report, say, layers=0, head=head, kept_layers=[])
+    return _record(entry, steps, chunks, seconds, report, say, layers=0, head=head, kept_layers=[],
+                   **({"tag": options.tag} if options.tag else {}))
 
 
 def _shared(folder: Path) -> Path:
@@ -186,7 +190,7 @@ def curve(config: RunConfig, registry, out: Path, options: CurveOptions, say=pri
         kept, real_hours, chunks = prefix_by_hours(run_dir / "validate" / "kept.jsonl", hours,
                                                    run_dir / f"curve-{hours:g}h.jsonl")
         for kind, train in kinds:
-            folder = run_dir / "curve" / f"{kind}-{hours:g}h"
+            folder = run_dir / "curve" / (f"{kind}-{hours:g}h" + (f"-{options.tag}" if options.tag else ""))
             if folder.name not in options.skip:
                 point = finished_point(folder, partial(train, config, registry, start, kept, chunks, folder, options,
                                                        say))
@@ -225,6 +229,8 @@ def command(run: dict) -> str:
              *(f"--hours {h:g}" for h in options.get("hours", [])), *(f"--head {h}" for h in options.get("heads", []))]
     if options.get("topk", 64) != 64:
         words.append(f"--topk {options['topk']}")
+    if options.get("tag"):
+        words.append(f"--tag {options['tag']}")
     return " ".join(words)
 
 
@@ -260,8 +266,7 @@ def points_markdown(points: list[dict]) -> str:
     lines = ["| student | decoder layers (teacher's) | hours | chunks | steps | train min | steps/s | parameters |",
              "|---|---|---|---|---|---|---|---|"]
     for p in points:
-        depth = f"{p['head']} head" if p.get("head") else f"{p['layers']} ({p['kept_layers']})" + \
-            (", full KL" if p.get("kl") == "full" else "")
+        depth = f"{p['head']} head{variant(p)}" if p.get("head") else f"{p['layers']} ({p['kept_layers']}){variant(p)}"
         lines.append(f"| {p['model']} | {depth} | {p['hours']:.2f} | {p['chunks']} | "
                      f"{p['steps']} | {p['train_seconds'] / 60:.1f} | {p['steps_per_s']:.2f} | "
                      f"{p['parameters'] / 1e6:.1f}M |")
@@ -313,14 +318,19 @@ def plot(result: dict, path: Path) -> None:
 def series(point: dict) -> str:
     """The line a point belongs to on the plot: its decoder depth, or its non-autoregressive head."""
     if point.get("head"):
-        return f"{point['head']} head"
-    return f"{point['layers']}-layer decoder" + (", full KL" if point.get("kl") == "full" else "")
+        return f"{point['head']} head{variant(point)}"
+    return f"{point['layers']}-layer decoder{variant(point)}"
 
 
 def p_label(point: dict) -> str:
     if point.get("head"):
-        return f"{point['head'].upper()}, {point['hours']:.2g} h"
-    return f"{point['layers']}L{' full KL' if point.get('kl') == 'full' else ''}, {point['hours']:.2g} h"
+        return f"{point['head'].upper()}{variant(point)}, {point['hours']:.2g} h"
+    return f"{point['layers']}L{variant(point).replace(',', '', 1)}, {point['hours']:.2g} h"
+
+
+def variant(point: dict) -> str:
+    """What sets a point apart from its depth's recipe: the full KL, or the tag of a recipe variant."""
+    return (", full KL" if point.get("kl") == "full" else "") + (f", {point['tag']}" if point.get("tag") else "")
 
 
 __all__ = ["CurveOptions", "curve", "prefix_by_hours"]

@@ -142,7 +142,18 @@ class DistillOptions:
     seed: int = 0  # random seed of this stage (batch order, draws)
     use_nbest: bool = False  # train on every N-best hypothesis (needs pseudo_label.nbest)
     label_script: str = "simplified"  # simplified | traditional | as_is (the teacher flips between scripts)
-    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none on CPU
+    # auto: bf16 on CUDA, none on CPU; bf16 also runs on a CPU (autocast, float32 weights), fast where it is native
+    # (avx512_bf16 / AMX): docs/training.md, "Cheap steps on a CPU"
+    mixed_precision: str = "auto"
+    # keep the decoder's token embedding (tied to its output projection: 26.5M of a 2-layer base decoder's 35.2M
+    # trainable weights) as the teacher's: no gradient for the 51,865-row product, no optimizer state for it
+    freeze_embeddings: bool = False
+    # against memorising a few hours (2.45 h: 39k label tokens for the 8.6M weights of a 2-layer decoder besides
+    # its embedding; the training CE falls to ~0.1): Whisper's dropout on the decoder while training (it ships 0),
+    # and SpecAugment masks drawn anew each step on the student's cached states (targets: the clean states')
+    dropout: float = 0.0
+    mask_time: int = 0  # time masks per example, up to 20 frames (0.4 s) each
+    mask_channels: int = 0  # channel masks per example, up to width / 16 channels each
     cache_encoder: bool = True  # cache encoder states on disk
     dev_limit: int = 40  # dev utterances scored at each evaluation
     loop_weight: float = 1.0  # the kept step minimises guarded dev MER + loop_weight × looping share (DevScore)

@@ -43,6 +43,11 @@ RUNTIME_KNOBS = {
     "distill_ctc": {"save_every", "keep_checkpoints", "stop_after_steps"},
     "evaluate": {"device", "cpu_threads", "decode_threads"},
 }
+# fields added to a section after runs were made, at the value that does what those runs did: left out of the
+# recipe at that value, so upgrading re-runs nothing that was already done
+ADDED_LATER = {
+    "distill": {"freeze_embeddings": False, "dropout": 0.0, "mask_time": 0, "mask_channels": 0},
+}
 
 
 @dataclass
@@ -78,8 +83,9 @@ def recipe(config, stage: Stage) -> dict:
     def plain(name: str, value: object) -> object:
         if not dataclasses.is_dataclass(value):
             return value
-        knobs = RUNTIME_KNOBS.get(name, set())
-        return {k: v for k, v in dataclasses.asdict(value).items() if k not in knobs}
+        knobs, later = RUNTIME_KNOBS.get(name, set()), ADDED_LATER.get(name, {})
+        return {k: v for k, v in dataclasses.asdict(value).items()
+                if k not in knobs and (k not in later or v != later[k])}
 
     return json.loads(json.dumps({name: plain(name, getattr(config, name)) for name in stage.reads}, default=str))
 

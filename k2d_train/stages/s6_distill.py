@@ -28,6 +28,7 @@ from k2d_train.labels.decoding import whisper_prompt
 from k2d_train.labels.tokens import chunk_label_ids
 from k2d_train.pipeline.options import DistillOptions
 from k2d_train.pipeline.sharding import Processes
+from k2d_train.training.augment import mask_states
 from k2d_train.training.encoder_states import (
     STUDENT_STATES,
     CT2Encoder,
@@ -205,8 +206,10 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = WhisperTokenizer.from_pretrained(student_dir)
     teacher = WhisperForConditionalGeneration.from_pretrained(teacher_dir).to(accelerator.device).eval()
-    student = WhisperForConditionalGeneration.from_pretrained(student_dir)
+    student = WhisperForConditionalGeneration.from_pretrained(student_dir, dropout=options.dropout)
     student.model.encoder.requires_grad_(False)
+    if options.freeze_embeddings:  # the output projection is the same tensor (Whisper ties them)
+        student.get_input_embeddings().requires_grad_(False)
     policy = ContextPolicy.of_model(student_dir)
     teacher_states, student_states = _encoder_states(teacher, student, student_dir, teacher_dir, run_dir, options,
                                                      accelerator.device, policy, teacher_cache, teacher_ct2,
@@ -232,7 +235,7 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
     best = _Best(run_dir / "best", student_dir)
 
     def loss(modules, batch, step, generator):
-        return _step_loss(modules[0], teacher, batch, weights, accelerator.device)
+        return _step_loss(modules[0], teacher, augmented(batch, options, generator), weights, accelerator.device)
 
     def evaluate(modules, step, record):
         model = accelerator.unwrap_model(modules[0])
@@ -250,6 +253,15 @@ def distill(teacher_dir: Path, student_dir: Path, kept: Path, run_dir: Path, opt
             _save_final(accelerator.unwrap_model(fitted.modules[0]), student_dir, final_dir, best)
         (run_dir / "distill_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def augmented(batch: dict, options: DistillOptions, generator: torch.Generator) -> dict:
+    """The batch a step trains on: SpecAugment masks (``mask_time``, ``mask_channels``) on the student's states
+    alone; the teacher's states and cached targets stay those of the clean audio."""
+    if not (options.mask_time or options.mask_channels):
+        return batch
+    return {**batch, "student_encoder": mask_states(batch["student_encoder"], generator, options.mask_time,
+                                                    options.mask_channels)}
 
 
 def _step_loss(student, teacher, batch: dict, weights: LossWeights, device) -> dict:

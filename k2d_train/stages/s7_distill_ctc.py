@@ -29,6 +29,7 @@ from k2d.streaming import StreamWindows
 from k2d_train.labels.units import UnitCoder, build_units
 from k2d_train.pipeline.options import CTCOptions
 from k2d_train.pipeline.sharding import Processes
+from k2d_train.training.augment import mask_states
 from k2d_train.training.encoder_states import (
     STUDENT_STATES,
     ClipReader,
@@ -146,21 +147,6 @@ def _frames(clip_s: float) -> int:
     return int(np.ceil(clip_s / 0.02)) + 1
 
 
-def _masked(states: torch.Tensor, options: CTCOptions, generator: torch.Generator) -> torch.Tensor:
-    out = states.clone()
-    steps, width = out.shape[1], out.shape[2]
-    for b in range(out.shape[0]):
-        for _ in range(options.mask_time):
-            span = int(torch.randint(0, 21, (1,), generator=generator))
-            low = int(torch.randint(0, max(1, steps - span), (1,), generator=generator))
-            out[b, low : low + span] = 0
-        for _ in range(options.mask_channels):
-            span = int(torch.randint(0, width // 16 + 1, (1,), generator=generator))
-            low = int(torch.randint(0, max(1, width - span), (1,), generator=generator))
-            out[b, :, low : low + span] = 0
-    return out
-
-
 def head_loss(head, states: torch.Tensor, frames: torch.Tensor, targets: torch.Tensor,
               lengths: torch.Tensor) -> torch.Tensor:
     """The batch's loss through the head's forward pass (``head`` may be wrapped for several processes)."""
@@ -258,7 +244,7 @@ def _collate(items, options: CTCOptions, generator: torch.Generator):
     for i, (hidden, ids) in enumerate(items):
         states[i, : len(hidden)] = hidden
         targets[i, : len(ids)] = torch.tensor(ids)
-    return _masked(states, options, generator), frames, targets, lengths
+    return mask_states(states, generator, options.mask_time, options.mask_channels), frames, targets, lengths
 
 
 def _best_state(run_dir: Path) -> dict | None:

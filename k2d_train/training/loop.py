@@ -51,15 +51,30 @@ def option(options, name: str, default):
     return default if value is None else value
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX); None where the OS does not say."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def make_accelerator(options):
     """Accelerate with the stage's mixed precision (``auto``: bf16 on a CUDA device that has it, none on a
-    CPU) and gradient accumulation, every process seeded alike."""
+    CPU) and gradient accumulation, every process seeded alike. An explicit ``bf16`` also runs on a CPU
+    (autocast, float32 weights): fast where the CPU has bf16 units, emulated and slow where it has not."""
+    import warnings
+
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     precision = option(options, "mixed_precision", "no")
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
+        warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 or AMX is emulated and may be slower than "
+                      "float32; set mixed_precision: no", stacklevel=2)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=option(options, "grad_accum", 1))
     set_seed(options.seed)
     return accelerator
