@@ -80,6 +80,27 @@ def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
 
 
 @pytest.mark.slow
+def test_the_cheap_cpu_recipe_keeps_the_embedding_and_trains_the_layers_on_masked_states(registry, tiny_setup):
+    """``freeze_embeddings`` + bf16 + dropout + state masks (scale.yaml's steps, regularised): the tied embedding
+    comes back bit for bit, the layers move, and the masks change what the layers learn (against unmasked)."""
+    root, kept = tiny_setup
+    teacher = registry.path_of("whisper-base-hf")
+    cheap = dict(freeze_embeddings=True, mixed_precision="bf16", dropout=0.1)
+    masked = distill(teacher, root / "student", kept, root / "cheap", _options(**cheap, mask_time=2, mask_channels=2),
+                     final_dir=root / "final-cheap")
+    plain = distill(teacher, root / "student", kept, root / "cheap-plain", _options(**cheap),
+                    final_dir=root / "final-cheap-plain")
+    assert masked["steps"] == plain["steps"] == 4
+    start = load_file(root / "student" / "model.safetensors")
+    a, b = load_file(root / "final-cheap" / "model.safetensors"), load_file(root / "final-cheap-plain" / "model.safetensors")
+    embedding = "model.decoder.embed_tokens.weight"
+    assert torch.equal(a[embedding], start[embedding]) and torch.equal(b[embedding], start[embedding])
+    layers = [n for n in a if "decoder.layers" in n]
+    assert any(not torch.equal(a[n], start[n]) for n in layers)
+    assert any(not torch.equal(a[n], b[n]) for n in layers)  # the masks reached the student's input
+
+
+@pytest.mark.slow
 def test_cached_teacher_topk_gives_the_live_teachers_loss_and_is_computed_once(registry, tiny_setup):
     """With every token kept, the cached targets are the live teacher's distribution: the first step's KL (before
     any update) is the same; a second run reuses the cache, and another temperature does not."""
