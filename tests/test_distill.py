@@ -81,10 +81,14 @@ def test_resume_after_an_interruption_continues_exactly(registry, tiny_setup):
 
 @pytest.mark.slow
 def test_the_cheap_cpu_recipe_keeps_the_embedding_and_trains_the_layers_on_masked_states(registry, tiny_setup):
-    """``freeze_embeddings`` + bf16 + dropout + state masks (scale.yaml's steps, regularised): the tied embedding
-    comes back bit for bit, the layers move, and the masks change what the layers learn (against unmasked)."""
+    """``freeze_embeddings`` + bf16 + dropout + state masks (scale.yaml's steps, regularised), after a float32 stage
+    in the same process: the tied embedding comes back bit for bit, the layers move, and the masks change what the
+    layers learn (against unmasked)."""
+    from k2d_train.training.loop import make_accelerator
+
     root, kept = tiny_setup
     teacher = registry.path_of("whisper-base-hf")
+    make_accelerator(DistillOptions())  # as stage 5 does before it in one `k2d run`: float32 in this process first
     cheap = dict(freeze_embeddings=True, mixed_precision="bf16", dropout=0.1)
     masked = distill(teacher, root / "student", kept, root / "cheap", _options(**cheap, mask_time=2, mask_channels=2),
                      final_dir=root / "final-cheap")

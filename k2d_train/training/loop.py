@@ -60,21 +60,40 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _precision(options) -> str:
+    """The stage's mixed precision, ``auto`` resolved: bf16 on a CUDA device that has it, none on a CPU."""
+    precision = option(options, "mixed_precision", "no")
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return precision
+
+
+def cpu_autocast(options):
+    """The loop's own bf16 autocast where a CPU stage asks for bf16 (float32 weights and optimizer; fast where the
+    CPU has bf16 units, emulated and slow where it has not), else no context. Not Accelerate's: its precision is
+    one per process (``AcceleratorState`` refuses a second), and the stages of one ``k2d run`` or ``k2d curve``
+    each choose their own."""
+    import contextlib
+
+    if _precision(options) == "bf16" and not torch.cuda.is_available():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def make_accelerator(options):
-    """Accelerate with the stage's mixed precision (``auto``: bf16 on a CUDA device that has it, none on a
-    CPU) and gradient accumulation, every process seeded alike. An explicit ``bf16`` also runs on a CPU
-    (autocast, float32 weights): fast where the CPU has bf16 units, emulated and slow where it has not."""
+    """Accelerate with the stage's mixed precision on CUDA (a CPU's bf16 is :func:`cpu_autocast`) and gradient
+    accumulation, every process seeded alike."""
     import warnings
 
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    precision = option(options, "mixed_precision", "no")
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
-        warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 or AMX is emulated and may be slower than "
-                      "float32; set mixed_precision: no", stacklevel=2)
+    precision = _precision(options)
+    if precision == "bf16" and not torch.cuda.is_available():
+        precision = "no"
+        if cpu_has_native_bf16() is False:
+            warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 or AMX is emulated and may be slower "
+                          "than float32; set mixed_precision: no", stacklevel=2)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=option(options, "grad_accum", 1))
     set_seed(options.seed)
     return accelerator
@@ -109,7 +128,8 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
         sampler.use_epoch(*divmod(step * grad_accum, sampler.per_process()))  # this process's batches so far
         for batch in loader:
             with accelerator.accumulate(prepared[0]):
-                losses = loss(prepared, batch, step + 1, generator)
+                with cpu_autocast(options):
+                    losses = loss(prepared, batch, step + 1, generator)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, 1.0)
