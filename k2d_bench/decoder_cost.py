@@ -26,7 +26,7 @@ from k2d.audio import decode_audio
 from k2d.engine import GENERATE_LENGTH_FACTOR, DecodeOptions, WhisperEngine
 from k2d.features import log_mel
 from k2d.registry import resolve_model
-from k2d_bench import command_line
+from k2d_bench import command_line, report
 from k2d_train.store.ct2_format import read_model_bin
 from k2d_train.store.ct2_to_hf import whisper_shape
 
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += [f"| {label} | {layers} | {ms:.2f} | {count} |" for label, layers, ms, count in rows]
     lines += ["", f"Fit: {intercept:.2f} ms per token whatever the depth + {slope:.2f} ms per decoder layer; "
               f"a 2-layer decoder spends {intercept / (intercept + 2 * slope):.0%} of each step outside its layers."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from k2d_bench import command_line
+from k2d_bench import command_line, report
 
 SETTINGS = (("float32, embedding trained", False, False), ("float32, embedding frozen", False, True),
             ("bf16, embedding trained", True, False), ("bf16, embedding frozen", True, True))
@@ -78,11 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, _, _, _, count in setups:
         median = statistics.median(times[label])
         lines.append(f"| {label} | {count / 1e6:.1f}M | {median:.3f} | {base / median:.2f}× |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+    report(lines, args.out)
 
 
 if __name__ == "__main__":
