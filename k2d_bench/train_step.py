@@ -15,7 +15,6 @@ A measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 from k2d_bench import command_line, report
+from k2d_train.pipeline.options import DistillOptions
+from k2d_train.training.loop import cpu_autocast
 
 SETTINGS = (("float32, embedding trained", False, False), ("float32, embedding frozen", False, True),
             ("bf16, embedding trained", True, False), ("bf16, embedding frozen", True, True))
@@ -31,8 +32,7 @@ SETTINGS = (("float32, embedding trained", False, False), ("float32, embedding f
 def _step(model, optimizer, states: torch.Tensor, tokens: torch.Tensor, bf16: bool) -> float:
     """Seconds for one forward, backward and optimizer step."""
     start = time.perf_counter()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with autocast:
+    with cpu_autocast(DistillOptions(mixed_precision="bf16" if bf16 else "no")):  # what stage 6's loop enters
         logits = model(encoder_outputs=(states,), decoder_input_ids=tokens[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()

@@ -68,16 +68,19 @@ def _precision(options) -> str:
     return precision
 
 
+def _cpu_bf16(options) -> bool:
+    """A CPU stage asking for bf16: the loop's own autocast, not Accelerate's (see :func:`cpu_autocast`)."""
+    return _precision(options) == "bf16" and not torch.cuda.is_available()
+
+
 def cpu_autocast(options):
     """The loop's own bf16 autocast where a CPU stage asks for bf16 (float32 weights and optimizer; fast where the
     CPU has bf16 units, emulated and slow where it has not), else no context. Not Accelerate's: its precision is
     one per process (``AcceleratorState`` refuses a second), and the stages of one ``k2d run`` or ``k2d curve``
-    each choose their own."""
+    each choose their own. Re-enterable: made once per run, entered once per step."""
     import contextlib
 
-    if _precision(options) == "bf16" and not torch.cuda.is_available():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16) if _cpu_bf16(options) else contextlib.nullcontext()
 
 
 def make_accelerator(options):
@@ -89,7 +92,7 @@ def make_accelerator(options):
     from accelerate.utils import set_seed
 
     precision = _precision(options)
-    if precision == "bf16" and not torch.cuda.is_available():
+    if _cpu_bf16(options):
         precision = "no"
         if cpu_has_native_bf16() is False:
             warnings.warn("mixed_precision: bf16 on a CPU without avx512_bf16 or AMX is emulated and may be slower "
@@ -124,11 +127,12 @@ def fit(accelerator, modules: Sequence[torch.nn.Module], params: list[torch.nn.P
     for module in prepared:
         module.train()
     last: dict = {}
+    autocast = cpu_autocast(options)
     while step < stop_at:
         sampler.use_epoch(*divmod(step * grad_accum, sampler.per_process()))  # this process's batches so far
         for batch in loader:
             with accelerator.accumulate(prepared[0]):
-                with cpu_autocast(options):
+                with autocast:
                     losses = loss(prepared, batch, step + 1, generator)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
