@@ -71,7 +71,8 @@ def test_new_options_at_their_defaults_leave_the_stamp_of_an_existing_corpus_alo
     real = SynthOptions(text="real", lectures=60)
     assert engine.digest(real) == engine.digest(replace(real, lecture_limit=6, workers=3, audio_store="/x"))
     assert engine.digest(real) != engine.digest(replace(real, seed=1))
-    for real_only in (SynthOptions(lecture_limit=2), SynthOptions(heldout_lectures=2)):
+    for real_only in (SynthOptions(lecture_limit=2), SynthOptions(heldout_lectures=2),
+                      SynthOptions(engine_lecture_limit={"kokoro": 1})):
         with pytest.raises(ValueError, match="text: real"):
             build_corpus(Path("/nonexistent/never-made"), real_only)
 
@@ -214,6 +215,10 @@ def test_the_scale_recipes_are_three_hours_and_its_prefixes_with_big_enough_held
     between = RunConfig.load(configs / "scale-7h.yaml")  # its first 140 lectures: the same audio, the same sets
     assert between.corpus["synth"] == {**bigger.corpus["synth"], "lecture_limit": 140}
     assert between.distill == bigger.distill and between.student == bigger.student
+    cheap = RunConfig.load(configs / "scale-7h-cheap.yaml")  # fewer neural-voice lectures, more text: one session
+    assert cheap.corpus["synth"] == {**bigger.corpus["synth"], "lecture_limit": 200,
+                                     "engine_lecture_limit": {"kokoro": 60}}
+    assert cheap.distill == bigger.distill and cheap.student == bigger.student
 
 
 @pytest.mark.slow
@@ -240,6 +245,29 @@ def test_a_corpus_with_more_lectures_keeps_its_first_lectures_and_with_heldout_l
     assert all(pinned[s] == base[s] for s in SETS) and pinned["lectures"] == more["lectures"]
     with pytest.raises(ValueError, match="heldout_lectures"):
         engine.plan(replace(small, heldout_lectures=5))
+
+
+@pytest.mark.slow
+def test_an_engine_lecture_limit_drops_that_engines_later_lectures_and_changes_no_other_item():
+    """``engine_lecture_limit`` makes a corpus of more text hours without more hours of the slow neural voices: a
+    kept lecture must be the very item of the full corpus (its audio is reused from the store), and the held-out
+    sets must not move, or the learning curve's sizes would be scored on different utterances."""
+    options = replace(REAL, lectures=16, workers=0)
+    capped = replace(options, lecture_limit=12, engine_lecture_limit={"gcin": 4})
+
+    def items(o: SynthOptions) -> dict[str, list]:
+        jobs, _ = engine.plan(o)
+        return {split: [j for j in jobs if j.split == split] for split in SETS + ("lectures",)}
+
+    full, kept = items(options), items(capped)
+    assert all(full[s] == kept[s] for s in SETS) and engine.digest(capped) == engine.digest(options)
+    expected = [j for j in full["lectures"][:12] if j.pairs[0].mandarin.engine != "gcin" or j.index < 4]
+    assert kept["lectures"] == expected and len(expected) < 12
+    assert {j.pairs[0].mandarin.engine for j in expected if j.index >= 4} == {"espeak"}
+    for bad, message in (({"kokoro": 2}, "not in engine_share"), ({"gcin": 2}, "needs engine_share")):
+        with pytest.raises(ValueError, match=message):
+            engine.plan(replace(capped, engine_lecture_limit=bad,
+                                engine_share=None if message == "needs engine_share" else capped.engine_share))
 
 
 def test_a_sentence_no_gcin_speaker_recorded_is_passed_over_not_fatal():

@@ -10,7 +10,8 @@ sets, ``voices.json``, ``conditions.json``) differently, because hours do not fi
   means a finished item); a killed build resumes where it stopped;
 - the items run over ``workers`` processes (spawned: ONNX Runtime sessions do not survive a fork), longest
   first, with a progress bar; the results do not depend on the number of workers;
-- ``lecture_limit`` keeps only the first N lectures of a corpus of ``lectures``, and ``audio_store`` puts item
+- ``lecture_limit`` keeps only the first N lectures of a corpus of ``lectures`` (``engine_lecture_limit`` only the
+  first N of one Mandarin engine's, e.g. fewer of the slow neural voices), and ``audio_store`` puts item
   audio in a folder shared by corpora that differ only in that: the 0.3 h and 1 h corpora of a learning curve
   are then prefixes of the 3 h one, made once. Held-out sets are made for the full corpus, so every size is
   scored on the same utterances. File names carry a digest of everything that decides the item, so a stale
@@ -44,7 +45,7 @@ from k2d_train.data.voices import VoiceSpec, bopomofo_of, mandarin_reader
 HELDOUT_KINDS = ("code_switched", "mandarin", "natural")  # the sets are decoded as zh: no English-only sentences
 SECONDS_PER_SENTENCE = 1.5  # the least a sentence and its pause take: sizes a lecture's block of sentences
 UTTERANCE_BLOCK = 12  # sentences reserved per test utterance (one to four are spoken; the rest are spares)
-_NOT_IN_DIGEST = {"workers", "audio_store", "lecture_limit", "ood_noisy", "ood_noisy_utterances"}
+_NOT_IN_DIGEST = {"workers", "audio_store", "lecture_limit", "engine_lecture_limit", "ood_noisy", "ood_noisy_utterances"}
 # options added after audio stores were made, at the value that means "as before": left out, so items keep their names
 _DIGEST_AS_BEFORE = {"heldout_lectures": None}
 
@@ -148,7 +149,7 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
     seconds = options.lecture_minutes * 60
     size = math.ceil(seconds / SECONDS_PER_SENTENCE) + 4
     limit = options.lectures if options.lecture_limit is None else min(options.lecture_limit, options.lectures)
-    for k in range(limit):
+    for k in _kept_lectures(options, lecturers, limit):
         jobs.append(Job("lectures", k, name("lectures", k), (lecturers[k],), False, _block(bank, "train", k, size), seconds))
     short = [j for j in jobs if len(j.sentences) < (size if j.lecture else UTTERANCE_BLOCK)]
     if short:
@@ -157,6 +158,20 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
              "encoder_sentences": [s.text for s in bank.sentences("train", 2000, options.lectures * size)]
              if options.encoder_minutes > 0 else []}
     return jobs, facts
+
+
+def _kept_lectures(options: SynthOptions, lecturers: list[Pair], limit: int) -> list[int]:
+    """The lectures among the first ``limit`` that ``engine_lecture_limit`` keeps: a lecture's index is its place in
+    the full corpus, so a kept lecture is the same item (name, voices, sentences) in every corpus that keeps it."""
+    caps = options.engine_lecture_limit or {}
+    if caps and not options.engine_share:
+        raise ValueError("corpus synth: engine_lecture_limit needs engine_share (only its casting gives each lecture "
+                         "its engine independently of the corpus size)")
+    unknown = set(caps) - set(options.engine_share or {})
+    if unknown:
+        raise ValueError(f"corpus synth engine_lecture_limit: {sorted(unknown)} not in engine_share "
+                         f"{sorted(options.engine_share or {})}")
+    return [k for k in range(limit) if k < caps.get(lecturers[k].mandarin.engine, limit)]
 
 
 @lru_cache(maxsize=65536)

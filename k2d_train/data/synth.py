@@ -75,6 +75,9 @@ class SynthOptions:
     channel: dict | None = None  # overrides of augment.TRAIN (lectures, test, dev): snr_db, telephone_p, codec_p, ...
     engine_share: dict | None = None  # real text: share of lectures per Mandarin engine, e.g. {gcin: 0.35, kokoro: 0.3}
     lecture_limit: int | None = None  # real text: only the first N lectures (learning-curve prefixes of one corpus)
+    # real text with engine_share: per Mandarin engine, only that engine's lectures among the first N, e.g.
+    # {kokoro: 60} with lecture_limit 200: more hours of text and cheap voices, the neural hours of a smaller corpus
+    engine_lecture_limit: dict | None = None
     audio_store: str | None = None  # real text: where item audio lives (shared by corpora that differ in size only)
     # in-domain test/dev speakers: the voice pairs of the first N lectures (None: of every lecture). A corpus that
     # extends another with more lectures (the first ones are the same) then keeps its in-domain held-out sets
@@ -86,7 +89,7 @@ class SynthOptions:
 # values, so an existing corpus is still recognised; ``workers`` never decides the output.
 LATER_DEFAULTS = {"text": "templates", "text_mix": None, "text_script": "simplified", "voice_blends": 0,
                   "channel": None, "engine_share": None, "lecture_limit": None, "audio_store": None,
-                  "heldout_lectures": None}
+                  "heldout_lectures": None, "engine_lecture_limit": None}
 
 
 @dataclass(frozen=True)
@@ -420,8 +423,9 @@ def build_corpus(out: Path, options: SynthOptions) -> bool:
     if options.text != "templates":
         raise ValueError(f"corpus synth text: {options.text!r}; choose templates or real")
     if (options.lecture_limit is not None or options.audio_store is not None or options.engine_share
-            or options.heldout_lectures is not None):
-        raise ValueError("corpus synth: lecture_limit, audio_store, engine_share and heldout_lectures need text: "
+            or options.heldout_lectures is not None or options.engine_lecture_limit):
+        raise ValueError("corpus synth: lecture_limit, engine_lecture_limit, audio_store, engine_share and "
+                         "heldout_lectures need text: "
                          "real (template lectures draw from one shared pool, so a prefix is not a smaller corpus)")
     extra = blends(options)
     lecturers = lecture_pairs(options.lectures, random.Random(options.seed), options.training_engines, extra)
