@@ -283,6 +283,10 @@ def test_curve_runs_of_one_family_merge_into_one_curve_and_merging_again_changes
 
     assert command({"config": "/tmp/x/configs/scale.yaml", "options": {"layers": [2], "hours": [3.0], "topk": 0}}) == \
         "k2d curve configs/scale.yaml --layers 2 --hours 3 --topk 0"
+    trained_longer = {"layers": [2], "hours": [7.0], "epochs": 25.0, "max_steps": 1500, "learning_rate": 2e-4,
+                      "batch_size": 8, "topk": 64}  # steps decide a point's figures: a reader must be able to rerun it
+    assert command({"config": "configs/scale.yaml", "options": trained_longer}) == \
+        "k2d curve configs/scale.yaml --layers 2 --hours 7 --epochs 25 --max-steps 1500 --learning-rate 0.0002 --batch-size 8"
 
 
 def test_why_a_stage_is_stale_names_its_fields_and_a_result_from_before_fingerprints_is_judged_on_what_it_recorded():

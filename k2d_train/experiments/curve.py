@@ -227,8 +227,10 @@ def command(run: dict) -> str:
     recipe = "configs/" + recipe.split("/configs/", 1)[1] if "/configs/" in recipe else recipe
     words = [f"k2d curve {recipe}", *(f"--layers {n}" for n in options.get("layers", [])),
              *(f"--hours {h:g}" for h in options.get("hours", [])), *(f"--head {h}" for h in options.get("heads", []))]
-    if options.get("topk", 64) != 64:
-        words.append(f"--topk {options['topk']}")
+    defaults = {"epochs": CurveOptions.epochs, "max_steps": CurveOptions.max_steps, "topk": 64,
+                "learning_rate": None, "batch_size": None}  # the steps a point trained decide its figures too
+    words += [f"--{key.replace('_', '-')} {options[key]:g}" for key, default in defaults.items()
+              if options.get(key, default) != default]
     if options.get("tag"):
         words.append(f"--tag {options['tag']}")
     return " ".join(words)
