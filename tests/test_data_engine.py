@@ -221,6 +221,12 @@ def test_the_scale_recipes_are_three_hours_and_its_prefixes_with_big_enough_held
     assert cheap.distill == bigger.distill and cheap.student == bigger.student
 
 
+def _planned(options: SynthOptions) -> dict[str, list[engine.Job]]:
+    """The corpus's planned items per split (held-out sets and lectures), made by nothing."""
+    jobs, _ = engine.plan(options)
+    return {split: [j for j in jobs if j.split == split] for split in SETS + ("lectures",)}
+
+
 @pytest.mark.slow
 def test_a_corpus_with_more_lectures_keeps_its_first_lectures_and_with_heldout_lectures_its_held_out_sets():
     """The next size of the learning curve (more lectures of the same recipe) must be scored on the same held-out
@@ -235,8 +241,7 @@ def test_a_corpus_with_more_lectures_keeps_its_first_lectures_and_with_heldout_l
     small = replace(REAL, lectures=4, workers=0)
 
     def items(options: SynthOptions) -> dict[str, list]:
-        jobs, _ = engine.plan(options)
-        return {split: [(j.pairs, j.sentences) for j in jobs if j.split == split] for split in SETS + ("lectures",)}
+        return {split: [(j.pairs, j.sentences) for j in jobs] for split, jobs in _planned(options).items()}
 
     base, more, pinned = items(small), items(replace(small, lectures=16)), items(replace(small, lectures=16,
                                                                                           heldout_lectures=4))
@@ -254,12 +259,7 @@ def test_an_engine_lecture_limit_drops_that_engines_later_lectures_and_changes_n
     sets must not move, or the learning curve's sizes would be scored on different utterances."""
     options = replace(REAL, lectures=16, workers=0)
     capped = replace(options, lecture_limit=12, engine_lecture_limit={"gcin": 4})
-
-    def items(o: SynthOptions) -> dict[str, list]:
-        jobs, _ = engine.plan(o)
-        return {split: [j for j in jobs if j.split == split] for split in SETS + ("lectures",)}
-
-    full, kept = items(options), items(capped)
+    full, kept = _planned(options), _planned(capped)
     assert all(full[s] == kept[s] for s in SETS) and engine.digest(capped) == engine.digest(options)
     expected = [j for j in full["lectures"][:12] if j.pairs[0].mandarin.engine != "gcin" or j.index < 4]
     assert kept["lectures"] == expected and len(expected) < 12
