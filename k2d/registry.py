@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
-from k2d.atomic import atomic_write_text
+from filelock import FileLock
+
+from k2d.atomic import SHARED_FILE_MODE, atomic_write_text
 from k2d.guard import RepetitionPenalty
 
 Format = Literal["ctranslate2", "transformers", "onnx"]
@@ -134,7 +137,11 @@ class ModelEntry:
 
 
 class Registry:
-    """Load, query and atomically update ``registry.json``."""
+    """Load, query and update ``registry.json``.
+
+    Several processes write one store (``k2d models fetch`` beside a ``k2d run`` that registers its student, two
+    curves): every change re-reads the file under a lock and writes it atomically, so no writer drops the
+    entries another added since it loaded; a name not known yet is looked up again on disk before it is an error."""
 
     def __init__(self, store: Path | None = None):
         self.store = (store or default_store()).resolve()
@@ -158,6 +165,8 @@ class Registry:
 
     def get(self, name: str) -> ModelEntry:
         if name not in self._entries:
+            self._entries = self._load()  # another process may have registered it since this one loaded
+        if name not in self._entries:
             known = ", ".join(self.names()) or "none (run `k2d models fetch`)"
             raise UnknownModelError(f"unknown model {name!r}; known models: {known}")
         return self._entries[name]
@@ -177,17 +186,24 @@ class Registry:
 
     def add(self, entry: ModelEntry) -> None:
         check_name(entry.name)
-        self._entries[entry.name] = entry
-        self.save()
+        self._change(lambda entries: entries.__setitem__(entry.name, entry))
 
     def remove(self, name: str) -> None:
-        self._entries.pop(name, None)
-        self.save()
+        self._change(lambda entries: entries.pop(name, None))
 
     def save(self) -> None:
-        """Rewrite the file atomically, readable by the serving user (also repairs an older 0600 file)."""
-        payload = {"models": [asdict(e) for e in self.entries()]}
-        atomic_write_text(self.file, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        """Rewrite the file as it stands, readable by the serving user (repairs an older 0600 file)."""
+        self._change(lambda entries: None)
+
+    def _change(self, change: Callable[[dict[str, ModelEntry]], object]) -> None:
+        """Re-read, change and rewrite the file under the store's lock: a read-modify-write no other writer
+        interleaves with (the lock file sits beside the registry, shared like it)."""
+        self.store.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.file.with_name(REGISTRY_FILE + ".lock"), mode=SHARED_FILE_MODE):
+            self._entries = self._load()
+            change(self._entries)
+            payload = {"models": [asdict(e) for e in self.entries()]}
+            atomic_write_text(self.file, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 ROLE_ALIASES = ("student", "teacher")

@@ -6,13 +6,14 @@ import json
 import shutil
 import stat
 import zipfile
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from k2d.atomic import atomic_writer
 from k2d.manifest import read_manifest, write_manifest
-from k2d.registry import ModelEntry, Registry
+from k2d.registry import ModelEntry, Registry, UnknownModelError
 from k2d_cli.main import app
 from tests.conftest import MANIFEST
 
@@ -191,6 +192,43 @@ def test_a_registry_written_before_the_typed_serving_contract_still_serves_the_s
     assert entry.card["steps"] == 180 and entry.extra == {"shape": "6+4"} and entry.serving.engine == "whisper"
     Registry(tmp_path).save()
     assert json.loads((tmp_path / "registry.json").read_text())["models"][0]["serving"]["teacher"] == "whisper-base"
+
+
+
+def _register(store: str, names: list[str]) -> None:
+    """One writer process: its own Registry, loaded before the others write, adds its names one by one."""
+    registry = Registry(Path(store))
+    for name in names:
+        registry.add(ModelEntry(name=name, format="ctranslate2", path=f"{name}/ct2", role="student"))
+
+
+def test_registry_writers_in_several_processes_lose_no_entry(tmp_path):
+    """``k2d models fetch`` beside a ``k2d run`` that registers its student: each process loaded the registry
+    before the other wrote, and every add must still land (a stale snapshot written back would drop some)."""
+    import multiprocessing
+
+    Registry(tmp_path).add(ModelEntry(name="whisper-base", format="ctranslate2", path="whisper-base/ct2"))
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_register, args=(str(tmp_path), [f"w{w}-{i}" for i in range(15)]))
+               for w in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    assert Registry(tmp_path).names() == sorted(["whisper-base", *(f"w{w}-{i}" for w in range(4) for i in range(15))])
+
+
+def test_a_registry_loaded_earlier_finds_a_model_registered_since(tmp_path):
+    """A run started while ``k2d models fetch`` was still filling the store failed at its fourth stage with
+    "unknown model": the registry it had read at start did not have the model yet."""
+    early = Registry(tmp_path)
+    Registry(tmp_path).add(ModelEntry(name="whisper-base-hf", format="transformers", path="whisper-base/hf"))
+    assert early.get("whisper-base-hf").path == "whisper-base/hf"
+    early.add(ModelEntry(name="k2d-student", format="ctranslate2", path="k2d-student/ct2"))
+    assert Registry(tmp_path).names() == ["k2d-student", "whisper-base-hf"]
+    with pytest.raises(UnknownModelError, match="known models: k2d-student, whisper-base-hf"):
+        early.get("no-such-model")
 
 
 BAD_NAMES = ["../victim", "victim/../../victim", "..", ".hidden", "a\\b", "C:victim"]
