@@ -194,7 +194,6 @@ def test_a_registry_written_before_the_typed_serving_contract_still_serves_the_s
     assert json.loads((tmp_path / "registry.json").read_text())["models"][0]["serving"]["teacher"] == "whisper-base"
 
 
-
 def _register(store: str, names: list[str]) -> None:
     """One writer process: its own Registry, loaded before the others write, adds its names one by one."""
     registry = Registry(Path(store))
