@@ -227,8 +227,8 @@ def command(run: dict) -> str:
     recipe = "configs/" + recipe.split("/configs/", 1)[1] if "/configs/" in recipe else recipe
     words = [f"k2d curve {recipe}", *(f"--layers {n}" for n in options.get("layers", [])),
              *(f"--hours {h:g}" for h in options.get("hours", [])), *(f"--head {h}" for h in options.get("heads", []))]
-    defaults = {"epochs": CurveOptions.epochs, "max_steps": CurveOptions.max_steps, "topk": 64,
-                "learning_rate": None, "batch_size": None}  # the steps a point trained decide its figures too
+    # the steps a point trained decide its figures too; a run recorded before an option existed had its default
+    defaults = {key: getattr(CurveOptions, key) for key in ("epochs", "max_steps", "topk", "learning_rate", "batch_size")}
     words += [f"--{key.replace('_', '-')} {options[key]:g}" for key, default in defaults.items()
               if options.get(key, default) != default]
     if options.get("tag"):
