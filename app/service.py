@@ -51,6 +51,9 @@ def validate(name: str, served: ServedModel, request: TranscribeRequest) -> None
         if not engine.knows_language(language):
             raise UnsupportedOptionError(f"model {name!r} does not transcribe the language {language!r}"
                                          f"{' (English only)' if engine.knows_language('en') else ''}")
+    elif served.core.language(None) is None and not engine.capabilities.detects_language:
+        raise UnsupportedOptionError(f"model {name!r} cannot detect the language (its vocabulary was trimmed); "
+                                     "name one, e.g. language=zh")
     if request.options.prompt and not engine.capabilities.prompts:
         raise UnsupportedOptionError(f"model {name!r} has no decoder to prompt (a CTC / transducer student)")
     if request.options.task == "translate" and not translates(served):

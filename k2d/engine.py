@@ -23,6 +23,7 @@ from k2d.engine_contract import Capabilities
 from k2d.features import log_mel
 from k2d.guard import LOOP_REASONS, GuardOptions, RepetitionPenalty, SampleOn, check, collapse_repeats
 from k2d.textunits import is_han, join_texts
+from k2d.vocabulary import MULTILINGUAL_VOCAB, trimmed_from
 
 TIME_PER_TIMESTAMP = ENCODER_FRAME_S  # Whisper's timestamp tokens step by one encoder frame
 HOP_LENGTH = SAMPLE_RATE // FRAMES_PER_S  # samples per mel frame
@@ -171,9 +172,11 @@ class WhisperEngine:
                    ("<|startoftranscript|>", "<|transcribe|>", "<|translate|>", "<|notimestamps|>", "<|endoftext|>",
                     "<|startofprev|>")}
         self.timestamp_begin = self.id["<|notimestamps|>"] + 1
-        self.multilingual = self.model.is_multilingual
+        # CTranslate2 knows a multilingual Whisper by its full vocabulary; a trimmed one by the size it came from
+        self.multilingual = self.model.is_multilingual or (trimmed_from(path) or 0) >= MULTILINGUAL_VOCAB
         self.capabilities = Capabilities(multilingual=self.multilingual, prompts=True, translates=self.multilingual,
-                                         word_timestamps=True, loops=True)
+                                         word_timestamps=True, loops=True,
+                                         detects_language=self.model.is_multilingual or not self.multilingual)
         self.workers = max(1, len(device_index)) * replicas
         # faster-whisper's rule: encoder outputs must come back to the host when several GPUs share a model
         self.to_cpu = device == "cuda" and len(device_index) > 1
@@ -222,6 +225,9 @@ class WhisperEngine:
     def detect_languages(self, storage) -> list[str]:
         if not self.multilingual:
             return ["en"] * storage.shape[0]
+        if not self.capabilities.detects_language:
+            raise ValueError(f"{self.path}: its vocabulary was trimmed, and CTranslate2 detects languages only "
+                             "with the full one; name the language")
         return [ranked[0][0].strip("<|>") for ranked in self.model.detect_language(storage)]
 
     def _prompt(self, language: str, options: DecodeOptions) -> list[int]:

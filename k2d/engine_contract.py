@@ -37,6 +37,7 @@ class Capabilities:
     streaming: bool = False  # live transcription over the WebSocket (``open_stream``)
     loops: bool = False  # an autoregressive decoder that can loop: guarded, with teacher fallback
     batching: bool = True  # windows of one batch run in one call
+    detects_language: bool = True  # a request naming no language gets one detected (not: a trimmed vocabulary)
 
 
 @runtime_checkable

@@ -71,6 +71,28 @@ def models_export(
     say(f"registered {entry.name} at {registry.path_of(entry.name)}")
 
 
+@models_app.command("trim")
+def models_trim(
+    source: Annotated[str, typer.Argument(help="Registered CTranslate2 Whisper (e.g. a trained student)")],
+    text: Annotated[list[Path], typer.Option(help="Text the model must still spell: lines, or JSONL rows with text "
+                                                  "/ teacher_text (a run's validate/kept.jsonl); repeatable",
+                                             exists=True, dir_okay=False)],
+    name: Annotated[str | None, typer.Option(help="Registry name [default: <source>-trimmed]")] = None,
+    min_count: Annotated[int, typer.Option(min=1, help="Keep a token the texts use at least this often")] = 1,
+    script: Annotated[str, typer.Option(help="Read the texts in the script the student writes (its label_script): "
+                                             "simplified | traditional | as_is")] = "simplified",
+    store: StoreOption = None,
+) -> None:
+    """Keep only the output tokens the texts use (plus bytes and special tokens): a faster decoder step."""
+    from k2d_train.store.operations import trim
+
+    if name is not None:
+        run_guarded(lambda: check_name(name, "model name (--name)"))
+    registry = Registry(store or default_store())
+    entry = run_guarded(lambda: trim(registry, source, text, name, min_count, script, say))
+    say(f"registered {entry.name} at {registry.path_of(entry.name)} ({entry.parameters / 1e6:.1f}M parameters)")
+
+
 @models_app.command("list")
 def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,

@@ -13,7 +13,9 @@ from k2d_cli.main import app
 from tests.conftest import REPO
 
 # the shipped smoke-test config, its run folder beside the test's config, plus one ablation
-CONFIG = (REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run") + "ablation_rules: [comp]\n"
+# and the student served with a trimmed vocabulary
+CONFIG = (REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run").replace(
+    "repetition_penalty: 1.1}", "repetition_penalty: 1.1, trim_vocabulary: true}") + "ablation_rules: [comp]\n"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,10 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     assert best["dev_rows"] == 2 and 0 <= best["dev_loops"] <= 2 and best["dev_guarded"] >= 0
     assert best["selection"] == pytest.approx(best["dev_guarded"] + best["dev_loops"] / 2, abs=1e-3)
     assert student.repetition_penalty.value == 1.1  # the config's export penalty, served from the registry entry
+    full = registry.get("tiny-student-full-vocabulary")  # trim_vocabulary: the full export stays, to compare
+    assert full.serving == student.serving and full.parameters - student.parameters > 20_000_000
+    trimmed = json.loads((registry.path_of("tiny-student") / "config.json").read_text())
+    assert trimmed["trimmed_from_vocabulary_size"] == 51865 and len(student.languages) == 99
     assert (registry.path_of("tiny-student") / "MODEL_CARD.md").read_text().startswith("# tiny-student")
     chunks = [json.loads(line) for line in (tmp_path / "run" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
     assert chunks and all(c["end"] - c["start"] <= 30 and c["teacher_label"].startswith("<|") for c in chunks)

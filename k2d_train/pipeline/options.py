@@ -255,3 +255,7 @@ class StudentShape:
 class ExportOptions:
     quantization: str = "int8"  # int8 | int8_float16 | float16 | float32 (CTranslate2)
     repetition_penalty: float = 1.0  # the student's decoding penalty, served from its registry entry
+    # serve the student with only the output tokens its training labels use (plus bytes and special tokens): with
+    # a 2-layer decoder the 51,865-row output projection is most of a decoding step (k2d models trim); the full
+    # export stays registered as <name>-full-vocabulary
+    trim_vocabulary: bool = False

@@ -53,8 +53,9 @@ def _stages() -> tuple[Stage, ...]:
               st.ctc_distillation, lambda c: c.distill_ctc is not None, ("distill_ctc",),
               inputs=("corpus", "validate", "student", "distill-encoder"), owns=("distill-ctc", "ctc-final")),
         Stage(8, "export", "CTranslate2 student and teacher, ONNX CTC student, with the serving contract",
-              st.export_models, reads=("name", "teacher", "export", "pseudo_label", "distill_ctc"),
-              inputs=("distill", "distill-ctc")),
+              # distill: trim_vocabulary keeps the tokens of the labels in the script the student learnt
+              st.export_models, reads=("name", "teacher", "export", "pseudo_label", "distill_ctc", "distill"),
+              inputs=("validate", "distill", "distill-ctc")),
         Stage(9, "evaluate", "teacher vs student through the serving path, per voice group", st.evaluation,
               # distill_encoder: the served context the short-context teacher row (ablation_contexts) copies
               reads=("evaluate", "ablation_contexts", "distill_ctc", "distill_encoder"), inputs=("corpus", "export"),

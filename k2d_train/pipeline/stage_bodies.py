@@ -158,7 +158,18 @@ def export_student(config, registry, name: str):
                               default_language=config.pseudo_label.language,
                               repetition_penalty=config.export.repetition_penalty)
     registry.add(student)
-    return student
+    return trim_student(config, registry, student) if config.export.trim_vocabulary else student
+
+
+def trim_student(config, registry, student):
+    """The exported student keeps the tokens of the labels it learnt from, in the script it learnt to write; the
+    full export is registered as ``<name>-full-vocabulary`` (to compare, or to detect languages)."""
+    from k2d_train.store.operations import trim
+
+    full = replace(student, name=f"{student.name}-full-vocabulary")
+    registry.add(full)
+    return trim(registry, full.name, [config.run_dir / "validate" / "kept.jsonl"], student.name,
+                script=config.distill.label_script)
 
 
 def ctc_distillation(run: Run) -> dict:

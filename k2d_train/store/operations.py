@@ -201,3 +201,34 @@ def export(registry: Registry, source: str, quantization: str, name: str | None,
     say(f"exporting {hf_dir} → {out_dir} ({quantization})")
     transformers_to_ct2(hf_dir, out_dir, quantization, registry.store)
     return register_ct2(registry, name, out_dir, role, f"export:{family}", family)
+
+
+def trim(registry: Registry, source: str, texts: list[Path], name: str | None, min_count: int = 1,
+         script: str = "simplified", say: Say = _quiet) -> ModelEntry:
+    """A registered CTranslate2 Whisper with only the tokens ``texts`` spell (plus bytes and special tokens),
+    registered beside it with the same role, serving contract and card (:mod:`k2d_train.store.trim_vocabulary`)."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer
+
+    from k2d_train.store import trim_vocabulary as tv
+    from k2d_train.store.whisper_assets import load_tokenizer_json
+
+    entry = registry.get(source)
+    if entry.format != "ctranslate2":
+        raise ValueError(f"{source} is a {entry.format} model; trim its CTranslate2 export")
+    source_dir = registry.path_of(source)
+    name = check_name(name or f"{source}-trimmed")
+    counts = tv.token_counts(Tokenizer.from_file(str(source_dir / "tokenizer.json")), tv.read_texts(texts, script))
+    if not counts:
+        raise ValueError(f"no text in {', '.join(map(str, texts))}: nothing to choose tokens by")
+    kept = tv.kept_ids(load_tokenizer_json(source_dir / "tokenizer.json"), counts, min_count)
+    out_dir = registry.folder(name, "ct2")
+    say(f"trimming {source}: {len(kept):,} of {entry.extra.get('shape', {}).get('vocab_size', '?')} tokens "
+        f"({len(counts):,} used by the texts) → {out_dir}")
+    tv.trim(source_dir, out_dir, kept, registry.store)
+    trimmed = register_ct2(registry, name, out_dir, entry.role, f"trim:{source}", entry.family)
+    trimmed = replace(trimmed, serving=entry.serving, card=entry.card,
+                      extra={**entry.extra, **trimmed.extra, "trimmed_from": source})
+    registry.add(trimmed)
+    return trimmed

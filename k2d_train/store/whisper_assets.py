@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from k2d.vocabulary import MULTILINGUAL_VOCAB, vocabulary_size
+
 TIMESTAMP_COUNT = 1501  # <|0.00|> .. <|30.00|> in steps of 0.02 s
 
 
@@ -74,17 +76,15 @@ def special_ids(tokenizer: dict) -> dict[str, int]:
     return {key: ids[token] for key, token in wanted.items()}
 
 
-MULTILINGUAL_VOCAB = 51865
-
-
 def language_tokens(tokenizer: dict, ct2_config: dict) -> dict[str, int]:
     """``{"<|en|>": 50259, ...}``; English-only models have no language token in their prompt.
 
     The CTranslate2 converter writes multilingual ``lang_ids`` even for ``.en`` models, whose
-    vocabulary is one smaller, so the vocabulary size decides (as in OpenAI's code).
+    vocabulary is one smaller, so the vocabulary size decides (as in OpenAI's code): for a trimmed model, the
+    size it was trimmed from (:mod:`k2d.vocabulary`).
     """
     added = tokenizer.get("added_tokens", [])
-    if max(token["id"] for token in added) + 1 < MULTILINGUAL_VOCAB:
+    if vocabulary_size(ct2_config, max(token["id"] for token in added) + 1) < MULTILINGUAL_VOCAB:
         return {}
     by_id = {token["id"]: token["content"] for token in added}
     return {by_id[i]: i for i in ct2_config.get("lang_ids", []) if i in by_id}
