@@ -16,6 +16,7 @@ registry and the engine, and only CTranslate2's own language detection is lost (
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from k2d.context import POLICY_FILE
 from k2d.vocabulary import TRIMMED_FROM, VOCABULARY_FILE
 from k2d_train.store.ct2_format import read_model_bin, write_model_bin
 from k2d_train.store.publish import partial_dir, publish
@@ -30,7 +32,7 @@ from k2d_train.store.whisper_assets import AssetError, generation_config, load_t
 
 VOCAB_ROWS = ("decoder/embeddings/weight", "decoder/embeddings/weight_scale")
 ID_LISTS = ("suppress_ids", "suppress_ids_begin", "lang_ids")
-COPIED = ("preprocessor_config.json",)
+COPIED = ("preprocessor_config.json", POLICY_FILE)  # features and the served context travel with the weights
 
 
 def read_texts(paths: Iterable[Path], script: str = "as_is") -> Iterable[str]:
@@ -104,7 +106,7 @@ def _tokenizer(tokenizer_json: dict, new_id: dict[int, int]) -> dict:
     vocab = {token: new_id[i] for token, i in model["vocab"].items() if i in new_id}
     merges = [m for m in model["merges"] if all(p in vocab for p in _pair(m)) and "".join(_pair(m)) in vocab]
     added = [{**token, "id": new_id[token["id"]]} for token in tokenizer_json["added_tokens"]]
-    processor = json.loads(json.dumps(tokenizer_json.get("post_processor")))
+    processor = copy.deepcopy(tokenizer_json.get("post_processor"))
     for special in (processor or {}).get("special_tokens", {}).values():
         special["ids"] = [new_id[i] for i in special["ids"]]
     return {**tokenizer_json, "added_tokens": added, "post_processor": processor,
@@ -143,7 +145,7 @@ def trim(source: Path, out_dir: Path, kept: list[int], root: Path | None = None)
     generation = generation_config(tokenizer, config, max_length=448)
     generation.save_pretrained(staging)
     for path in source.iterdir():
-        if path.is_file() and (path.name in COPIED or path.name.startswith("k2d_context")):
+        if path.is_file() and path.name in COPIED:
             (staging / path.name).write_bytes(path.read_bytes())
     return publish(staging, out_dir, root)
 
