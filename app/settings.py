@@ -123,7 +123,7 @@ class Settings(BaseSettings):
                             guard_compression_ratio=self.guard_compression_ratio, guard_logprob=self.guard_logprob,
                             teacher_fallback=self.teacher_fallback, teacher_fallback_on=tuple(self.teacher_fallback_on),
                             teacher_sampling=self.teacher_sampling, repetition_penalty=self.repetition_penalty,
-                            vad_min_silence_ms=self.vad_min_silence_ms)
+                            vad_min_silence_ms=self.vad_min_silence_ms, teacher_context=self.teacher_context)
 
     def policy_for(self, entry: ModelEntry) -> DecodePolicy:
         """Students keep their own context; other models get Whisper's 30 s unless ``teacher_context`` opts in."""

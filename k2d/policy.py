@@ -30,6 +30,9 @@ class DecodePolicy:
     teacher_sampling: SampleOn = "all"  # the temperature fallback of a teacher standing in: all | loops | none
     repetition_penalty: float | None = None  # override the model's own (its registry entry's)
     context: str | None = None  # override the model's own context: "full" or "PAD/BUCKET" seconds
+    # the context of the teacher standing in for a student's flagged windows (None: its own, Whisper's 30 s); the
+    # server's K2D_TEACHER_CONTEXT, which serves the whole teacher so
+    teacher_context: str | None = None
     vad: bool = True  # cut at speech pauses with Silero VAD (off: fixed windows)
     vad_min_silence_ms: int = 500  # a pause this long ends a speech region
 
@@ -39,8 +42,9 @@ class DecodePolicy:
         if unknown:
             raise ValueError(f"unknown guard reasons {sorted(unknown)}; known: {list(REASONS)}")
         object.__setattr__(self, "teacher_fallback_on", tuple(self.teacher_fallback_on))
-        if self.context is not None:
-            ContextPolicy.parse(self.context)  # a bad value fails here, not when the first window arrives
+        for context in (self.context, self.teacher_context):
+            if context is not None:
+                ContextPolicy.parse(context)  # a bad value fails here, not when the first window arrives
 
     def guard_for(self, cascades: bool) -> GuardOptions:
         """A student in front of its teacher sends loops there instead of sampling; others sample (Whisper)."""

@@ -113,7 +113,7 @@ def serve_models(registry: Registry, names: list[str], policy_for: Callable[[Mod
 def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolicy(), runtime: Runtime = Runtime(),
               cache: EngineCache | None = None) -> Served:
     """One model by registered name or folder, with its teacher behind it (when the store has it and the
-    policy wants teacher fallback); the teacher decodes with its own context."""
+    policy wants teacher fallback); the teacher decodes with its own context, or the policy's ``teacher_context``."""
     from k2d.registry import resolve_model
 
     path, entry = resolve_model(model, store)
@@ -128,7 +128,7 @@ def serve_one(model: str, store: Path | None, policy: DecodePolicy = DecodePolic
     engine = build_engine(path, entry, policy, runtime, wanted, cache)
     if not engine.guard.teacher_on:
         return Served(entry.name, entry, engine, policy)
-    own_context = replace(policy, context=None)
+    own_context = replace(policy, context=policy.teacher_context)
     return serve_models(registry, [entry.name, teacher], lambda e: policy if e.name == entry.name else own_context,
                         runtime, cache)[entry.name]
 

@@ -263,3 +263,17 @@ def test_every_way_in_gives_the_same_transcript(server, served_store, tmp_path):
         done = json.loads([c for c in streamed if c.strip()][-1].removeprefix("data: "))
         api = local.transcribe(row.path(MANIFEST)).text
         assert sync == openai == done["text"] == api == evaluated[row.audio], row.audio
+
+
+def test_the_teacher_behind_a_student_decodes_at_the_policys_teacher_context(served_store):
+    """teacher_context (the server's K2D_TEACHER_CONTEXT) reaches the teacher standing in for a student's loops in
+    the Python API and evaluation too; without it that teacher keeps Whisper's 30 s."""
+    from k2d.context import ContextPolicy
+    from k2d.policy import DecodePolicy
+    from k2d.served import serve_one
+
+    own = serve_one("whisper-tiny.en", served_store.store).teacher.engine.policy
+    short = serve_one("whisper-tiny.en", served_store.store, DecodePolicy(teacher_context="1/1")).teacher.engine.policy
+    assert own != short == ContextPolicy(1.0, 1.0)
+    with pytest.raises(ValueError):
+        DecodePolicy(teacher_context="soon")
