@@ -81,6 +81,8 @@ def models_trim(
     min_count: Annotated[int, typer.Option(min=1, help="Keep a token the texts use at least this often")] = 1,
     script: Annotated[str, typer.Option(help="Read the texts in the script the student writes (its label_script): "
                                              "simplified | traditional | as_is")] = "simplified",
+    english_words: Annotated[bool, typer.Option(help="Keep 3,607 common English words too (English the texts never "
+                                                     "used stays as good as untrimmed)")] = False,
     store: StoreOption = None,
 ) -> None:
     """Keep only the output tokens the texts use (plus bytes and special tokens): a faster decoder step."""
@@ -89,7 +91,7 @@ def models_trim(
     if name is not None:
         run_guarded(lambda: check_name(name, "model name (--name)"))
     registry = Registry(store or default_store())
-    entry = run_guarded(lambda: trim(registry, source, text, name, min_count, script, say))
+    entry = run_guarded(lambda: trim(registry, source, text, name, min_count, script, english_words, say))
     say(f"registered {entry.name} at {registry.path_of(entry.name)} ({entry.parameters / 1e6:.1f}M parameters)")
 
 

@@ -14,8 +14,9 @@ from tests.conftest import REPO
 
 # the shipped smoke-test config, its run folder beside the test's config, plus one ablation
 # and the student served with a trimmed vocabulary
+TRIMMED = "repetition_penalty: 1.1, trim_vocabulary: true, trim_english_words: true}"
 CONFIG = (REPO / "configs/tiny.yaml").read_text().replace("run_dir: ../runs/tiny", "run_dir: run").replace(
-    "repetition_penalty: 1.1}", "repetition_penalty: 1.1, trim_vocabulary: true}") + "ablation_rules: [comp]\n"
+    "repetition_penalty: 1.1}", TRIMMED) + "ablation_rules: [comp]\n"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     assert full.serving == student.serving and full.parameters - student.parameters > 20_000_000
     trimmed = json.loads((registry.path_of("tiny-student") / "config.json").read_text())
     assert trimmed["trimmed_from_vocabulary_size"] == 51865 and len(student.languages) == 99
+    vocabulary = json.loads((registry.path_of("tiny-student") / "tokenizer.json").read_text())["model"]["vocab"]
+    assert {"Ġbecause", "Ġquestion"} <= set(vocabulary)  # trim_english_words: English the tiny labels never said
     assert (registry.path_of("tiny-student") / "MODEL_CARD.md").read_text().startswith("# tiny-student")
     chunks = [json.loads(line) for line in (tmp_path / "run" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
     assert chunks and all(c["end"] - c["start"] <= 30 and c["teacher_label"].startswith("<|") for c in chunks)

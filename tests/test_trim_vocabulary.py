@@ -176,3 +176,12 @@ def test_server_asks_for_a_language_the_trimmed_model_cannot_detect(trimmed_stor
         assert refused.status_code == 422 and "cannot detect the language" in refused.json()["error"]["message"]
         said = httpx.post(url + "/transcribe", files=clip, data={"model": "base-trimmed", "language": "zh"}, timeout=120)
         assert said.status_code == 200 and "descent" in said.json()["text"]
+
+
+def test_the_shipped_english_words_are_distinct_plain_words():
+    """`--english-words` / `trim_english_words` read this file from the installed package."""
+    from k2d_train.store.trim_vocabulary import ENGLISH_WORDS
+
+    words = ENGLISH_WORDS.read_text(encoding="utf-8").split()
+    assert len(words) == len(set(words)) == 3607 and all(w.isascii() and w.isalpha() for w in words)
+    assert {"the", "because", "question"} <= set(words)

@@ -259,3 +259,4 @@ class ExportOptions:
     # a 2-layer decoder the 51,865-row output projection is most of a decoding step (k2d models trim); the full
     # export stays registered as <name>-full-vocabulary
     trim_vocabulary: bool = False
+    trim_english_words: bool = False  # keep 3,607 common English words too (k2d models trim --english-words)

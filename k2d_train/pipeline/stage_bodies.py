@@ -169,7 +169,7 @@ def trim_student(config, registry, student):
     full = replace(student, name=f"{student.name}-full-vocabulary")
     registry.add(full)
     return trim(registry, full.name, [config.run_dir / "validate" / "kept.jsonl"], student.name,
-                script=config.distill.label_script)
+                script=config.distill.label_script, english_words=config.export.trim_english_words)
 
 
 def ctc_distillation(run: Run) -> dict:

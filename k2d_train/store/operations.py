@@ -204,9 +204,10 @@ def export(registry: Registry, source: str, quantization: str, name: str | None,
 
 
 def trim(registry: Registry, source: str, texts: list[Path], name: str | None, min_count: int = 1,
-         script: str = "simplified", say: Say = _quiet) -> ModelEntry:
-    """A registered CTranslate2 Whisper with only the tokens ``texts`` spell (plus bytes and special tokens),
-    registered beside it with the same role, serving contract and card (:mod:`k2d_train.store.trim_vocabulary`)."""
+         script: str = "simplified", english_words: bool = False, say: Say = _quiet) -> ModelEntry:
+    """A registered CTranslate2 Whisper with only the tokens ``texts`` spell (plus bytes and special tokens, and with
+    ``english_words`` 3,607 common English words), registered beside it with the same role, serving contract and
+    card (:mod:`k2d_train.store.trim_vocabulary`)."""
     from dataclasses import replace
 
     from tokenizers import Tokenizer
@@ -219,6 +220,7 @@ def trim(registry: Registry, source: str, texts: list[Path], name: str | None, m
         raise ValueError(f"{source} is a {entry.format} model; trim its CTranslate2 export")
     source_dir = registry.path_of(source)
     name = check_name(name or f"{source}-trimmed")
+    texts = [*texts, tv.ENGLISH_WORDS] if english_words else texts
     counts = tv.token_counts(Tokenizer.from_file(str(source_dir / "tokenizer.json")), tv.read_texts(texts, script))
     if not counts:
         raise ValueError(f"no text in {', '.join(map(str, texts))}: nothing to choose tokens by")

@@ -30,6 +30,9 @@ from k2d_train.store.ct2_format import read_model_bin, write_model_bin
 from k2d_train.store.publish import partial_dir, publish
 from k2d_train.store.whisper_assets import AssetError, generation_config, load_tokenizer_json
 
+# the words of the 4,000 most frequent English word tokens of Debian's English fortunes (3,607 words, one a line;
+# from k2d_train.data.text_sources.fortunes_en): English a zh-en student's labels never used but users will say
+ENGLISH_WORDS = Path(__file__).with_name("english_words.txt")
 VOCAB_ROWS = ("decoder/embeddings/weight", "decoder/embeddings/weight_scale")
 ID_LISTS = ("suppress_ids", "suppress_ids_begin", "lang_ids")
 COPIED = ("preprocessor_config.json", POLICY_FILE)  # features and the served context travel with the weights
