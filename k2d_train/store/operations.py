@@ -210,24 +210,18 @@ def trim(registry: Registry, source: str, texts: list[Path], name: str | None, m
     card (:mod:`k2d_train.store.trim_vocabulary`)."""
     from dataclasses import replace
 
-    from tokenizers import Tokenizer
-
     from k2d_train.store import trim_vocabulary as tv
-    from k2d_train.store.whisper_assets import load_tokenizer_json
 
     entry = registry.get(source)
     if entry.format != "ctranslate2":
         raise ValueError(f"{source} is a {entry.format} model; trim its CTranslate2 export")
     source_dir = registry.path_of(source)
     name = check_name(name or f"{source}-trimmed")
-    texts = [*texts, tv.ENGLISH_WORDS] if english_words else texts
-    counts = tv.token_counts(Tokenizer.from_file(str(source_dir / "tokenizer.json")), tv.read_texts(texts, script))
-    if not counts:
-        raise ValueError(f"no text in {', '.join(map(str, texts))}: nothing to choose tokens by")
-    kept = tv.kept_ids(load_tokenizer_json(source_dir / "tokenizer.json"), counts, min_count)
+    kept, used = tv.kept_for_texts(source_dir, [*texts, tv.ENGLISH_WORDS] if english_words else texts, script,
+                                   min_count)
     out_dir = registry.folder(name, "ct2")
     say(f"trimming {source}: {len(kept):,} of {entry.extra.get('shape', {}).get('vocab_size', '?')} tokens "
-        f"({len(counts):,} used by the texts) → {out_dir}")
+        f"({used:,} used by the texts) → {out_dir}")
     tv.trim(source_dir, out_dir, kept, registry.store)
     trimmed = register_ct2(registry, name, out_dir, entry.role, f"trim:{source}", entry.family)
     trimmed = replace(trimmed, serving=entry.serving, card=entry.card,

@@ -70,6 +70,18 @@ def token_counts(tokenizer, texts: Iterable[str]) -> Counter:
     return counts
 
 
+def kept_for_texts(source: Path, texts: list[Path], script: str, min_count: int = 1) -> tuple[list[int], int]:
+    """The ids :func:`trim` keeps for a model folder and its texts, and how many distinct tokens the texts used
+    (its tokenizer.json read once, for both the encoding and the merges)."""
+    from tokenizers import Tokenizer
+
+    tokenizer_json = load_tokenizer_json(source / "tokenizer.json")
+    counts = token_counts(Tokenizer.from_str(json.dumps(tokenizer_json)), read_texts(texts, script))
+    if not counts:
+        raise ValueError(f"no text in {', '.join(map(str, texts))}: nothing to choose tokens by")
+    return kept_ids(tokenizer_json, counts, min_count), len(counts)
+
+
 def kept_ids(tokenizer_json: dict, counts: Counter, min_count: int = 1) -> list[int]:
     """The byte alphabet (so nothing becomes unspellable), every token the texts used ``min_count`` times with
     the pieces BPE merges it from (so the texts still encode to the same tokens, as prompts must), and every
@@ -118,7 +130,7 @@ def _tokenizer(tokenizer_json: dict, new_id: dict[int, int]) -> dict:
 
 def _config(config: dict, new_id: dict[int, int], original_size: int) -> dict:
     remapped = {key: [new_id[i] for i in config.get(key, []) if i in new_id] for key in ID_LISTS if key in config}
-    return {**config, **remapped, TRIMMED_FROM: config.get(TRIMMED_FROM, original_size)}
+    return {**config, **remapped, TRIMMED_FROM: original_size}
 
 
 def trim(source: Path, out_dir: Path, kept: list[int], root: Path | None = None) -> Path:
