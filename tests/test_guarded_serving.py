@@ -165,3 +165,31 @@ def test_a_student_is_served_and_evaluated_with_its_own_repetition_penalty(serve
     unpenalised = served_transcriber("whisper-tiny.en", EvaluateOptions(
         language="en", policy=DecodePolicy(repetition_penalty=1.0)), tmp_path)
     assert unpenalised.engine.repetition.value == 1.0 and unpenalised.served.teacher.engine.repetition.value == 1.0
+
+
+@pytest.mark.slow
+def test_compare_pairs_the_contenders_after_a_second_baseline_against_it_too(served_store, tmp_path):
+    """One comparison states a student against both teachers (at 30 s and at its own short context): contenders
+    after a ``baseline: true`` one are paired against it as well, and the interval agrees with the rows' MERs."""
+    import json
+
+    from k2d_train.experiments.compare import Contender, compare, markdown
+    from k2d_train.stages.s9_evaluate import EvaluateOptions
+
+    source = DATA / "manifest.jsonl"
+    rows_in = [{**row.to_json(), "audio": str(row.path(source))} for row in read_manifest(source)]
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows_in))
+    listed = tmp_path / "contenders.yaml"
+    listed.write_text("- {label: teacher, model: whisper-base}\n"
+                      "- {label: teacher short, model: whisper-base, context: '1/1', baseline: true}\n"
+                      "- {label: student, model: whisper-base, context: '1/1', beam_size: 1}\n")
+    rows = compare(Contender.from_yaml(listed), {"all": tmp_path / "all.jsonl"}, EvaluateOptions(),
+                   served_store.store, say=lambda _: None)
+    by = {row["model"]: row for row in rows if row.get("set")}
+    assert "vs" not in by["teacher"] and "vs" not in by["teacher short"] and "vs_baseline" in by["teacher short"]
+    paired = by["student"]["vs"]["teacher short"]
+    assert paired["utterances"] == len(rows_in) and paired["low"] <= paired["difference"] <= paired["high"]
+    assert paired["difference"] == pytest.approx(by["student"]["mer"] - by["teacher short"]["mer"], abs=1e-3)
+    assert paired["speedup_p50"] == pytest.approx(
+        by["teacher short"]["latency_ms_p50"] / by["student"]["latency_ms_p50"], rel=0.02)
+    assert "| all | student | teacher short |" in markdown(rows, "k2d compare")

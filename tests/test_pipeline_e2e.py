@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from k2d.context import ContextPolicy
@@ -85,6 +86,29 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     # docker compose's one-shot `train` command: the student is there, so it neither fetches nor trains
     boot = runner.invoke(app, ["bootstrap", str(config), "--store", str(store.store), "--device", "cpu"])
     assert boot.exit_code == 0 and "nothing to train" in boot.output and "[stage" not in boot.output, boot.output
+
+    # a second run over the same audio files takes the first run's labels (pseudo_label.reuse) instead of decoding
+    # them again, and refuses labels made with other options
+    recipe = yaml.safe_load(CONFIG)
+    corpus = tmp_path / "run" / "corpus"
+    recipe.update(run_dir="second", corpus={"audio": str(corpus / "lectures.jsonl"), "test": str(corpus / "test.jsonl"),
+                                            "test_ood": str(corpus / "test_ood.jsonl")})
+    recipe["pseudo_label"] = {**recipe["pseudo_label"], "reuse": ["run"]}
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(recipe))
+    reused = runner.invoke(app, ["run", str(second), "--store", str(store.store), "--to-stage", "2"])
+    assert reused.exit_code == 0 and "1 file(s) labelled by run taken as they are" in reused.output, reused.output
+    made = json.loads((tmp_path / "second" / "stages" / "pseudo-label.json").read_text())
+    assert made["labelled_now"] == 0 and made["chunks"] == len(chunks)
+    again_chunks = [json.loads(line) for line in (tmp_path / "second" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
+    assert [{**c, "audio": None} for c in again_chunks] == [{**c, "audio": None} for c in chunks]
+    assert {(tmp_path / "second" / "pseudo" / c["audio"]).resolve() for c in again_chunks} == \
+        {(tmp_path / "run" / "pseudo" / c["audio"]).resolve() for c in chunks}
+    recipe.update(run_dir="third", pseudo_label={**recipe["pseudo_label"], "beam_size": 3})
+    second.write_text(yaml.safe_dump(recipe))
+    refused = runner.invoke(app, ["run", str(second), "--store", str(store.store), "--to-stage", "2"])
+    assert refused.exit_code != 0 and "labelled with another recipe (pseudo_label differ)" in refused.output, \
+        refused.output
 
 
 def test_a_config_with_a_typo_is_refused(store, tmp_path):

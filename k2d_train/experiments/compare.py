@@ -36,6 +36,9 @@ class Contender:
     label: str
     model: str
     overrides: dict = field(default_factory=dict)  # DecodePolicy fields
+    # a second baseline (YAML ``baseline: true``): the contenders after it are paired against it as well, so one run
+    # says how a student stands against both the teacher at 30 s and the teacher at its own short context
+    baseline: bool = False
 
     def __post_init__(self):
         unknown = sorted(set(self.overrides) - POLICY_FIELDS)
@@ -84,7 +87,8 @@ class Contender:
     @classmethod
     def from_yaml(cls, path: Path) -> list[Contender]:
         """``- {label: student, model: k2d-student, teacher_fallback: false, beam_size: 1}`` per contender (the
-        first is the baseline); any other key is a DecodePolicy field."""
+        first is the baseline; ``baseline: true`` makes a later one a baseline too); any other key is a DecodePolicy
+        field."""
         import yaml
 
         items = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or []
@@ -95,9 +99,10 @@ class Contender:
             item = dict(item)
             model = item.pop("model")
             label = str(item.pop("label", model))
+            baseline = bool(item.pop("baseline", False))
             if "teacher_fallback_on" in item:
                 item["teacher_fallback_on"] = tuple(item["teacher_fallback_on"])
-            out.append(cls(label, model, item))
+            out.append(cls(label, model, item, baseline))
         return out
 
 
@@ -152,6 +157,7 @@ def compare(contenders: list[Contender], manifests: dict[str, Path], options: Ev
             say(f"{set_name:>10} {label:<28} MER {row['mer']:.3f}  loops {row['repetitions']}  "
                 f"fallbacks {row['fallbacks']}  p50 {row['latency_ms_p50']:.0f} ms")
         _add_speedups(rows, set_name, contenders[0].label)
+        _pair_with_later_baselines(rows, set_name, contenders, references, texts)
     rows.append({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
     return rows
 
@@ -212,6 +218,35 @@ def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
             row["speedup_mean"] = round(base["latency_ms_mean"] / row["latency_ms_mean"], 2)
 
 
+def _pair_with_later_baselines(rows: list[dict], set_name: str, contenders: list[Contender], references: list[str],
+                               texts: dict[str, list[str]]) -> None:
+    """For each contender marked ``baseline`` after the first, every contender after it gets ``vs[label]``: the
+    paired-bootstrap 95 % interval of its MER minus that baseline's and its speed-ups over it, same set, same run."""
+    by_label = {r["model"]: r for r in rows if r.get("set") == set_name}
+    for index, base in enumerate(contenders[1:], start=1):
+        if not base.baseline:
+            continue
+        ref = by_label[base.label]
+        for later in contenders[index + 1:]:
+            row = by_label[later.label]
+            row.setdefault("vs", {})[base.label] = {
+                **asdict(paired_bootstrap(references, texts[base.label], texts[later.label])),
+                "speedup_p50": round(ref["latency_ms_p50"] / row["latency_ms_p50"], 2),
+                "speedup_mean": round(ref["latency_ms_mean"] / row["latency_ms_mean"], 2)}
+
+
+def later_baselines_markdown(rows: list[dict]) -> list[str]:
+    """The table of every pairing against a baseline other than the first (``_pair_with_later_baselines``)."""
+    lines = [f"| {r['set']} | {r['model']} | {base} | {r['mer']:.3f} | {v['difference']:+.3f} [{v['low']:+.3f}, "
+             f"{v['high']:+.3f}] | {v['speedup_mean']:.2f}× / {v['speedup_p50']:.2f}× |"
+             for r in rows if r.get("vs") for base, v in r["vs"].items()]
+    if not lines:
+        return []
+    return ["Against a later baseline, paired (MER − the baseline's, 95 % interval; speed-up over it, same run):", "",
+            "| set | model | baseline | MER | − baseline [95 %] | speed-up mean / p50 |", "|---|---|---|---|---|---|",
+            *lines, ""]
+
+
 def markdown(rows: list[dict], command: str) -> str:
     lines = [f"`{command}`", "",
              "| set | model | context | rep. penalty | MER | CER zh | WER en | loops | flagged | trimmed | fallbacks | "
@@ -228,7 +263,7 @@ def markdown(rows: list[dict], command: str) -> str:
     rss = next((r["peak_rss_mb"] for r in rows if "peak_rss_mb" in r), None)
     if rss:
         lines += ["", f"Peak RSS of the comparing process (all models loaded): {rss} MB."]
-    lines += ["", *group_markdown(rows)]
+    lines += ["", *later_baselines_markdown(rows), *group_markdown(rows)]
     return "\n".join(lines) + "\n"
 
 

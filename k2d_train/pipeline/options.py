@@ -43,6 +43,9 @@ class PseudoLabelOptions:
     device: str = "cpu"  # cpu | cuda (`k2d run --device` sets it)
     compute_type: str = "int8"  # CTranslate2 compute type
     cpu_threads: int = 0  # intra-op threads (0: CTranslate2's default)
+    # run folders (relative to the recipe) whose labels of the same audio files, made with this same teacher and
+    # options, are taken as they are instead of decoded again (a larger prefix of a corpus after a smaller one)
+    reuse: list[str] = field(default_factory=list)
 
 
 

@@ -5,12 +5,13 @@ decides which still need to run."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from k2d.manifest import read_manifest, write_manifest
 from k2d_train.pipeline.config import TEST_SETS, RunConfig
-from k2d_train.pipeline.stage_graph import BOOKKEEPING, Run, StagePaused
+from k2d_train.pipeline.stage_graph import BOOKKEEPING, Run, StagePaused, recipe_of
 from k2d_train.store.operations import hf_name
 
 
@@ -36,7 +37,34 @@ def pseudo_labels(run: Run) -> dict:
 
     config = run.config
     source = run.paths.get("audio") or str(run.paths["dataset"])  # audio files / manifest, or a HF dataset
-    return pseudo_label(config.teacher, source, config.run_dir / "pseudo", config.pseudo_label, run.registry.store)
+    out = config.run_dir / "pseudo"
+    for folder in config.pseudo_label.reuse:
+        _reuse_labels(run, folder, source, out)
+    return pseudo_label(config.teacher, source, out, config.pseudo_label, run.registry.store)
+
+
+def _reuse_labels(run: Run, folder: str, source: str | Path, out: Path) -> None:
+    """Seed this run's labels from another run's (``pseudo_label.reuse``) when that run's teacher and options are
+    this recipe's; refuse a run made otherwise, since its labels would not be the ones this recipe makes. A run not
+    made (yet) is said and passed over: a shipped recipe naming one still runs on a fresh clone."""
+    from k2d_train.stages.s2_pseudo_label import is_dataset, list_audio, seed_parts
+
+    config = run.config
+    other = ((config.source.parent if config.source else Path.cwd()) / folder).resolve()
+    made = other / "stages" / "pseudo-label.json"
+    if not made.exists() or not (other / "pseudo" / "chunks.jsonl").exists():
+        run.say(f"  pseudo_label.reuse: {other} has no finished pseudo-label stage; nothing taken from it")
+        return
+    theirs = json.loads(made.read_text()).get("recipe", {})
+    ours = recipe_of(config, theirs)
+    if theirs != ours:
+        raise ValueError(f"pseudo_label.reuse: {other} was labelled with another recipe "
+                         f"({', '.join(k for k in theirs if theirs[k] != ours.get(k))} differ); its labels are not "
+                         "this recipe's")
+    if is_dataset(source):
+        raise ValueError("pseudo_label.reuse: takes labels of audio files or a manifest, not of a dataset")
+    taken = seed_parts(other / "pseudo" / "chunks.jsonl", out, list_audio(Path(source)))
+    run.say(f"  {taken} file(s) labelled by {other.name} taken as they are")
 
 
 def validation(run: Run) -> dict:

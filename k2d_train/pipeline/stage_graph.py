@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ LOCATIONS = frozenset({"run_dir", "source"})  # where a run lives, not what it m
 
 # options that change how fast or where a stage runs, not what it makes: changing them re-runs nothing
 RUNTIME_KNOBS = {
-    "pseudo_label": {"device", "cpu_threads", "batch_size"},
+    "pseudo_label": {"device", "cpu_threads", "batch_size", "reuse"},
     "validate": {"device", "batch_size"},
     "distill_encoder": {"save_every", "keep_checkpoints", "stop_after_steps", "cache"},
     "distill": {"save_every", "keep_checkpoints", "stop_after_steps", "cache_encoder"},
@@ -80,6 +80,11 @@ class Stage:
 
 def recipe(config, stage: Stage) -> dict:
     """The values of the fields a stage reads, in plain JSON, runtime knobs left out."""
+    return recipe_of(config, stage.reads)
+
+
+def recipe_of(config, names: Iterable[str]) -> dict:
+    """The values of the recipe fields ``names`` as a stage's marker records them (runtime knobs left out)."""
     def plain(name: str, value: object) -> object:
         if not dataclasses.is_dataclass(value):
             return value
@@ -87,7 +92,7 @@ def recipe(config, stage: Stage) -> dict:
         return {k: v for k, v in dataclasses.asdict(value).items()
                 if k not in knobs and (k not in later or v != later[k])}
 
-    return json.loads(json.dumps({name: plain(name, getattr(config, name)) for name in stage.reads}, default=str))
+    return json.loads(json.dumps({name: plain(name, getattr(config, name)) for name in names}, default=str))
 
 
 class Markers:

@@ -157,6 +157,26 @@ def _label_files(model: str, items: Iterable[tuple[int, tuple[str, Path]]], part
     return labelled_now, audio_s, time.perf_counter() - start
 
 
+def seed_parts(chunks: Path, out: Path, listing: list[tuple[str, Path]]) -> int:
+    """Take another run's labels (its ``chunks.jsonl``) of the files this run lists, as per-file parts not made yet;
+    return how many files were taken. Labels are a function of the teacher, its options and the audio alone, so a
+    larger prefix of a corpus need not decode again what a smaller one did (the caller checks the options match).
+    A file counts as the same only at the same resolved path; a file that run cut into no chunk is decoded again."""
+    wanted = {audio_id: path.resolve() for audio_id, path in listing}
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    found: dict[str, list[dict]] = {}
+    for row in read_manifest(chunks):
+        audio_id = str(row.extra["id"]).rsplit("-", 1)[0]
+        audio = row.path(chunks)
+        if wanted.get(audio_id) == audio.resolve() and not (parts / f"{audio_id}.jsonl").exists():
+            found.setdefault(audio_id, []).append(
+                {**row.to_json(), "audio": os.path.relpath(audio.resolve(), out.resolve())})
+    for audio_id, rows in found.items():
+        write_manifest(parts / f"{audio_id}.jsonl", rows)
+    return len(found)
+
+
 def _merge(parts: Path, ids: list[str], out: Path) -> list[dict]:
     chunks = [row for audio_id in ids for row in _read_part(parts / f"{audio_id}.jsonl")]
     write_manifest(out / "chunks.jsonl", chunks)
