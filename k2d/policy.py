@@ -31,7 +31,7 @@ class DecodePolicy:
     repetition_penalty: float | None = None  # override the model's own (its registry entry's)
     context: str | None = None  # override the model's own context: "full" or "PAD/BUCKET" seconds
     # the context of the teacher standing in for a student's flagged windows (None: its own, Whisper's 30 s); the
-    # server's K2D_TEACHER_CONTEXT, which serves the whole teacher so
+    # server's K2D_TEACHER_CONTEXT sets it, as it sets the context of the teacher served on its own
     teacher_context: str | None = None
     vad: bool = True  # cut at speech pauses with Silero VAD (off: fixed windows)
     vad_min_silence_ms: int = 500  # a pause this long ends a speech region

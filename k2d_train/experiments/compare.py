@@ -214,8 +214,13 @@ def _add_speedups(rows: list[dict], set_name: str, baseline: str) -> None:
     base = next(r for r in rows if r.get("set") == set_name and r["model"] == baseline)
     for row in rows:
         if row.get("set") == set_name:
-            row["speedup_p50"] = round(base["latency_ms_p50"] / row["latency_ms_p50"], 2)
-            row["speedup_mean"] = round(base["latency_ms_mean"] / row["latency_ms_mean"], 2)
+            row.update(_speedups(base, row))
+
+
+def _speedups(base: dict, row: dict) -> dict:
+    """``row``'s p50 and mean latency ratios over ``base`` (same set, same run)."""
+    return {"speedup_p50": round(base["latency_ms_p50"] / row["latency_ms_p50"], 2),
+            "speedup_mean": round(base["latency_ms_mean"] / row["latency_ms_mean"], 2)}
 
 
 def _pair_with_later_baselines(rows: list[dict], set_name: str, contenders: list[Contender], references: list[str],
@@ -230,9 +235,7 @@ def _pair_with_later_baselines(rows: list[dict], set_name: str, contenders: list
         for later in contenders[index + 1:]:
             row = by_label[later.label]
             row.setdefault("vs", {})[base.label] = {
-                **asdict(paired_bootstrap(references, texts[base.label], texts[later.label])),
-                "speedup_p50": round(ref["latency_ms_p50"] / row["latency_ms_p50"], 2),
-                "speedup_mean": round(ref["latency_ms_mean"] / row["latency_ms_mean"], 2)}
+                **asdict(paired_bootstrap(references, texts[base.label], texts[later.label])), **_speedups(ref, row)}
 
 
 def later_baselines_markdown(rows: list[dict]) -> list[str]:

@@ -168,10 +168,9 @@ def seed_parts(chunks: Path, out: Path, listing: list[tuple[str, Path]]) -> int:
     found: dict[str, list[dict]] = {}
     for row in read_manifest(chunks):
         audio_id = str(row.extra["id"]).rsplit("-", 1)[0]
-        audio = row.path(chunks)
-        if wanted.get(audio_id) == audio.resolve() and not (parts / f"{audio_id}.jsonl").exists():
-            found.setdefault(audio_id, []).append(
-                {**row.to_json(), "audio": os.path.relpath(audio.resolve(), out.resolve())})
+        audio = row.path(chunks).resolve()
+        if wanted.get(audio_id) == audio and not (parts / f"{audio_id}.jsonl").exists():
+            found.setdefault(audio_id, []).append({**row.to_json(), "audio": os.path.relpath(audio, out.resolve())})
     for audio_id, rows in found.items():
         write_manifest(parts / f"{audio_id}.jsonl", rows)
     return len(found)
