@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from app.costs import PRIOR_CPU, PRIOR_GPU, CostEstimator, frames_of, nominal_s, planned_windows
+from app.costs import PRIOR_CPU, PRIOR_GPU, CostEstimator, frames_of, nominal_s, planned_windows, weighted_update
 from app.dependencies import key_matches
 from app.errors import OverloadedError, send_error
 from app.lifecycle import DEADLINE_KEY
@@ -216,14 +216,8 @@ class Admission:
         return ticket
 
     def _weigh(self, name: str, seconds: float) -> None:
-        """Exponentially weighted mean and variance of the request lengths seen (West's update)."""
-        if name not in self._typical:
-            self._typical[name] = (seconds, 0.0)
-            return
-        mean, variance = self._typical[name]
-        delta = seconds - mean
-        mean += TYPICAL_WEIGHT * delta
-        self._typical[name] = (mean, (1 - TYPICAL_WEIGHT) * (variance + TYPICAL_WEIGHT * delta * delta))
+        """Exponentially weighted mean and variance of the request lengths seen."""
+        self._typical[name] = weighted_update(self._typical.get(name), seconds, TYPICAL_WEIGHT)
 
     def _check(self, name: str, served: ServedModel, duration_s: float, deadline: float,
                deadline_check: bool = True) -> tuple[float, float]:

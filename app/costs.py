@@ -36,6 +36,15 @@ PRIOR_GPU = 0.0002  # Whisper base ~0.15: a 60 s upload ~20 s, about what it tak
 DEFAULT_PARAMS_M = 75.0  # a model whose card does not say
 
 
+def weighted_update(state: tuple[float, float] | None, value: float, weight: float) -> tuple[float, float]:
+    """An exponentially weighted (mean, variance) after ``value`` (West's update); the first value starts it."""
+    if state is None:
+        return value, 0.0
+    mean, variance = state
+    delta = value - mean
+    return mean + weight * delta, (1 - weight) * (variance + weight * delta * delta)
+
+
 def nominal_s(windows: list[float], frames: Callable[[float], int]) -> float:
     """Nominal seconds of these windows (seconds each): audio + the encoder input the model gives each."""
     return sum(seconds + frames(seconds) / FRAMES_PER_S for seconds in windows)
@@ -92,6 +101,7 @@ class CostEstimator:
         self._sums: dict[str, tuple[float, float]] = {}  # model -> weighted (compute s, nominal s)
         self._plans: dict[str, tuple[float, float]] = {}  # model -> weighted (nominal s cut, nominal s planned)
         self._params: dict[str, float] = {}  # model -> millions of parameters (for the prior)
+        self._spread: dict[str, tuple[float, float]] = {}  # model -> weighted mean, variance of per-request ratios
 
     def declare(self, model: str, parameters: int | None) -> None:
         self._params[model] = parameters / 1e6 if parameters else DEFAULT_PARAMS_M
@@ -112,9 +122,16 @@ class CostEstimator:
         compute, nominal = self._sums[model]
         return compute / nominal if nominal > 0 else self.prior(model)
 
+    def margin(self, model: str) -> float:
+        """One weighted standard deviation of the per-request ratios: requests of one model do not cost
+        alike (a student's request whose windows loop pays for its teacher too), and admitting on the mean
+        alone lets the dearer half of a full deadline's worth of requests miss it. Refusing is the cheap mistake."""
+        return math.sqrt(self._spread[model][1]) if model in self._spread else 0.0
+
     def estimate(self, model: str, nominal: float) -> float:
-        """Compute seconds of windows whose nominal seconds are known (the upload is cut)."""
-        return self.ratio(model) * nominal
+        """Compute seconds of windows whose nominal seconds are known (the upload is cut), erring dear by
+        :meth:`margin`."""
+        return (self.ratio(model) + self.margin(model)) * nominal
 
     def planned(self, model: str, nominal: float) -> float:
         """Nominal seconds a plan from the declared duration will likely turn out to be (the plan itself until
@@ -136,6 +153,7 @@ class CostEstimator:
         """A finished request: ``compute`` seconds charged (its teacher fallback included) for ``nominal``."""
         if nominal <= 0 or compute < 0 or not math.isfinite(compute):
             return
+        self._spread[model] = weighted_update(self._spread.get(model), compute / nominal, self.weight)
         if model not in self._sums:
             self._sums[model] = (compute, nominal)  # the first measurement replaces the prior outright
             return

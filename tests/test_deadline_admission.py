@@ -83,10 +83,23 @@ def test_the_estimate_starts_from_a_prior_and_follows_measured_costs():
     assert costs.ratio("base") == pytest.approx(0.05) and costs.measured("base")
     costs.observe("base", nominal=120.0, compute=18.0)  # its teacher re-decoded half its windows: dearer
     assert costs.ratio("base") == pytest.approx((0.5 * 6 + 0.5 * 18) / 120)
-    assert costs.estimate("base", 60.0) == pytest.approx(60 * 0.1)
+    # requests that cost 0.05 and 0.15 per nominal second: the estimate errs dear by their spread (0.05)
+    assert costs.margin("base") == pytest.approx(0.05)
+    assert costs.estimate("base", 60.0) == pytest.approx(60 * (0.1 + 0.05))
     costs.observe("base", nominal=0.0, compute=1.0)  # nothing to weigh it by: ignored
     costs.observe("base", nominal=10.0, compute=float("nan"))
     assert costs.ratio("base") == pytest.approx(0.1)
+
+
+def test_requests_that_cost_alike_leave_no_margin_and_requests_that_vary_are_estimated_dear():
+    steady, varied = CostEstimator(PRIOR_CPU), CostEstimator(PRIOR_CPU)
+    for compute in (10.0, 10.0, 10.0, 10.0):
+        steady.observe("m", nominal=100.0, compute=compute)
+    for compute in (5.0, 15.0, 5.0, 15.0):  # about the same mean: every other request paid for a fallback
+        varied.observe("m", nominal=100.0, compute=compute)
+    assert steady.margin("m") == 0.0 and steady.estimate("m", 100.0) == pytest.approx(10.0)
+    assert varied.ratio("m") == pytest.approx(steady.ratio("m"), rel=0.25)
+    assert varied.estimate("m", 100.0) > steady.estimate("m", 100.0) + 2.0  # one spread (~0.047 per s) dearer
 
 
 def test_a_request_is_admitted_only_if_it_finishes_before_its_deadline():

@@ -122,10 +122,15 @@ def test_sigterm_during_a_burst_drains_every_admitted_request(burst_server):
         thread.join(timeout=3 * timeout + 60)
     code = server.wait(timeout=3 * timeout + 60)
     drained = time.monotonic() - signalled
-    ok = [a for a in answers if a.status == 200]
+    ok = [a for a in answers if a is not None and a.status == 200]
     print(f"\nSIGTERM during {count} x {CLIP_S:.0f} s: {len(ok)} x 200, "
-          f"{sum(a.status == 429 for a in answers)} x 429, exit {code} after {drained:.1f} s")
-    assert all(a.status in (200, 429) for a in answers), answers  # every admitted request got its answer
+          f"{sum(a is not None and a.status == 429 for a in answers)} x 429, exit {code} after {drained:.1f} s")
+    # every admitted request got the answer its route gave: none cut off by the shutdown ("shutting_down", or a
+    # dropped connection, which raises in its client thread and leaves None). Whether admission kept every
+    # deadline is the burst test's claim above; here, on a busy 2-core runner, an admitted request that ran
+    # past its deadline answers 503 "timeout" as it would without the signal, and says nothing about draining.
+    cut = [a for a in answers if a is None or (a.status not in (200, 429) and a.kind != "timeout")]
+    assert not cut, answers
     assert ok, answers
     assert code == 0, log.read_text()[-3000:]
     assert drained <= timeout + 10  # the grace (request timeout + 10 s) covers every admitted deadline
