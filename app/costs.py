@@ -19,6 +19,7 @@ student's request) and the machine's speed. Before a model's first request is me
 million parameters stands in. Before an upload is decoded, its windows are only planned from its declared
 duration (as few as fit); VAD cuts at pauses into more, and a 30 s-context model pays 30 s for each, so a
 second weighted ratio, of the nominal seconds requests turned out to have to those planned, corrects the plan.
+The estimate errs dear by the weighted spread of the per-request ratios (:meth:`CostEstimator.margin`).
 """
 
 from __future__ import annotations
