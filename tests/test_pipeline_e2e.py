@@ -99,7 +99,7 @@ def test_run_builds_exports_registers_and_reuses(store, tmp_path):
     reused = runner.invoke(app, ["run", str(second), "--store", str(store.store), "--to-stage", "2"])
     assert reused.exit_code == 0 and "1 file(s) labelled by run taken as they are" in reused.output, reused.output
     made = json.loads((tmp_path / "second" / "stages" / "pseudo-label.json").read_text())
-    assert made["labelled_now"] == 0 and made["chunks"] == len(chunks)
+    assert made["labelled_now"] == 0 and made["reused_files"] == 1 and made["chunks"] == len(chunks)
     again_chunks = [json.loads(line) for line in (tmp_path / "second" / "pseudo" / "chunks.jsonl").read_text().splitlines()]
     assert [{**c, "audio": None} for c in again_chunks] == [{**c, "audio": None} for c in chunks]
     assert {(tmp_path / "second" / "pseudo" / c["audio"]).resolve() for c in again_chunks} == \

@@ -80,6 +80,11 @@ class RunConfig:
         """The registry name of the CTC / transducer student (stage 7)."""
         return f"{self.name}-{self.distill_ctc.head}{'-streaming' if self.distill_ctc.streaming else ''}"
 
+    @property
+    def base(self) -> Path:
+        """The folder a config's relative paths start from: its file's (the working directory for one built in code)."""
+        return self.source.parent if self.source else Path.cwd()
+
     def packaged_models(self) -> list[str]:
         """The teacher and validator, where the package index ships them (`k2d models fetch` names)."""
         from k2d_train.store.catalog import CATALOG
@@ -233,7 +238,7 @@ def corpus_paths(config: RunConfig) -> dict[str, Path]:
         root = config.run_dir / "corpus"
         return {"root": root, "audio": root / "lectures.jsonl", "extra_audio": root / "encoder_audio.jsonl",
                 **{s: root / f"{s}.jsonl" for s in SETS}}
-    base = config.source.parent if config.source else Path.cwd()
+    base = config.base
     paths = {}
     for key in ("audio", "dataset", *SETS):
         value = config.corpus.get(key)

@@ -21,8 +21,8 @@ def corpus(run: Run) -> dict:
         from k2d_train.data.synth import SynthOptions, build_corpus
 
         values = dict(config.corpus["synth"] or {})
-        if values.get("audio_store") and config.source:  # like run_dir: relative to the recipe's folder
-            values["audio_store"] = str((config.source.parent / values["audio_store"]).resolve())
+        if values.get("audio_store"):  # like run_dir: relative to the recipe's folder
+            values["audio_store"] = str((config.base / values["audio_store"]).resolve())
         options = SynthOptions(**values)
         build_corpus(paths["root"], options)
         return {"synth": options.__dict__}
@@ -38,23 +38,24 @@ def pseudo_labels(run: Run) -> dict:
     config = run.config
     source = run.paths.get("audio") or str(run.paths["dataset"])  # audio files / manifest, or a HF dataset
     out = config.run_dir / "pseudo"
-    for folder in config.pseudo_label.reuse:
-        _reuse_labels(run, folder, source, out)
-    return pseudo_label(config.teacher, source, out, config.pseudo_label, run.registry.store)
+    reused = sum(_reuse_labels(run, folder, source, out) for folder in config.pseudo_label.reuse)
+    result = pseudo_label(config.teacher, source, out, config.pseudo_label, run.registry.store)
+    return {**result, "reused_files": reused} if config.pseudo_label.reuse else result
 
 
-def _reuse_labels(run: Run, folder: str, source: str | Path, out: Path) -> None:
+def _reuse_labels(run: Run, folder: str, source: str | Path, out: Path) -> int:
     """Seed this run's labels from another run's (``pseudo_label.reuse``) when that run's teacher and options are
     this recipe's; refuse a run made otherwise, since its labels would not be the ones this recipe makes. A run not
-    made (yet) is said and passed over: a shipped recipe naming one still runs on a fresh clone."""
+    made (yet) is said and passed over: a shipped recipe naming one still runs on a fresh clone. Returns the
+    number of files taken (the stage's result records it: ``reused_files``)."""
     from k2d_train.stages.s2_pseudo_label import is_dataset, list_audio, seed_parts
 
     config = run.config
-    other = ((config.source.parent if config.source else Path.cwd()) / folder).resolve()
+    other = (config.base / folder).resolve()
     made = other / "stages" / "pseudo-label.json"
     if not made.exists() or not (other / "pseudo" / "chunks.jsonl").exists():
         run.say(f"  pseudo_label.reuse: {other} has no finished pseudo-label stage; nothing taken from it")
-        return
+        return 0
     theirs = json.loads(made.read_text()).get("recipe", {})
     ours = recipe_of(config, theirs)
     if theirs != ours:
@@ -65,6 +66,7 @@ def _reuse_labels(run: Run, folder: str, source: str | Path, out: Path) -> None:
         raise ValueError("pseudo_label.reuse: takes labels of audio files or a manifest, not of a dataset")
     taken = seed_parts(other / "pseudo" / "chunks.jsonl", out, list_audio(Path(source)))
     run.say(f"  {taken} file(s) labelled by {other.name} taken as they are")
+    return taken
 
 
 def validation(run: Run) -> dict:
