@@ -166,16 +166,16 @@ def seed_parts(chunks: Path, out: Path, listing: list[tuple[str, Path]]) -> int:
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     here = out.resolve()
-    takes: dict[str, Path | None] = {}  # audio id -> its file's resolved path if taken (checked once per file)
+    takes: dict[str, str | None] = {}  # audio id -> its file's path from ``out`` if taken (worked out once per file)
     found: dict[str, list[dict]] = {}
     for row in read_manifest(chunks):
         audio_id = str(row.extra["id"]).rsplit("-", 1)[0]
         if audio_id not in takes:
             audio = row.path(chunks).resolve()
             made = (parts / f"{audio_id}.jsonl").exists()
-            takes[audio_id] = audio if wanted.get(audio_id) == audio and not made else None
+            takes[audio_id] = os.path.relpath(audio, here) if wanted.get(audio_id) == audio and not made else None
         if takes[audio_id] is not None:
-            found.setdefault(audio_id, []).append({**row.to_json(), "audio": os.path.relpath(takes[audio_id], here)})
+            found.setdefault(audio_id, []).append({**row.to_json(), "audio": takes[audio_id]})
     for audio_id, rows in found.items():
         write_manifest(parts / f"{audio_id}.jsonl", rows)
     return len(found)
