@@ -219,6 +219,10 @@ def test_the_scale_recipes_are_three_hours_and_its_prefixes_with_big_enough_held
     assert cheap.corpus["synth"] == {**bigger.corpus["synth"], "lecture_limit": 200,
                                      "engine_lecture_limit": {"kokoro": 60}}
     assert cheap.distill == bigger.distill and cheap.student == bigger.student
+    biggest = RunConfig.load(configs / "scale-60h.yaml")  # the size the curve points to: 1,200 lectures, same sets
+    assert biggest.corpus["synth"] == {**bigger.corpus["synth"], "lectures": 1200, "audio_store": "../runs/scale-60h-audio"}
+    assert biggest.distill == replace(bigger.distill, max_steps=8000, save_every=500)
+    assert biggest.student == bigger.student and biggest.pseudo_label.reuse == []
 
 
 def _planned(options: SynthOptions) -> dict[str, list[engine.Job]]:
@@ -250,6 +254,20 @@ def test_a_corpus_with_more_lectures_keeps_its_first_lectures_and_with_heldout_l
     assert all(pinned[s] == base[s] for s in SETS) and pinned["lectures"] == more["lectures"]
     with pytest.raises(ValueError, match="heldout_lectures"):
         engine.plan(replace(small, heldout_lectures=5))
+
+
+@pytest.mark.slow
+def test_lectures_past_the_training_text_read_a_blocks_unspoken_back_once_then_the_bank_has_run_out():
+    """A 3-minute lecture speaks the front of its 124-sentence block; 666 lectures use up the training text. The
+    lectures after them read a block backwards (text no lecture spoke, a new lecturer), and the first lectures stay
+    the very items they were, so the corpus's earlier sizes are its prefixes. Ten-hour lectures here: three blocks."""
+    options = replace(REAL, lectures=6, lecture_minutes=600.0, workers=0)
+    lectures = _planned(options)["lectures"]
+    assert [j.sentences for j in lectures[3:]] == [j.sentences[::-1] for j in lectures[:3]]
+    assert [(j.pairs, j.sentences) for j in _planned(replace(options, lectures=3))["lectures"]] == \
+        [(j.pairs, j.sentences) for j in lectures[:3]]
+    with pytest.raises(ValueError, match="text bank ran out for lectures item 6"):
+        engine.plan(replace(options, lectures=7))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from k2d.manifest import read_manifest
 from k2d_train.labels.tokens import chunk_label_ids
-from k2d_train.stages.s3_validate import kept_chunks
+from k2d_train.stages.s3_validate import kept_chunks, summary
 from tests.conftest import MANIFEST
 
 
@@ -46,6 +46,21 @@ def test_dropped_segments_split_a_chunk_into_runs_of_kept_ones():
     assert [[s["text"] for s in r["segments"]] for r in runs] == [["s0", "s3"], ["s9"]]
     assert runs[1]["start"] == 8.8 and runs[1]["end"] == 11.2 and runs[1]["teacher_label"] == "<|0.20|>s9<|2.20|>"
     assert kept_chunks([{**row, "segments": [seg(0, True)]}], "comp", 0.4)[0]["id"] == "c"  # whole chunk kept
+
+
+def test_validation_reports_speech_hours_and_the_chunk_hours_training_reads():
+    """Kept speech and kept chunk audio are different hours: a chunk spans its segments' pauses and margins."""
+    def seg(start, keep):
+        return {"start": start, "end": start + 2, "text": f"s{start}", "tokens": [],
+                "delta": {"none": 0.0, "comp": 0.0 if keep else 1.0}}
+
+    row = {"audio": "a.flac", "id": "c", "start": 0.0, "end": 20.0, "language": "zh", "teacher_text": "x",
+           "segments": [seg(0, True), seg(3, True), seg(6, False), seg(9, True)]}
+    stats = summary([row], 0.4)
+    assert stats["comp"]["chunks"] == 2 and stats["comp"]["speech_hours"] * 3600 == pytest.approx(6.0)
+    assert stats["comp"]["chunk_hours"] * 3600 == pytest.approx(5.2 + 2.4)  # 0-5.2 (pause, margin) and 8.8-11.2
+    assert stats["none"]["chunk_hours"] * 3600 == pytest.approx(11.2)  # one whole chunk: 0 to the last end + margin
+    assert stats["comp"]["percent"] == pytest.approx(75.0)
 
 
 def test_a_saved_hugging_face_dataset_is_pseudo_labelled(registry, tmp_path):

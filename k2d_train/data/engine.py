@@ -114,6 +114,19 @@ def _block(bank, split: str, index: int, size: int, kinds=None) -> tuple[tuple[s
     return tuple((s.text, s.kind, s.source) for s in bank.sentences(split, size, index * size, kinds))
 
 
+def _lecture_block(bank, index: int, size: int, capacity: int) -> tuple[tuple[str, str, str], ...]:
+    """Lecture ``index``'s sentences. The training text holds ``capacity`` blocks (666 of 3-minute lectures); a
+    lecture past them reads block ``index - capacity`` backwards. A lecture speaks its block from the front until
+    it is long enough, a small part of it (the block is sized for 1.5 s sentences), so the back of a block is
+    text no lecture spoke, now said by another lecturer on another channel: ~2× the hours of new text. Past a
+    second pass the text would repeat: the bank has run out (empty block, refused by :func:`plan`)."""
+    if index < capacity:
+        return _block(bank, "train", index, size)
+    if index < 2 * capacity:
+        return _block(bank, "train", index - capacity, size)[::-1]
+    return ()
+
+
 def plan(options: SynthOptions) -> tuple[list[Job], dict]:
     """Every item of the corpus (lectures up to ``lecture_limit``) and the facts the reports need."""
     mix = tuple(sorted((options.text_mix or {}).items())) or None
@@ -149,8 +162,13 @@ def plan(options: SynthOptions) -> tuple[list[Job], dict]:
     seconds = options.lecture_minutes * 60
     size = math.ceil(seconds / SECONDS_PER_SENTENCE) + 4
     limit = options.lectures if options.lecture_limit is None else min(options.lecture_limit, options.lectures)
+    capacity = len(bank.sentences("train", 10**9)) // size  # lecture blocks the training text holds
+    if options.encoder_minutes > 0 and options.lectures > capacity:
+        raise ValueError(f"corpus synth: encoder_minutes reads the text after every lecture's block, and "
+                         f"{options.lectures} lectures leave none (at most {capacity})")
     for k in _kept_lectures(options, lecturers, limit):
-        jobs.append(Job("lectures", k, name("lectures", k), (lecturers[k],), False, _block(bank, "train", k, size), seconds))
+        jobs.append(Job("lectures", k, name("lectures", k), (lecturers[k],), False,
+                        _lecture_block(bank, k, size, capacity), seconds))
     short = [j for j in jobs if len(j.sentences) < (size if j.lecture else UTTERANCE_BLOCK)]
     if short:
         raise ValueError(f"the text bank ran out for {short[0].split} item {short[0].index}: ask for fewer items")

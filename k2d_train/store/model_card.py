@@ -19,6 +19,14 @@ def _evaluation_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _kept_hours(card: dict) -> str:
+    """The kept rule's hours, speech and chunk audio apart (a card from before the split has neither)."""
+    row = card.get("kept_per_rule", {}).get(card["rule"], {})
+    if "chunk_hours" not in row:
+        return ""
+    return f": {row['chunk_hours']:.2f} h of audio, {row['speech_hours']:.2f} h of it speech segments"
+
+
 def _kept(best: dict | None) -> str:
     """The kept step and why: the out-of-domain dev selection (guarded MER + share of looping rows)."""
     if not best:
@@ -47,7 +55,7 @@ def render(card: dict) -> str:
         *_evaluation_table(card.get("evaluation", [])),
         "",
         f"- Filtering rule **{card['rule']}** (α = {card['alpha']}): kept {card['kept_percent']:.1f}% of the "
-        f"pseudo-labelled audio ({card['kept_chunks']} training chunks).",
+        f"pseudo-labelled speech ({card['kept_chunks']} training chunks{_kept_hours(card)}).",
         f"- Decoder distillation: {card['steps']} steps on {card['examples']} examples; kept checkpoint "
         f"{_kept(card.get('best_dev'))}.",
     ]
