@@ -34,13 +34,19 @@ def test_labels_keep_the_teachers_ids_and_convert_the_script_once(tokenizer):
     assert tokenizer.decode(chunk_label_ids(row, tokenizer, "traditional")[1:-3]).strip() == "我們用 gradient descent"
 
 
-def test_dropped_segments_split_a_chunk_into_runs_of_kept_ones():
-    def seg(start, keep):
-        return {"start": start, "end": start + 2, "text": f"s{start}", "tokens": [],
-                "delta": {"comp": 0.0 if keep else 1.0}}
+def seg(start: float, keep: bool) -> dict:
+    """A validated 2 s segment that rule ``comp`` keeps or drops (rule ``none`` keeps everything)."""
+    return {"start": start, "end": start + 2, "text": f"s{start}", "tokens": [],
+            "delta": {"none": 0.0, "comp": 0.0 if keep else 1.0}}
 
-    row = {"audio": "a.flac", "id": "c", "start": 0.0, "end": 20.0, "language": "zh", "teacher_text": "x",
-           "segments": [seg(0, True), seg(3, True), seg(6, False), seg(9, True), seg(12, False), seg(15, False)]}
+
+def chunk_row(*segments: dict) -> dict:
+    return {"audio": "a.flac", "id": "c", "start": 0.0, "end": 20.0, "language": "zh", "teacher_text": "x",
+            "segments": list(segments)}
+
+
+def test_dropped_segments_split_a_chunk_into_runs_of_kept_ones():
+    row = chunk_row(seg(0, True), seg(3, True), seg(6, False), seg(9, True), seg(12, False), seg(15, False))
     runs = kept_chunks([row], "comp", 0.4)
     assert [r["id"] for r in runs] == ["c-r0", "c-r1"]
     assert [[s["text"] for s in r["segments"]] for r in runs] == [["s0", "s3"], ["s9"]]
@@ -50,13 +56,7 @@ def test_dropped_segments_split_a_chunk_into_runs_of_kept_ones():
 
 def test_validation_reports_speech_hours_and_the_chunk_hours_training_reads():
     """Kept speech and kept chunk audio are different hours: a chunk spans its segments' pauses and margins."""
-    def seg(start, keep):
-        return {"start": start, "end": start + 2, "text": f"s{start}", "tokens": [],
-                "delta": {"none": 0.0, "comp": 0.0 if keep else 1.0}}
-
-    row = {"audio": "a.flac", "id": "c", "start": 0.0, "end": 20.0, "language": "zh", "teacher_text": "x",
-           "segments": [seg(0, True), seg(3, True), seg(6, False), seg(9, True)]}
-    stats = summary([row], 0.4)
+    stats = summary([chunk_row(seg(0, True), seg(3, True), seg(6, False), seg(9, True))], 0.4)
     assert stats["comp"]["chunks"] == 2 and stats["comp"]["speech_hours"] * 3600 == pytest.approx(6.0)
     assert stats["comp"]["chunk_hours"] * 3600 == pytest.approx(5.2 + 2.4)  # 0-5.2 (pause, margin) and 8.8-11.2
     assert stats["none"]["chunk_hours"] * 3600 == pytest.approx(11.2)  # one whole chunk: 0 to the last end + margin
